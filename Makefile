@@ -1,0 +1,26 @@
+# Two commands do all set-up on a fresh machine (Python 3.10+, cmake, ninja, a C++ compiler):
+#   make demo   build llama-server (CPU), fetch the embedded model, validate the default matrix
+#   make test   unit + integration tests against the real server, then the CI validation matrices
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+REPORTS := reports
+
+.PHONY: demo test unit setup clean-reports
+
+$(BIN)/llamactl: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+setup: $(BIN)/llamactl
+
+demo: setup
+	$(BIN)/llamactl validate default --json $(REPORTS)/validate-default.json --junit $(REPORTS)/validate-default.xml
+
+unit: setup
+	$(BIN)/pytest -m "not integration" -q
+
+test: setup
+	$(BIN)/llamactl validate default --junit $(REPORTS)/validate-default.xml --json $(REPORTS)/validate-default.json
+	$(BIN)/pytest --junitxml=$(REPORTS)/pytest.xml

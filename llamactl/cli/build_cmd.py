@@ -1,0 +1,76 @@
+"""`llamactl vendor` and `llamactl build`.
+
+Examples:
+    llamactl vendor                               # upstream (pinned PyPI sdist), cached
+    llamactl vendor --source atomic-turboquant    # the fork, pinned commit (needs GitHub)
+    llamactl vendor --source path:~/src/llama.cpp --series atomic-turboquant
+    llamactl build                                # CPU llama-server, cached by its inputs
+    llamactl build --backend hip --gpu-targets gfx1100 --dry-run
+    llamactl build --json
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from llamactl import build as build_lib
+from llamactl import paths
+from llamactl import vendor as vendor_lib
+from llamactl.cli import options as o
+from llamactl.console import Output, console
+
+
+def vendor(
+    source: o.Source = None,
+    series: o.Series = None,
+    force: Annotated[bool, typer.Option("--force", help="Re-materialise even if the same source is vendored.")] = False,
+    json: o.Json = False,
+) -> None:
+    """Materialise a pinned llama.cpp source into vendor/llama.cpp/ (git repo with one base commit)."""
+    out = Output(json)
+    prov = vendor_lib.vendor(source, force=force, out=out, series=series)
+    out.result(prov, lambda p: console.print(
+        f"[green]vendored[/] {p.source} {p.version} (hash {p.hash[:16]}) -> {paths.vendor_tree()}  series: {p.series or '-'}"))
+
+
+def build(
+    source: o.Source = None,
+    backend: o.Backend = "cpu",
+    target: Annotated[str, typer.Option("--target", help="CMake target to build.")] = "llama-server",
+    jobs: o.Jobs = 2,
+    gpu_targets: o.GpuTargets = None,
+    series: o.Series = None,
+    no_patches: Annotated[bool, typer.Option("--no-patches", help="Build the pristine source (reverts the series).")] = False,
+    cmake_option: Annotated[Optional[list[str]], typer.Option("--cmake-option", "-D", help="Extra CMake option, e.g. -D GGML_AVX512=OFF.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the exact commands; needs no toolchain.")] = False,
+    json: o.Json = False,
+) -> None:
+    """Vendor + patch (when needed) and build llama-server with CMake + Ninja, cached by every input."""
+    out = Output(json)
+    opts = [x if x.startswith("-D") else f"-D{x}" for x in (cmake_option or [])]
+    req = build_lib.BuildRequest(source=source, backend=backend, target=target, jobs=jobs,
+                                 gpu_targets=gpu_targets, cmake_options=opts, series=series, no_patches=no_patches)
+    if dry_run:
+        plan = build_lib.dry_run(req)
+        out.result({"configure": plan.configure, "build": plan.build, "env": plan.env, "shell": plan.shell_lines()},
+                   lambda d: [console.print(line, soft_wrap=True, highlight=False) for line in d["shell"]])
+        return
+    t0 = time.monotonic()
+    res = build_lib.build(req, out)
+    manifest = dict(res.manifest, cached=res.cached, seconds=round(time.monotonic() - t0, 3))
+    out.result(manifest, _show)
+
+
+def _show(m: dict) -> None:
+    state = "[green]cached[/]" if m["cached"] else "[green]built[/]"
+    console.print(f"{state} {m['target']} ({m['backend']}, {m['source']['source']} {m['source']['version']}) in {m['seconds']:.2f}s")
+    t = Table(show_header=False, box=None)
+    t.add_row("binary", m["binaries"][m["target"]])
+    t.add_row("version", m["version"].splitlines()[0] if m["version"] else "?")
+    t.add_row("patches", ", ".join(p["name"] for p in m["patches"]) or "-")
+    t.add_row("build dir", m["build_root"])
+    console.print(t)

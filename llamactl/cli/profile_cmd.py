@@ -1,0 +1,90 @@
+"""`llamactl profile`: list, show (resolved values with their origin) and cmd (exact argv).
+
+Examples:
+    llamactl profile list
+    CTX=2048 PARALLEL=2 llamactl profile show default --port 0
+    llamactl profile cmd gemma4-26b-a4b-mtp --parallel 2 --json
+"""
+
+from __future__ import annotations
+
+import os
+
+import typer
+from rich.table import Table
+
+from llamactl import launcher, profiles
+from llamactl.cli import options as o
+from llamactl.console import Output, console
+from llamactl.matrix import expand
+
+app = typer.Typer(help="List, show and render profiles.", no_args_is_help=True)
+
+
+def resolve_from_cli(name: str, no_env: bool, **kw) -> profiles.Resolved:
+    overrides = o.cli_overrides(**kw)
+    return profiles.resolve(name, environ={} if no_env else dict(os.environ), cli=overrides)
+
+
+@app.command("list")
+def list_(json: o.Json = False) -> None:
+    """Profiles under profiles/."""
+    rows = []
+    for name in profiles.list_profiles():
+        try:
+            r = profiles.resolve(name, environ={})
+            rows.append({"name": name, "description": r.profile.description, "model": r.profile.model,
+                         "build": f"{r.profile.build.source}/{r.profile.build.backend}",
+                         "cells": len(expand(r.profile.matrix)) if r.profile.matrix else 0})
+        except Exception as exc:  # a broken profile is listed with its error, not fatal
+            rows.append({"name": name, "description": f"[invalid] {exc}", "model": "", "build": "", "cells": 0})
+
+    def human(rs: list[dict]) -> None:
+        t = Table("profile", "build", "model", "matrix cells", "description")
+        for r in rs:
+            t.add_row(r["name"], r["build"], r["model"], str(r["cells"] or "-"), r["description"])
+        console.print(t)
+
+    Output(json).result(rows, human)
+
+
+@app.command()
+def show(
+    name: o.ProfileName, parallel: o.Parallel = None, ctx: o.Ctx = None, batch: o.Batch = None, ubatch: o.Ubatch = None,
+    kv_k: o.KvK = None, kv_v: o.KvV = None, mtp: o.Mtp = None, port: o.Port = None, model: o.Model = None,
+    draft_model: o.DraftModel = None, set_: o.Set = None, no_env: o.NoEnv = False, json: o.Json = False,
+) -> None:
+    """Resolved values, each with where it came from (default, profile, env VAR, cli)."""
+    r = resolve_from_cli(name, no_env, parallel=parallel, ctx=ctx, batch=batch, ubatch=ubatch, kv_k=kv_k, kv_v=kv_v,
+                         mtp=mtp, port=port, model=model, draft_model=draft_model, sets=set_)
+    data = r.profile.model_dump(mode="json", exclude={"matrix"})
+    rows = []
+    for k, v in data.items():
+        if isinstance(v, dict) and k == "build":
+            for sk, sv in v.items():
+                rows.append({"key": f"build.{sk}", "value": sv, "origin": r.origin(f"build.{sk}")})
+        else:
+            rows.append({"key": k, "value": v, "origin": r.origin(k)})
+
+    def human(d: dict) -> None:
+        t = Table("key", "value", "origin", title=f"profile {r.name} ({r.path})")
+        for row in d["values"]:
+            style = "" if row["origin"] == "default" else ("cyan" if row["origin"].startswith("env") else "magenta" if row["origin"] == "cli" else "green")
+            t.add_row(row["key"], str(row["value"]), f"[{style}]{row['origin']}[/]" if style else row["origin"])
+        console.print(t)
+
+    Output(json).result({"profile": r.name, "values": rows}, human)
+
+
+@app.command()
+def cmd(
+    name: o.ProfileName, parallel: o.Parallel = None, ctx: o.Ctx = None, batch: o.Batch = None, ubatch: o.Ubatch = None,
+    kv_k: o.KvK = None, kv_v: o.KvV = None, mtp: o.Mtp = None, port: o.Port = None, model: o.Model = None,
+    draft_model: o.DraftModel = None, set_: o.Set = None, no_env: o.NoEnv = False, json: o.Json = False,
+) -> None:
+    """The exact llama-server argv for this profile on its build (builds/fetches if needed)."""
+    r = resolve_from_cli(name, no_env, parallel=parallel, ctx=ctx, batch=batch, ubatch=ubatch, kv_k=kv_k, kv_v=kv_v,
+                         mtp=mtp, port=port, model=model, draft_model=draft_model, sets=set_)
+    out = Output(json)
+    p = launcher.plan(r, out)
+    out.result({"argv": p.argv, "env": p.env, "url": p.url}, lambda d: console.print(p.shell(), soft_wrap=True, highlight=False))

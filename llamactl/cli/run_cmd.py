@@ -1,0 +1,134 @@
+"""`llamactl run`, `ps` and `stop`.
+
+Examples:
+    llamactl run default
+    llamactl run gemma4-26b-a4b-mtp --parallel 2
+    CTX=2048 PARALLEL=2 llamactl run default --port 0
+    llamactl run default --detach && llamactl ps && llamactl stop --all
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import os
+import signal
+import time
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from llamactl import launcher, paths
+from llamactl.cli import options as o
+from llamactl.cli.profile_cmd import resolve_from_cli
+from llamactl.console import Output, console, err_console, progress_bar
+from llamactl.errors import LlamactlError
+from llamactl.server import ServerDied, _signal_group, pid_alive
+
+
+def _echo(line: str) -> None:
+    low = line.lower()
+    style = "red" if ("error" in low or "assert" in low or "abort" in low) else "yellow" if "warn" in low else "dim"
+    err_console.print(f"[{style}]{escape(line)}[/]", highlight=False, soft_wrap=True)
+
+
+def _sigterm_to_interrupt(signum, frame):  # noqa: ARG001
+    raise KeyboardInterrupt
+
+
+def run(
+    name: o.ProfileName, parallel: o.Parallel = None, ctx: o.Ctx = None, batch: o.Batch = None, ubatch: o.Ubatch = None,
+    kv_k: o.KvK = None, kv_v: o.KvV = None, mtp: o.Mtp = None, port: o.Port = None, model: o.Model = None,
+    draft_model: o.DraftModel = None, set_: o.Set = None, no_env: o.NoEnv = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not echo the server log (it is still written).")] = False,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Leave the server running; see `ps`/`stop`.")] = False,
+    json: o.Json = False,
+) -> None:
+    """Launch llama-server from a profile; Ctrl-C stops it (nothing is left running)."""
+    out = Output(json)
+    r = resolve_from_cli(name, no_env, parallel=parallel, ctx=ctx, batch=batch, ubatch=ubatch, kv_k=kv_k, kv_v=kv_v,
+                         mtp=mtp, port=port, model=model, draft_model=draft_model, sets=set_)
+    plan = launcher.plan(r, out)
+    run_dir = launcher.new_run_dir(r.name)
+    log = run_dir / "server.log"
+    (run_dir / "argv.json").write_text(jsonlib.dumps(plan.argv))
+    out.info(f"[dim]$ {escape(plan.shell())}[/]")
+    signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    sp = launcher.start(plan, log, echo=None if (quiet or json or detach) else _echo, detach=detach)
+    try:
+        with progress_bar(f"waiting for {plan.url}/health", total=None) as (progress, task):
+            secs = sp.wait_healthy(r.profile.health_timeout)
+        info = {"profile": r.name, "url": plan.url, "pid": sp.pid, "log": str(log), "ready_s": round(secs, 3),
+                "endpoints": [f"{plan.url}{e}" for e in ("/health", "/v1/messages", "/v1/chat/completions", "/completion")]
+                + ([f"{plan.url}/metrics"] if r.profile.metrics else []) + ([f"{plan.url}/slots"] if r.profile.slots else [])}
+        if detach:
+            (run_dir / "run.json").write_text(jsonlib.dumps(dict(info, argv=plan.argv)))
+        out.result(info, lambda d: console.print(
+            f"[green]ready[/] {d['url']} in {d['ready_s']:.2f}s (pid {d['pid']}, log {d['log']})\n  " + "\n  ".join(d["endpoints"])))
+        if detach:
+            return
+        rc = sp.proc.wait() if sp.proc else None
+        crash = sp.crash()
+        raise ServerDied(crash) if rc != 0 else LlamactlError("llama-server exited (code 0)")
+    except ServerDied as exc:
+        c = exc.crash
+        err_console.print(f"[red]{escape(c.summary())}[/]")
+        for ln in c.frames[:8]:
+            err_console.print(f"  [red]{escape(ln)}[/]")
+        if not c.frames:
+            for ln in c.last_lines[-8:]:
+                err_console.print(f"  [dim]{escape(ln)}[/]")
+        raise
+    except KeyboardInterrupt:
+        err_console.print("[yellow]stopping llama-server ...[/]")
+        raise
+    finally:
+        if not detach:
+            sp.stop()
+
+
+def _runs() -> list[dict]:
+    rows = []
+    for d in sorted(paths.runs_dir().glob("*/run.json")):
+        try:
+            info = jsonlib.loads(d.read_text())
+        except ValueError:
+            continue
+        info["id"] = d.parent.name
+        info["alive"] = pid_alive(int(info["pid"]))
+        rows.append(info)
+    return rows
+
+
+def ps(all_: Annotated[bool, typer.Option("--all", "-a", help="Include stopped runs.")] = False, json: o.Json = False) -> None:
+    """Servers started with `run --detach`."""
+    rows = [r for r in _runs() if all_ or r["alive"]]
+
+    def human(rs: list[dict]) -> None:
+        t = Table("id", "pid", "url", "state", "log")
+        for r in rs:
+            t.add_row(r["id"], str(r["pid"]), r["url"], "[green]running[/]" if r["alive"] else "stopped", r["log"])
+        console.print(t)
+
+    Output(json).result(rows, human)
+
+
+def stop(
+    run_id: Annotated[Optional[str], typer.Argument(help="Run id from `llamactl ps` (prefix is enough).")] = None,
+    all_: Annotated[bool, typer.Option("--all", "-a", help="Stop every detached server.")] = False,
+    json: o.Json = False,
+) -> None:
+    """Stop detached servers (SIGTERM, then SIGKILL after 10 s)."""
+    targets = [r for r in _runs() if r["alive"] and (all_ or (run_id and r["id"].startswith(run_id)))]
+    if not targets and not all_:
+        raise LlamactlError(f"no running server matches {run_id!r}" if run_id else "name a run id or pass --all")
+    for r in targets:
+        pid = int(r["pid"])
+        _signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if pid_alive(pid):
+            _signal_group(pid, signal.SIGKILL)
+    Output(json).result([r["id"] for r in targets], lambda ids: console.print(f"stopped {len(ids)} server(s)"))

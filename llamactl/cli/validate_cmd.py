@@ -1,0 +1,86 @@
+"""`llamactl validate`: the validation matrix over HTTP, with reports for people and CI.
+
+Examples:
+    llamactl validate                                  # the default profile's matrix
+    llamactl validate tiny-gemma4-mtp --junit reports/junit.xml --json reports/validate.json
+    llamactl validate gemma4-26b-a4b-mtp --cell parallel=2 --cell enable_mtp=1
+    llamactl validate default --matrix profiles/matrix-kv.yaml --fail-fast
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Group
+from rich.live import Live
+
+from llamactl import reports
+from llamactl.cli import options as o
+from llamactl.cli.profile_cmd import resolve_from_cli
+from llamactl.console import Output, console, quiet_progress
+from llamactl.errors import LlamactlError
+from llamactl.matrix import expand, load_matrix_file, select
+from llamactl.validate import run_matrix
+
+
+def validate(
+    name: Annotated[str, typer.Argument(help="Profile whose matrix to run.")] = "default",
+    matrix: Annotated[Optional[Path], typer.Option("--matrix", help="YAML file with a matrix (axes/include/exclude).")] = None,
+    cell: Annotated[Optional[list[str]], typer.Option("--cell", help="Only cells matching key=value (repeatable).")] = None,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failing cell.")] = False,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the full report as JSON here.")] = None,
+    junit: Annotated[Optional[Path], typer.Option("--junit", help="Write JUnit XML here (one testcase per cell and check).")] = None,
+    set_: o.Set = None,
+    no_env: o.NoEnv = False,
+) -> None:
+    """Start the server for each matrix cell, run the HTTP checks, report; exit 0 only if all ran cells pass."""
+    base = resolve_from_cli(name, no_env, sets=set_)
+    spec = load_matrix_file(matrix) if matrix else base.profile.matrix
+    cells = select(expand(spec), cell or [])
+    out = Output(False)
+    console.print(f"validating [bold]{base.name}[/]: {len(cells)} cell(s)")
+    live_enabled = console.is_terminal and not quiet_progress()
+    with Live(console=console, auto_refresh=False, transient=False) if live_enabled else _NoLive() as live:
+        def update(report, running):
+            if live_enabled:
+                live.update(Group(reports.table(report, running)), refresh=True)
+            elif running is None and report.cells:
+                c = report.cells[-1]
+                console.print(f"  {c.cell}: {c.status.upper()} {c.reason}", highlight=False)
+        report = run_matrix(base, cells, out=out, fail_fast=fail_fast, on_update=update)
+    if not live_enabled:
+        console.print(reports.table(report))
+    failed = [c for c in report.cells if c.status == "fail"]
+    for c in failed:
+        console.print(f"[red]FAIL[/] {c.cell}: {c.reason}", highlight=False)
+        for ln in (c.crash or {}).get("frames", [])[:8]:
+            console.print(f"    {ln}", highlight=False, markup=False)
+        console.print(f"    log:   {c.log}\n    repro: {c.repro}", highlight=False, markup=False)
+    console.print(reports.summary_line(report))
+    if json_path:
+        reports.write_json(report, json_path)
+    if junit:
+        reports.write_junit(report, junit)
+    if report.interrupted:
+        sys.exit(130)
+    if not report.ok:
+        sys.exit(1)
+
+
+class _NoLive:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def bench(
+    name: Annotated[str, typer.Argument(help="Profile to benchmark.")] = "default",
+) -> None:
+    """Measure decode/prompt speed and MTP acceptance (see `llamactl bench --help`)."""
+    raise LlamactlError("bench is not implemented yet")

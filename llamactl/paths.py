@@ -1,0 +1,71 @@
+"""Where things live: the project checkout and the cache outside it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def project_root() -> Path:
+    """The checkout holding ``profiles/`` and ``patches/`` (LLAMACTL_HOME overrides)."""
+    env = os.environ.get("LLAMACTL_HOME")
+    if env:
+        return Path(env).resolve()
+    here = Path(__file__).resolve().parent.parent
+    if (here / "profiles").is_dir() and (here / "patches").is_dir():
+        return here
+    cwd = Path.cwd().resolve()
+    for cand in (cwd, *cwd.parents):
+        if (cand / "profiles").is_dir() and (cand / "patches").is_dir():
+            return cand
+    return here
+
+
+def cache_root() -> Path:
+    """Downloads, builds and models, shared by every checkout (LLAMACTL_CACHE overrides)."""
+    env = os.environ.get("LLAMACTL_CACHE")
+    if env:
+        base = Path(env)
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llamactl"
+    base.mkdir(parents=True, exist_ok=True)
+    return base
+
+
+def vendor_dir() -> Path:
+    return project_root() / "vendor"
+
+
+def vendor_tree() -> Path:
+    return vendor_dir() / "llama.cpp"
+
+
+def patches_dir() -> Path:
+    return project_root() / "patches"
+
+
+def profiles_dir() -> Path:
+    return project_root() / "profiles"
+
+
+def downloads_dir() -> Path:
+    return _sub("downloads")
+
+
+def builds_dir() -> Path:
+    return _sub("builds")
+
+
+def models_dir() -> Path:
+    return _sub("models")
+
+
+def runs_dir() -> Path:
+    """Per-run logs; inside the cache so that a read-only checkout still works."""
+    return _sub("runs")
+
+
+def _sub(name: str) -> Path:
+    p = cache_root() / name
+    p.mkdir(parents=True, exist_ok=True)
+    return p

@@ -1,0 +1,132 @@
+"""Render a resolved profile into llama-server argv for one specific binary.
+
+Driven by the schema: each Profile field carries its candidate flag spellings and a
+kind; the binary's parsed ``--help`` decides which spelling exists and which values
+are allowed. Values the build cannot take are refused before launch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llamactl.dialect import Help
+from llamactl.errors import LlamactlError
+from llamactl.profiles import Profile, field_meta
+
+MTP_SPEC_TYPES = ("draft-mtp", "mtp")   # upstream, AtomicBot fork at the seed's base
+
+
+def feature_source(field: str, value: object) -> str | None:
+    """Which known source provides a value this build lacks."""
+    if isinstance(value, str) and value.startswith("turbo"):
+        return "the atomic-turboquant source (`--source atomic-turboquant`) has turbo2/turbo3/turbo4 KV types"
+    if field == "enable_mtp":
+        return "upstream llama.cpp (`--spec-type draft-mtp`) and atomic-turboquant (`--spec-type mtp`) have Gemma 4 MTP"
+    return None
+
+
+class Unsupported(LlamactlError):
+    """A profile value the chosen llama-server build does not support."""
+
+    exit_code = 4
+
+    def __init__(self, field: str, value: object, supported: list[str] | None, binary: str) -> None:
+        what = f"supported: {', '.join(supported)}" if supported else "no such option"
+        src = feature_source(field, value)
+        msg = f"{field}={value} is not supported by {binary} ({what})"
+        super().__init__(msg, hint=src)
+        self.field = field
+        self.value = value
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+def render_argv(
+    profile: Profile,
+    help_: Help,
+    binary: Path,
+    *,
+    port: int,
+    model_paths: dict[str, Path] | None = None,
+) -> list[str]:
+    """argv for ``binary``; ``model_paths`` maps field name -> resolved file for model fields."""
+    model_paths = model_paths or {}
+    name = binary.name
+    argv: list[str] = [str(binary)]
+    mtp = profile.enable_mtp
+    for fname in Profile.model_fields:
+        meta = field_meta(fname)
+        kind = meta.get("kind")
+        if not kind or kind == "none":
+            continue
+        value = getattr(profile, fname)
+        if fname == "port":
+            value = port
+        if value is None:
+            continue
+        if meta.get("mtp_only") and not mtp:
+            continue
+        cands = meta.get("flags", [])
+        if kind == "mtp":
+            if value:
+                argv += _render_mtp(profile, help_, name)
+            continue
+        if kind == "extra":
+            argv += [str(a) for a in value]
+            continue
+        if kind == "switch":
+            if value:
+                flag = _need(help_, cands, fname, value, name)
+                argv.append(flag)
+            elif fname == "slots" and help_.has("--no-slots"):
+                argv.append("--no-slots")
+            continue
+        flag = _need(help_, cands, fname, value, name)
+        if kind == "onoff":
+            off = "--no-" + flag.lstrip("-")
+            if not value and not help_.has(off):
+                raise Unsupported(fname, value, None, name)
+            argv.append(flag if value else off)
+            continue
+        if kind == "model":
+            argv += [flag, str(model_paths.get(fname, value))]
+            continue
+        allowed = help_.allowed(flag)
+        if allowed is not None and _fmt(value) not in allowed:
+            raise Unsupported(fname, value, allowed, name)
+        argv += [flag, _fmt(value)]
+    return argv
+
+
+def _need(help_: Help, cands: list[str], fname: str, value: object, binary: str) -> str:
+    flag = help_.first(cands)
+    if flag is None:
+        raise Unsupported(fname, value, None, binary)
+    return flag
+
+
+def _render_mtp(profile: Profile, help_: Help, binary: str) -> list[str]:
+    allowed = help_.allowed("--spec-type") or []
+    spec = next((t for t in MTP_SPEC_TYPES if t in allowed), None)
+    if spec is None:
+        raise Unsupported("enable_mtp", True, [t for t in allowed] or None, binary)
+    if not profile.draft_model:
+        raise LlamactlError("enable_mtp needs draft_model (the MTP assistant GGUF; env DRAFT_GGUF)")
+    return ["--spec-type", spec]
+
+
+def supported_kv_types(help_: Help) -> list[str]:
+    return help_.allowed("--cache-type-k") or []
+
+
+def check_supported(profile: Profile, help_: Help, binary: str = "llama-server") -> Unsupported | None:
+    """The first unsupported value, or None; used to skip matrix cells with a reason."""
+    try:
+        render_argv(profile, help_, Path(binary), port=1)
+    except Unsupported as exc:
+        return exc
+    return None

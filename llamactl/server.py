@@ -1,0 +1,240 @@
+"""Start, watch and stop one llama-server process.
+
+The server runs in its own process group with an argv list (no shell). On Linux it
+gets PR_SET_PDEATHSIG so it dies if llamactl itself is killed; ``stop`` sends SIGTERM
+to the group, then SIGKILL after a grace period.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, TextIO
+
+import httpx
+
+from llamactl.errors import LlamactlError
+
+_ASSERT = re.compile(r"GGML_ASSERT|GGML_ABORT|\berror:|terminate called|Segmentation fault|Assertion .* failed|fatal error|std::\w+_error|what\(\):")
+_FRAME = re.compile(r"^\s*(#\d+\s|\S*\(.*\+0x[0-9a-f]+\)|.*\bin \w|\s*\d+: )")
+
+
+def _pdeathsig() -> None:  # runs in the child between fork and exec
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def ensure_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise LlamactlError(f"port {port} on {host} is already in use",
+                                    hint="stop what listens there, pick --port N, or use --port auto") from exc
+            raise LlamactlError(f"cannot bind {host}:{port}: {exc.strerror}") from exc
+
+
+@dataclass
+class Crash:
+    """Why a server stopped on its own, in the words of its log."""
+
+    returncode: int | None
+    signal: str | None
+    assert_line: str | None
+    frames: list[str]
+    last_lines: list[str]
+    log: str
+
+    def summary(self) -> str:
+        how = f"killed by {self.signal}" if self.signal else f"exit code {self.returncode}"
+        return f"llama-server {how}" + (f": {self.assert_line}" if self.assert_line else "")
+
+
+def describe_exit(returncode: int | None, log_lines: list[str], log: Path) -> Crash:
+    sig = None
+    if returncode is not None and returncode < 0:
+        try:
+            sig = signal.Signals(-returncode).name
+        except ValueError:
+            sig = f"signal {-returncode}"
+    assert_line = None
+    frames: list[str] = []
+    for i, ln in enumerate(log_lines):
+        if _ASSERT.search(ln) and assert_line is None:
+            assert_line = ln.strip()
+            for f in log_lines[i + 1:i + 40]:
+                if _FRAME.match(f) or "llama" in f or "ggml" in f:
+                    frames.append(f.strip())
+            break
+    return Crash(returncode, sig, assert_line, frames[:20], [l.rstrip() for l in log_lines[-15:]], str(log))
+
+
+@dataclass
+class ServerProcess:
+    argv: list[str]
+    host: str
+    port: int
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    echo: Callable[[str], None] | None = None   # called with each log line (terminal output)
+    api_key: str | None = None
+    proc: subprocess.Popen | None = None
+    _tail: deque = field(default_factory=lambda: deque(maxlen=4000))
+    _reader: threading.Thread | None = None
+    started_at: float = 0.0
+    healthy_at: float | None = None
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self, detach: bool = False) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env.update(self.env)
+        logf: TextIO = open(self.log_path, "w")
+        self.started_at = time.monotonic()
+        try:
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=logf if detach else subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=None if detach or sys.platform != "linux" else _pdeathsig,
+                text=True,
+                bufsize=1,
+                errors="replace",
+            )
+        except FileNotFoundError as exc:
+            logf.close()
+            raise LlamactlError(f"llama-server binary not found: {self.argv[0]}") from exc
+        if detach:
+            logf.close()
+            return
+        self._reader = threading.Thread(target=self._pump, args=(logf,), daemon=True)
+        self._reader.start()
+
+    def _pump(self, logf: TextIO) -> None:
+        assert self.proc and self.proc.stdout
+        with logf:
+            for line in self.proc.stdout:
+                logf.write(line)
+                logf.flush()
+                self._tail.append(line.rstrip("\n"))
+                if self.echo:
+                    self.echo(line.rstrip("\n"))
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def wait_healthy(self, timeout: float, on_tick: Callable[[float], None] | None = None) -> float:
+        """Poll GET /health until 200; raise with the crash report if the process dies."""
+        deadline = time.monotonic() + timeout
+        with httpx.Client(timeout=2.0, headers=self.headers()) as client:
+            while True:
+                if not self.alive():
+                    crash = self.crash()
+                    raise ServerDied(crash)
+                try:
+                    r = client.get(f"{self.url}/health")
+                    if r.status_code == 200:
+                        self.healthy_at = time.monotonic()
+                        return self.healthy_at - self.started_at
+                except httpx.TransportError:
+                    pass
+                now = time.monotonic()
+                if on_tick:
+                    on_tick(now - self.started_at)
+                if now > deadline:
+                    raise LlamactlError(f"llama-server not healthy after {timeout:.0f}s", hint=f"log: {self.log_path}")
+                time.sleep(0.05)
+
+    def log_lines(self) -> list[str]:
+        if self._reader is not None:
+            self._reader.join(timeout=2) if not self.alive() else None
+            return list(self._tail)
+        try:
+            return self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+
+    def crash(self) -> Crash:
+        rc = self.proc.poll() if self.proc else None
+        return describe_exit(rc, self.log_lines(), self.log_path)
+
+    def stop(self, grace: float = 10.0) -> int | None:
+        """SIGTERM the process group, SIGKILL after ``grace`` seconds. Returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            _signal_group(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                _signal_group(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        if self._reader is not None:
+            self._reader.join(timeout=5)
+        return self.proc.returncode
+
+
+class ServerDied(LlamactlError):
+    exit_code = 5
+
+    def __init__(self, crash: Crash) -> None:
+        super().__init__(crash.summary(), hint=f"log: {crash.log}")
+        self.crash = crash
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        os.kill(pid, sig)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True

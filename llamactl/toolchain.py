@@ -1,0 +1,113 @@
+"""Detect the tools each backend needs; name exactly what is missing."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llamactl import proc
+from llamactl.errors import ToolchainMissing
+
+BACKENDS = ("cpu", "hip", "cuda", "vulkan")
+
+# tool -> what to install (Debian/Ubuntu package names, or the vendor toolkit)
+INSTALL_HINTS = {
+    "cmake": "cmake (apt-get install cmake, or pip install cmake)",
+    "ninja": "ninja (apt-get install ninja-build, or pip install ninja)",
+    "c++": "a C++ compiler (apt-get install g++)",
+    "hipconfig": "ROCm with HIP (hipconfig, hipcc: the rocm-hip-sdk package from AMD's ROCm repository)",
+    "rocwmma": "rocWMMA headers (the rocwmma-dev package of ROCm)",
+    "nvcc": "the CUDA toolkit (nvcc: cuda-toolkit from NVIDIA)",
+    "glslc": "glslc, the Vulkan shader compiler (apt-get install glslc libvulkan-dev)",
+}
+
+
+@dataclass
+class Toolchain:
+    backend: str
+    tools: dict[str, str | None] = field(default_factory=dict)  # name -> version line or None
+    env: dict[str, str] = field(default_factory=dict)            # env the configure step needs
+    gpu_targets: str | None = None
+    missing: list[str] = field(default_factory=list)
+
+    def require(self) -> None:
+        if self.missing:
+            first = self.missing[0]
+            more = f" (also missing: {', '.join(self.missing[1:])})" if len(self.missing) > 1 else ""
+            raise ToolchainMissing(f"{self.backend} build needs {first}: install {INSTALL_HINTS.get(first, first)}{more}")
+
+
+def compiler_ids() -> dict[str, str | None]:
+    cc = os.environ.get("CC", "cc")
+    cxx = os.environ.get("CXX", "c++")
+    return {"cc": proc.first_line([cc, "--version"]), "c++": proc.first_line([cxx, "--version"])}
+
+
+def detect(backend: str, gpu_targets: str | None = None) -> Toolchain:
+    tc = Toolchain(backend=backend)
+    tc.tools["cmake"] = proc.first_line(["cmake", "--version"])
+    tc.tools["ninja"] = proc.first_line(["ninja", "--version"])
+    tc.tools.update(compiler_ids())
+    tc.tools["ccache"] = proc.first_line(["ccache", "--version"])
+    for req in ("cmake", "ninja", "c++"):
+        if tc.tools.get(req) is None:
+            tc.missing.append(req)
+    if backend == "hip":
+        _detect_hip(tc, gpu_targets)
+    elif backend == "cuda":
+        tc.tools["nvcc"] = _nvcc_version()
+        if tc.tools["nvcc"] is None:
+            tc.missing.append("nvcc")
+        tc.gpu_targets = gpu_targets or _cuda_arch()
+    elif backend == "vulkan":
+        tc.tools["glslc"] = proc.first_line(["glslc", "--version"])
+        if tc.tools["glslc"] is None:
+            tc.missing.append("glslc")
+    return tc
+
+
+def _detect_hip(tc: Toolchain, gpu_targets: str | None) -> None:
+    tc.tools["hipconfig"] = proc.first_line(["hipconfig", "--version"])
+    if tc.tools["hipconfig"] is None:
+        tc.missing.append("hipconfig")
+        tc.gpu_targets = gpu_targets
+        return
+    clang_dir = proc.run(["hipconfig", "-l"], check=False).stdout.strip()
+    rocm = proc.run(["hipconfig", "-R"], check=False).stdout.strip()
+    tc.env = {"HIPCXX": f"{clang_dir}/clang", "HIP_PATH": rocm}
+    if not (Path(rocm) / "include" / "rocwmma" / "rocwmma.hpp").exists():
+        tc.missing.append("rocwmma")
+    tc.gpu_targets = gpu_targets or detect_amdgpu_targets()
+
+
+def detect_amdgpu_targets() -> str | None:
+    """gfx targets of the GPUs present, from amdgpu-arch or rocminfo."""
+    if proc.which("amdgpu-arch"):
+        out = proc.run(["amdgpu-arch"], check=False).stdout
+        found = sorted(set(re.findall(r"gfx[0-9a-f]+", out)))
+        if found:
+            return ";".join(found)
+    if proc.which("rocminfo"):
+        out = proc.run(["rocminfo"], check=False).stdout
+        found = sorted(set(t for t in re.findall(r"\bgfx[0-9a-f]+\b", out) if t != "gfx000"))
+        if found:
+            return ";".join(found)
+    return None
+
+
+def _nvcc_version() -> str | None:
+    if proc.which("nvcc") is None:
+        return None
+    out = proc.run(["nvcc", "--version"], check=False).stdout
+    m = re.search(r"release [\d.]+, V[\d.]+", out)
+    return m.group(0) if m else (out.strip().splitlines() or [None])[-1]
+
+
+def _cuda_arch() -> str | None:
+    if proc.which("nvidia-smi") is None:
+        return None
+    out = proc.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"], check=False).stdout
+    caps = sorted(set(c.strip().replace(".", "") for c in out.splitlines() if c.strip()))
+    return ";".join(caps) or None

@@ -1,0 +1,155 @@
+"""Materialise a pinned llama.cpp source into vendor/llama.cpp as a git repo with one base commit."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from llamactl import paths, proc
+from llamactl.console import Output
+from llamactl.errors import LlamactlError
+from llamactl.gitrepo import Repo
+from llamactl.sources import GitSource, PathSource, PypiSdistSource, SourceSpec, export_path_tree, extract_sdist_subtree, fetch_git, fetch_sdist, resolve
+
+
+@dataclass
+class Provenance:
+    source: str          # lock name or path:/dir
+    kind: str
+    version: str         # package version, git commit, or path identity
+    hash: str            # sha256 of the sdist, git commit id, or tree identity
+    upstream_commit: str | None
+    series: str | None   # patch series that belongs to this source
+    base_commit: str     # the base commit llamactl made inside vendor/llama.cpp
+    vendored_at: str
+
+    @property
+    def identity(self) -> dict[str, str]:
+        """What makes two vendored trees the same (used in build keys)."""
+        return {"source": self.source, "kind": self.kind, "version": self.version, "hash": self.hash}
+
+
+def provenance_path(tree: Path | None = None) -> Path:
+    tree = tree or paths.vendor_tree()
+    return tree.parent / f"{tree.name}.provenance.json"
+
+
+def read_provenance(tree: Path | None = None) -> Provenance | None:
+    p = provenance_path(tree)
+    if not p.exists():
+        return None
+    try:
+        return Provenance(**json.loads(p.read_text()))
+    except (ValueError, TypeError):
+        return None
+
+
+def _identity_of(name: str, spec: SourceSpec) -> tuple[str, str] | None:
+    """(version, hash) known without fetching; None for path sources."""
+    if isinstance(spec, PypiSdistSource):
+        return spec.version, spec.sha256
+    if isinstance(spec, GitSource):
+        return spec.commit, spec.commit
+    return None
+
+
+def path_identity(spec: PathSource) -> str | None:
+    """HEAD commit of a local git checkout (or bare git dir); None for a plain directory."""
+    src = spec.path
+    git_dir = src / ".git" if (src / ".git").exists() else (src if (src / "objects").is_dir() else None)
+    if git_dir is None:
+        return None
+    cp = proc.run(["git", f"--git-dir={git_dir}", "rev-parse", "HEAD"], check=False)
+    return cp.stdout.strip() or None
+
+
+def is_current(name: str, spec: SourceSpec, tree: Path) -> bool:
+    prov = read_provenance(tree)
+    ident = _identity_of(name, spec)
+    if isinstance(spec, PathSource):
+        commit = path_identity(spec)
+        ident = (commit, commit) if commit else None
+    if prov is None or ident is None or not Repo(tree).exists():
+        return False
+    return prov.source == name and (prov.version, prov.hash) == ident
+
+
+def vendor(source: str | None = None, *, force: bool = False, out: Output | None = None,
+           tree: Path | None = None, series: str | None = None) -> Provenance:
+    """Make ``tree`` (default vendor/llama.cpp) hold the chosen source. Idempotent.
+
+    The new tree is assembled beside the old one and swapped in only when complete,
+    so a failed download or hash mismatch leaves the existing tree alone.
+    """
+    tree = tree or paths.vendor_tree()
+    name, spec = resolve(source)
+    if not force and is_current(name, spec, tree):
+        prov = read_provenance(tree)
+        assert prov is not None
+        return prov
+
+    staging = tree.parent / f".{tree.name}.staging"
+    if staging.exists():
+        shutil.rmtree(staging)
+    t0 = time.monotonic()
+    upstream_commit = None
+    try:
+        if isinstance(spec, PypiSdistSource):
+            archive = fetch_sdist(spec, out)
+            if out:
+                out.info(f"extracting {spec.subdir}/ from {archive.name} ...")
+            extract_sdist_subtree(archive, spec.subdir, staging)
+            version, digest, upstream_commit = spec.version, spec.sha256, spec.commit
+        elif isinstance(spec, GitSource):
+            archive = fetch_git(spec, out)
+            staging.mkdir(parents=True)
+            with tarfile.open(archive) as tf:
+                tf.extractall(staging, filter="data")
+            version, digest, upstream_commit = spec.commit, spec.commit, spec.commit
+        else:
+            assert isinstance(spec, PathSource)
+            ident = export_path_tree(spec.path, staging)
+            version = ident
+            digest = ident
+            upstream_commit = ident if ident != "worktree" else None
+        stray = staging / ".git"   # a submodule gitfile in sdists would hijack git commands
+        if stray.is_dir():
+            shutil.rmtree(stray)
+        elif stray.exists():
+            stray.unlink()
+        repo = Repo(staging)
+        base = repo.init_with_base(f"llamactl base: {name} {version}")
+        if digest == "worktree":
+            digest = repo.out("rev-parse", "HEAD^{tree}")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+    prov = Provenance(
+        source=name, kind=spec.kind, version=version, hash=digest, upstream_commit=upstream_commit,
+        series=series if series is not None else spec.series, base_commit=base,
+        vendored_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+    old = tree.parent / f".{tree.name}.old"
+    if old.exists():
+        shutil.rmtree(old)
+    if tree.exists():
+        tree.rename(old)
+    staging.rename(tree)
+    provenance_path(tree).write_text(json.dumps(asdict(prov), indent=2) + "\n")
+    shutil.rmtree(old, ignore_errors=True)
+    if out:
+        out.info(f"vendored {name} ({version}) into {tree} in {time.monotonic() - t0:.1f}s")
+    return prov
+
+
+def require_vendored(tree: Path | None = None) -> Provenance:
+    tree = tree or paths.vendor_tree()
+    prov = read_provenance(tree)
+    if prov is None or not Repo(tree).exists():
+        raise LlamactlError(f"{tree} is not vendored", hint="run `llamactl vendor` first")
+    return prov

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.fixture
+def fixtures() -> Path:
+    return FIXTURES
+
+
+@pytest.fixture
+def upstream_help_text() -> str:
+    return (FIXTURES / "help" / "upstream-0c1e57098.txt").read_text()
+
+
+@pytest.fixture
+def fork_help_text() -> str:
+    p = FIXTURES / "help" / "atomic-turboquant-0a635dcd.txt"
+    return p.read_text()
+
+
+def llama_server_pids() -> set[int]:
+    pids = set()
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if (d / "comm").read_text().strip() == "llama-server":
+                    stat = (d / "stat").read_text().split(")")[-1].split()
+                    if stat[0] != "Z":
+                        pids.add(int(d.name))
+            except OSError:
+                pass
+    return pids
