@@ -23,4 +23,5 @@ unit: setup
 
 test: setup
 	$(BIN)/llamactl validate default --junit $(REPORTS)/validate-default.xml --json $(REPORTS)/validate-default.json
+	$(BIN)/llamactl validate tiny-gemma4-mtp --junit $(REPORTS)/validate-tiny-gemma4-mtp.xml --json $(REPORTS)/validate-tiny-gemma4-mtp.json
 	$(BIN)/pytest --junitxml=$(REPORTS)/pytest.xml

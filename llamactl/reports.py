@@ -34,11 +34,13 @@ def table(report: Report, running: str | None = None) -> Table:
     return t
 
 
-def summary_line(report: Report) -> str:
+def summary_lines(report: Report) -> list[str]:
+    """A verdict line, then the plain 'N passed, N failed, N skipped' line CI runners read."""
     n = report.counts()
     verdict = "[green]PASS[/]" if report.ok else "[bold red]FAIL[/]"
-    return (f"{verdict}  {n[PASS]} passed, {n[FAIL]} failed, {n[SKIP]} skipped"
-            + (", interrupted" if report.interrupted else "") + f" in {report.wall_s:.1f}s  (logs: {report.run_dir})")
+    first = (f"{verdict} {report.profile}: {len(report.cells)} cell(s) in {report.wall_s:.1f}s"
+             + (", interrupted" if report.interrupted else "") + f"  (logs: {report.run_dir})")
+    return [first, f"validate: {n[PASS]} passed, {n[FAIL]} failed, {n[SKIP]} skipped"]
 
 
 def write_json(report: Report, path: Path) -> None:

@@ -99,6 +99,7 @@ def run_cell(base: profiles.Resolved, cell: Cell, binary: launcher.Binary, run_d
              out: Output | None = None, after_check: Hook | None = None) -> CellResult:
     t0 = time.monotonic()
     res = CellResult(cell.id, cell.values, repro=repro_command(base.name, cell))
+    res.overrides = dict(cell.values)
     resolved = cell_profile(base, cell)
     unsupported = check_supported(resolved.profile, binary.help, binary.path.name)
     if unsupported is not None:
@@ -123,7 +124,8 @@ def run_cell(base: profiles.Resolved, cell: Cell, binary: launcher.Binary, run_d
             res.status, res.reason = FAIL, str(exc)
             return res
         t_req = time.monotonic()
-        with httpx.Client(headers=sp.headers()) as client:
+        # no keep-alive: llama-server may close an idle connection just as the next request reuses it
+        with httpx.Client(headers=sp.headers(), limits=httpx.Limits(max_keepalive_connections=0)) as client:
             ctx = CellContext(plan.url, resolved.profile, client, alive=sp.alive)
             try:
                 ctx.metrics_before = read_metrics(ctx) if resolved.profile.metrics else []

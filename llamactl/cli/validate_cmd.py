@@ -60,7 +60,8 @@ def validate(
         for ln in (c.crash or {}).get("frames", [])[:8]:
             console.print(f"    {ln}", highlight=False, markup=False)
         console.print(f"    log:   {c.log}\n    repro: {c.repro}", highlight=False, markup=False)
-    console.print(reports.summary_line(report))
+    for line in reports.summary_lines(report):
+        console.print(line, highlight=False)
     if json_path:
         reports.write_json(report, json_path)
     if junit:
