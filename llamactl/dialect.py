@@ -27,9 +27,14 @@ class Option:
 
     @property
     def allowed(self) -> list[str] | None:
-        m = re.search(r"allowed values:\s*([^\n(]+)", self.description)
+        m = re.search(r"allowed values:\s*(.*)", self.description, re.S)
         if m:
-            return [v.strip() for v in m.group(1).replace("\n", " ").split(",") if v.strip()]
+            text = ""
+            for line in m.group(1).split("\n"):   # the list may wrap onto continuation lines
+                text += " " + line.strip()
+                if not line.rstrip().endswith(","):
+                    break
+            return [v.strip() for v in text.split(",") if v.strip()]
         arg = self.arg.strip()
         m = re.fullmatch(r"[{\[]([\w|,.-]+)[}\]]", arg)
         if m:

@@ -71,6 +71,7 @@ class Profile(BaseModel):
     reasoning_budget: int | None = Field(None, ge=-1, json_schema_extra=flag("--reasoning-budget", env=("REASONING_BUDGET",)))
     enable_mtp: bool = Field(False, json_schema_extra=flag(env=("ENABLE_MTP",), kind="mtp"))
     draft_n: int | None = Field(None, ge=1, json_schema_extra=flag("--spec-draft-n-max", "--draft-max", env=("DRAFT_N",), mtp=True))
+    draft_block_size: int | None = Field(None, ge=2, json_schema_extra=flag("--draft-block-size", mtp=True))
     n_gpu_layers: int | str | None = Field(None, json_schema_extra=flag("--n-gpu-layers", env=("NGL",)))
     n_gpu_layers_draft: int | str | None = Field(None, json_schema_extra=flag("--n-gpu-layers-draft", env=("NGL_DRAFT",), mtp=True))
     flash_attn: FlashAttn | None = Field(None, json_schema_extra=flag("--flash-attn", env=("FA",)))

@@ -105,7 +105,10 @@ def fetch_sdist(spec: PypiSdistSource, out: Output | None = None) -> Path:
         cp = subprocess.run(argv, capture_output=True, text=True)
         if cp.returncode != 0:
             lines = [ln for ln in (cp.stderr or cp.stdout).splitlines() if ln.strip()]
-            why = next((ln for ln in lines if "ERROR" in ln or "match" in ln.lower()), lines[-1] if lines else "")
+            if any("DO NOT MATCH THE HASHES" in ln for ln in lines):
+                raise LlamactlError(f"sha256 mismatch: {spec.package}=={spec.version} does not match the pinned {spec.sha256[:16]}...",
+                                    hint="refusing it; the vendored tree is unchanged")
+            why = next((ln for ln in lines if "ERROR" in ln), lines[-1] if lines else "")
             raise LlamactlError(f"could not fetch {spec.package}=={spec.version}: {why.strip()}")
         files = list((Path(tmp) / "dl").iterdir())
         if not files:
