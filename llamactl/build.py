@@ -8,6 +8,7 @@ its manifest, so an unchanged build returns without running anything.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,12 +98,12 @@ def build_root_for(backend: str, key: str) -> Path:
 
 def prepare_tree(req: BuildRequest, out: Output | None = None) -> tuple[Provenance, list[dict], str | None]:
     """Vendor and patch as needed; return provenance, applied patch hashes and a hash of local edits."""
-    prov = vendor(_source_name(req), out=out)
+    prov = vendor(_source_name(req), out=out, series=req.series)
     tree = paths.vendor_tree()
-    series = None if req.no_patches else (req.series if req.series is not None else prov.series)
+    series = req.series if req.series is not None else prov.series
     if req.no_patches:
         if Repo(tree).commits_since_base():
-            revert(tree, series=prov.series)
+            revert(tree, series=series)
         applied = []
     else:
         res = apply_series(tree, series)
@@ -131,16 +133,36 @@ def dry_run(req: BuildRequest) -> cmake.CMakePlan:
     )
 
 
+@contextmanager
+def vendor_lock():
+    """One llamactl at a time may switch, patch or snapshot vendor/llama.cpp."""
+    lock = paths.vendor_dir() / ".llamactl.lock"
+    with open(lock, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def build(req: BuildRequest, out: Output | None = None) -> BuildResult:
     t0 = time.monotonic()
-    prov, applied, local = prepare_tree(req, out)
-    compilers = toolchain.compiler_ids()
-    material = key_material(req, prov.identity, applied, local, compilers)
-    key = build_key(material)
-    root = build_root_for(req.backend, key)
-    cached = _load_manifest(root)
-    if cached is not None:
-        return BuildResult(cached, True, time.monotonic() - t0)
+    with vendor_lock():
+        prov, applied, local = prepare_tree(req, out)
+        compilers = toolchain.compiler_ids()
+        material = key_material(req, prov.identity, applied, local, compilers)
+        key = build_key(material)
+        root = build_root_for(req.backend, key)
+        cached = _load_manifest(root)
+        if cached is not None:
+            return BuildResult(cached, True, time.monotonic() - t0)
+        root.mkdir(parents=True, exist_ok=True)
+        _snapshot(paths.vendor_tree(), root / "src")
+    return _compile(req, prov, applied, local, material, key, root, out, t0)
+
+
+def _compile(req: BuildRequest, prov: Provenance, applied: list[dict], local: str | None, material: dict,
+             key: str, root: Path, out: Output | None, t0: float) -> BuildResult:
 
     tc = toolchain.detect(req.backend, req.gpu_targets)
     tc.require()
@@ -150,8 +172,6 @@ def build(req: BuildRequest, out: Output | None = None) -> BuildResult:
     plan = cmake.plan(req.backend, root / "src", root / "build", target=req.target, jobs=req.jobs,
                       gpu_targets=tc.gpu_targets, extra_options=req.cmake_options, env=tc.env or None,
                       ccache=use_ccache)
-    root.mkdir(parents=True, exist_ok=True)
-    _snapshot(paths.vendor_tree(), root / "src")
     log = root / "build.log"
     env = dict(os.environ)
     env.update(plan.env)

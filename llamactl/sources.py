@@ -43,6 +43,14 @@ class GitSource(_Base):
 class PathSource(_Base):
     kind: Literal["path"]
     path: Path
+    rev: str = "HEAD"     # for git checkouts / bare git dirs: path:/dir@<commit-or-branch>
+
+    def git_dir(self) -> Path | None:
+        if (self.path / ".git").exists():
+            return self.path / ".git"
+        if (self.path / "HEAD").is_file() and (self.path / "objects").is_dir():
+            return self.path
+        return None
 
 
 SourceSpec = Annotated[Union[PypiSdistSource, GitSource, PathSource], Field(discriminator="kind")]
@@ -75,10 +83,11 @@ def resolve(name: str | None, lock: Lock | None = None) -> tuple[str, SourceSpec
     lock = lock or load_lock()
     name = name or lock.default
     if name.startswith("path:"):
-        p = Path(name[5:]).expanduser().resolve()
+        raw, _, rev = name[5:].partition("@")
+        p = Path(raw).expanduser().resolve()
         if not p.exists():
             raise LlamactlError(f"source path {p} does not exist")
-        return name, PathSource(kind="path", path=p)
+        return name, PathSource(kind="path", path=p, rev=rev or "HEAD")
     if name not in lock.sources:
         known = ", ".join(sorted(lock.sources))
         raise LlamactlError(f"unknown source {name!r}", hint=f"known: {known}, or path:/some/dir")
@@ -170,26 +179,24 @@ def fetch_git(spec: GitSource, out: Output | None = None) -> Path:
     return cache
 
 
-def export_path_tree(src: Path, dest: Path) -> str:
-    """Copy a local tree; a git checkout (or bare git dir) exports its HEAD. Returns its identity."""
-    git_dir = None
-    if (src / ".git").exists():
-        git_dir = src / ".git"
-    elif (src / "HEAD").is_file() and (src / "objects").is_dir():
-        git_dir = src
+def export_path_tree(spec: PathSource, dest: Path) -> str:
+    """Copy a local tree; a git checkout (or bare git dir) exports ``spec.rev``. Returns its identity."""
+    src = spec.path
+    git_dir = spec.git_dir()
     dest.mkdir(parents=True, exist_ok=True)
     if git_dir is not None:
-        commit = proc.run(["git", f"--git-dir={git_dir}", "rev-parse", "HEAD"]).stdout.strip()
-        tar = subprocess.run(["git", f"--git-dir={git_dir}", "archive", "--format=tar", commit],
-                             capture_output=True)
-        if tar.returncode != 0:
-            raise LlamactlError(f"git archive failed in {src}: {tar.stderr.decode().strip()}")
-        with tempfile.NamedTemporaryFile(suffix=".tar") as t:
-            t.write(tar.stdout)
-            t.flush()
-            with tarfile.open(t.name) as tf:
+        commit = proc.run(["git", f"--git-dir={git_dir}", "rev-parse", f"{spec.rev}^{{commit}}"]).stdout.strip()
+        with tempfile.TemporaryFile() as t:
+            cp = subprocess.run(["git", f"--git-dir={git_dir}", "archive", "--format=tar", commit], stdout=t,
+                                stderr=subprocess.PIPE)
+            if cp.returncode != 0:
+                raise LlamactlError(f"git archive failed in {src}: {cp.stderr.decode().strip()}")
+            t.seek(0)
+            with tarfile.open(fileobj=t) as tf:
                 tf.extractall(dest, filter="data")
         return commit
+    if spec.rev != "HEAD":
+        raise LlamactlError(f"{src} is not a git checkout, so @{spec.rev} means nothing there")
     shutil.copytree(src, dest, dirs_exist_ok=True, symlinks=True,
                     ignore=shutil.ignore_patterns(".git", "build", "build-*", "__pycache__"))
     return "worktree"

@@ -58,12 +58,11 @@ def _identity_of(name: str, spec: SourceSpec) -> tuple[str, str] | None:
 
 
 def path_identity(spec: PathSource) -> str | None:
-    """HEAD commit of a local git checkout (or bare git dir); None for a plain directory."""
-    src = spec.path
-    git_dir = src / ".git" if (src / ".git").exists() else (src if (src / "objects").is_dir() else None)
+    """The commit a local git checkout (or bare git dir) resolves ``spec.rev`` to; None for a plain dir."""
+    git_dir = spec.git_dir()
     if git_dir is None:
         return None
-    cp = proc.run(["git", f"--git-dir={git_dir}", "rev-parse", "HEAD"], check=False)
+    cp = proc.run(["git", f"--git-dir={git_dir}", "rev-parse", f"{spec.rev}^{{commit}}"], check=False)
     return cp.stdout.strip() or None
 
 
@@ -112,7 +111,7 @@ def vendor(source: str | None = None, *, force: bool = False, out: Output | None
             version, digest, upstream_commit = spec.commit, spec.commit, spec.commit
         else:
             assert isinstance(spec, PathSource)
-            ident = export_path_tree(spec.path, staging)
+            ident = export_path_tree(spec, staging)
             version = ident
             digest = ident
             upstream_commit = ident if ident != "worktree" else None

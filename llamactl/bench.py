@@ -1,0 +1,278 @@
+"""`llamactl bench`: does MTP pay off here, for this KV type and slot count?
+
+For each cell, two servers start side by side (MTP off and MTP on, same everything else).
+Samples are interleaved (off, on, off, on, ...) so machine drift cannot pose as a
+speed-up. Each sample streams one fixed prompt with greedy sampling and records client
+timings (TTFT, decode tok/s), the server's own ``timings``, and /metrics draft deltas.
+Then all slots are filled at once for aggregate throughput; peak RSS comes from /proc.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+
+from llamactl import launcher, metrics, profiles
+from llamactl.errors import LlamactlError
+from llamactl.matrix import Cell
+from llamactl.server import ServerDied, ServerProcess
+from llamactl.stats import pct_change, ratio, summarize
+from llamactl.validate import cell_profile
+
+BUILTIN_PROMPTS = [
+    "Hi.",
+    "Write a short story about a lighthouse keeper who finds a message in a bottle.",
+    "Explain, step by step and in plain words, how a hash table handles collisions, what load factor means, "
+    "why resizing matters, and how open addressing differs from chaining. Give a small example for each.",
+]
+
+
+@dataclass
+class Sample:
+    cell: str
+    variant: str            # "mtp-off" | "mtp-on"
+    repeat: int
+    prompt: int
+    prompt_tokens: int | None = None
+    tokens: int | None = None
+    ttft_s: float | None = None
+    client_decode_tps: float | None = None
+    server_decode_tps: float | None = None
+    server_prompt_tps: float | None = None
+    draft_tokens: float | None = None
+    accepted_tokens: float | None = None
+    accepted_per_pos: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class VariantResult:
+    variant: str
+    argv: list[str] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
+    aggregate_tps: list[float] = field(default_factory=list)
+    peak_rss_mb: float | None = None
+    error: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        s = {k: asdict(summarize([getattr(x, k) for x in self.samples])) for k in
+             ("client_decode_tps", "server_decode_tps", "server_prompt_tps", "ttft_s")}
+        s["aggregate_tps"] = asdict(summarize(self.aggregate_tps))
+        drafted = sum(x.draft_tokens or 0 for x in self.samples)
+        accepted = sum(x.accepted_tokens or 0 for x in self.samples)
+        s["draft_tokens"], s["accepted_tokens"] = drafted, accepted
+        s["acceptance"] = accepted / drafted if drafted else None
+        return s
+
+
+@dataclass
+class CellBench:
+    cell: str
+    overrides: dict[str, Any]
+    variants: dict[str, VariantResult] = field(default_factory=dict)
+
+    def speedup(self) -> float | None:
+        on, off = self.variants.get("mtp-on"), self.variants.get("mtp-off")
+        if not on or not off or on.error or off.error:
+            return None
+        return ratio(on.summary()["client_decode_tps"]["median"], off.summary()["client_decode_tps"]["median"])
+
+
+def load_prompts(path: Path | None) -> list[str]:
+    if path is None:
+        return list(BUILTIN_PROMPTS)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise LlamactlError(f"cannot read prompts file {path}: {exc.strerror}") from exc
+    prompts = [p.strip() for p in text.split("\n\n") if p.strip()] if "\n\n" in text else [l for l in text.splitlines() if l.strip()]
+    if not prompts:
+        raise LlamactlError(f"{path} holds no prompts (one per line, or blocks separated by blank lines)")
+    return prompts
+
+
+def stream_one(client: httpx.Client, url: str, model: str, prompt: str, n_predict: int, seed: int) -> dict:
+    """Stream one chat completion; return client timings and the server's own timings."""
+    t0 = time.monotonic()
+    first = last = None
+    timings: dict = {}
+    with client.stream("POST", f"{url}/v1/chat/completions", timeout=600, json={
+            "model": model, "messages": [{"role": "user", "content": prompt}], "stream": True,
+            "max_tokens": n_predict, "temperature": 0, "seed": seed, "ignore_eos": True}) as r:
+        if r.status_code != 200:
+            r.read()
+            raise LlamactlError(f"bench request failed: HTTP {r.status_code} {r.text[:200]}")
+        for line in r.iter_lines():
+            if not line.startswith("data:") or line.strip() == "data: [DONE]":
+                continue
+            try:
+                chunk = json.loads(line[5:])
+            except ValueError:
+                continue
+            if chunk.get("timings"):
+                timings = chunk["timings"]
+            choices = chunk.get("choices") or []
+            if choices and (choices[0].get("delta") or {}).get("content"):
+                now = time.monotonic()
+                first = first or now
+                last = now
+    n = timings.get("predicted_n")
+    decode = (n - 1) / (last - first) if n and first and last and last > first else None
+    return {"ttft_s": (first - t0) if first else None, "client_decode_tps": decode, "tokens": n,
+            "prompt_tokens": timings.get("prompt_n"), "server_decode_tps": timings.get("predicted_per_second"),
+            "server_prompt_tps": timings.get("prompt_per_second")}
+
+
+def _spec(client: httpx.Client, url: str) -> metrics.SpecCounters:
+    try:
+        r = client.get(f"{url}/metrics", timeout=10)
+        return metrics.spec_counters(metrics.parse(r.text)) if r.status_code == 200 else metrics.SpecCounters()
+    except httpx.HTTPError:
+        return metrics.SpecCounters()
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+def _aggregate(client: httpx.Client, url: str, model: str, slots: int, n_predict: int, seed: int, prompts: list[str]) -> float:
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(max_workers=slots) as pool:
+        res = list(pool.map(lambda i: stream_one(client, url, model, prompts[i % len(prompts)], n_predict, seed), range(slots)))
+    wall = time.monotonic() - t0
+    return sum(r["tokens"] or 0 for r in res) / wall if wall else 0.0
+
+
+def bench_cell(base: profiles.Resolved, cell: Cell, binary: launcher.Binary, run_dir: Path, prompts: list[str],
+               n_predict: int, repeat: int, seed: int = 42,
+               progress: Callable[[str], None] | None = None) -> CellBench:
+    resolved = cell_profile(base, cell)
+    out = CellBench(cell.id, cell.values)
+    variants = ["mtp-off", "mtp-on"] if resolved.profile.draft_model else ["mtp-off"]
+    servers: dict[str, ServerProcess] = {}
+    try:
+        for v in variants:
+            prof = resolved.profile.model_copy(update={"enable_mtp": v == "mtp-on"})
+            r = profiles.Resolved(resolved.name, prof, resolved.origins, resolved.path)
+            vr = VariantResult(v)
+            out.variants[v] = vr
+            try:
+                plan = launcher.plan(r, binary=binary)
+            except LlamactlError as exc:
+                vr.error = str(exc)
+                continue
+            vr.argv = plan.argv
+            sp = launcher.start(plan, run_dir / f"bench-{_slug(cell.id)}-{v}.log")
+            servers[v] = sp
+            try:
+                sp.wait_healthy(prof.health_timeout)
+            except (ServerDied, LlamactlError) as exc:
+                vr.error = str(exc)
+        model = resolved.profile.alias or "model"
+        live = [v for v in variants if v in servers and servers[v].alive() and not out.variants[v].error]
+        with httpx.Client(limits=httpx.Limits(max_keepalive_connections=0)) as client:
+            for v in live:   # warm-up, excluded
+                stream_one(client, servers[v].url, model, prompts[0], min(16, n_predict), seed)
+            for rep in range(repeat):
+                for pi, prompt in enumerate(prompts):
+                    for v in live:   # interleaved: off, on, off, on ...
+                        url = servers[v].url
+                        before = _spec(client, url)
+                        res = stream_one(client, url, model, prompt, n_predict, seed)
+                        d = _spec(client, url).minus(before)
+                        out.variants[v].samples.append(Sample(cell.id, v, rep, pi, draft_tokens=d.draft_tokens,
+                                                              accepted_tokens=d.accepted_tokens,
+                                                              accepted_per_pos=d.accepted_per_pos, **res))
+                        if progress:
+                            progress(f"{cell.id} {v} r{rep} p{pi}")
+                for v in live:
+                    out.variants[v].aggregate_tps.append(
+                        _aggregate(client, servers[v].url, model, resolved.profile.parallel, n_predict, seed, prompts))
+        for v, sp in servers.items():
+            out.variants[v].peak_rss_mb = peak_rss_mb(sp.pid) if sp.pid else None
+            if not sp.alive() and not out.variants[v].error:
+                out.variants[v].error = sp.crash().summary()
+    finally:
+        for sp in servers.values():
+            sp.stop()
+    return out
+
+
+def _slug(s: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_.=" else "_" for ch in s)[:100]
+
+
+def to_json(cells: list[CellBench], meta: dict) -> dict:
+    return {"meta": meta, "cells": [
+        {"cell": c.cell, "overrides": c.overrides, "speedup": c.speedup(),
+         "variants": {v: {"argv": r.argv, "error": r.error, "peak_rss_mb": r.peak_rss_mb, "aggregate_tps": r.aggregate_tps,
+                          "summary": r.summary(), "samples": [asdict(s) for s in r.samples]}
+                      for v, r in c.variants.items()}}
+        for c in cells]}
+
+
+def compare(a: dict, b: dict) -> list[dict]:
+    """Differences in medians between two saved runs (A = before, B = after)."""
+    rows = []
+    index = {(c["cell"], v): r for c in a["cells"] for v, r in c["variants"].items()}
+    for c in b["cells"]:
+        for v, r in c["variants"].items():
+            old = index.get((c["cell"], v))
+            if old is None:
+                continue
+            row = {"cell": c["cell"], "variant": v}
+            for metric in ("client_decode_tps", "server_decode_tps", "aggregate_tps", "ttft_s"):
+                x, y = old["summary"][metric]["median"], r["summary"][metric]["median"]
+                row[metric] = {"a": x, "b": y, "change_pct": pct_change(y, x)}
+            row["acceptance"] = {"a": old["summary"]["acceptance"], "b": r["summary"]["acceptance"]}
+            rows.append(row)
+    return rows
+
+
+def plot(data: dict, path: Path) -> None:
+    """Bars of median decode tok/s per cell and variant, with min-max whiskers."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise LlamactlError("--plot needs matplotlib", hint="pip install 'llamactl[plot]'") from exc
+    cells = data["cells"]
+    labels = [c["cell"] for c in cells]
+    variants = ["mtp-off", "mtp-on"]
+    fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(cells) + 2), 4.5))
+    width = 0.38
+    for i, v in enumerate(variants):
+        meds, lo, hi = [], [], []
+        for c in cells:
+            s = (c["variants"].get(v) or {}).get("summary", {}).get("client_decode_tps", {})
+            m = s.get("median") or 0.0
+            meds.append(m)
+            lo.append(m - (s.get("min") or m))
+            hi.append((s.get("max") or m) - m)
+        xs = [j + (i - 0.5) * width for j in range(len(cells))]
+        bars = ax.bar(xs, meds, width, yerr=[lo, hi], capsize=4, label=v, color=("#8c8c8c" if v == "mtp-off" else "#2a7ab9"))
+        for b, c in zip(bars, cells):
+            acc = ((c["variants"].get(v) or {}).get("summary") or {}).get("acceptance")
+            if v == "mtp-on" and acc is not None:
+                ax.annotate(f"acc {acc:.0%}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(cells)))
+    ax.set_xticklabels(labels, rotation=15, ha="right", fontsize=8)
+    ax.set_ylabel("decode tokens/s (client, median; whiskers min-max)")
+    ax.set_title(f"llamactl bench {data['meta'].get('profile', '')}: MTP off vs on")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
