@@ -123,12 +123,13 @@ def select(cells: list[Cell], filters: list[str]) -> list[Cell]:
     if not filters:
         return cells
     wanted: dict[str, Any] = {}
+    ids = [f for f in filters if "=" not in f]          # a bare word names a cell
     for f in filters:
-        if "=" not in f:
-            raise LlamactlError(f"--cell {f!r}: expected key=value")
-        k, v = f.split("=", 1)
-        wanted.update(normalise({k.strip(): yaml.safe_load(v)}))
-    out = [c for c in cells if all(_loose_eq(c.values.get(k), v) for k, v in wanted.items())]
+        if "=" in f:
+            k, v = f.split("=", 1)
+            wanted.update(normalise({k.strip(): yaml.safe_load(v)}))
+    out = [c for c in cells if all(_loose_eq(c.values.get(k), v) for k, v in wanted.items())
+           and all(c.id == i for i in ids)]
     if not out:
         raise LlamactlError(f"no matrix cell matches {' '.join(filters)}",
                             hint="cells: " + "; ".join(c.id for c in cells))

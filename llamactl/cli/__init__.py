@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from llamactl.cli import build_cmd, models_cmd, patch_cmd, profile_cmd, run_cmd, validate_cmd
+from llamactl.cli import bench_cmd, build_cmd, models_cmd, patch_cmd, profile_cmd, run_cmd, validate_cmd
 from llamactl.console import err_console
 from llamactl.errors import LlamactlError
 
@@ -30,7 +30,7 @@ app.command("run")(run_cmd.run)
 app.command("ps")(run_cmd.ps)
 app.command("stop")(run_cmd.stop)
 app.command("validate")(validate_cmd.validate)
-app.command("bench")(validate_cmd.bench)
+app.command("bench")(bench_cmd.bench)
 
 
 def main() -> None:

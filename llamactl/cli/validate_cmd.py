@@ -82,8 +82,3 @@ class _NoLive:
         return False
 
 
-def bench(
-    name: Annotated[str, typer.Argument(help="Profile to benchmark.")] = "default",
-) -> None:
-    """Measure decode/prompt speed and MTP acceptance (see `llamactl bench --help`)."""
-    raise LlamactlError("bench is not implemented yet")

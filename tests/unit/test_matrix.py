@@ -42,3 +42,10 @@ def test_unknown_axis_key():
 
 def test_no_matrix_is_one_cell():
     assert [c.id for c in expand(None)] == ["base"]
+
+
+def test_select_by_cell_name():
+    spec = MatrixSpec(include=[{"name": "echo", "parallel": 1}, {"name": "random", "parallel": 1, "mtp": True}])
+    cells = expand(spec)
+    assert [c.id for c in cells] == ["echo", "random"]
+    assert [c.id for c in select(cells, ["random"])] == ["random"]

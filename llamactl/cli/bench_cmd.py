@@ -1,0 +1,151 @@
+"""`llamactl bench`: does MTP pay off on this machine, for this KV type and slot count?
+
+Examples:
+    llamactl bench default --repeat 3
+    llamactl bench tiny-gemma4-bench --json reports/bench.json --plot reports/bench.png
+    llamactl bench tiny-gemma4-mtp --cell parallel=2 --n-predict 128 --prompts prompts.txt
+    llamactl bench --compare before.json after.json
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import platform
+import signal
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from llamactl import bench as bench_lib
+from llamactl import launcher
+from llamactl.cli import options as o
+from llamactl.cli.profile_cmd import resolve_from_cli
+from llamactl.cli.run_cmd import _sigterm_to_interrupt
+from llamactl.console import Output, console, progress_bar
+from llamactl.errors import LlamactlError
+from llamactl.matrix import expand, load_matrix_file, select
+
+
+def _f(x: float | None, fmt: str = "{:.1f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def _table(data: dict) -> Table:
+    t = Table(title=f"llamactl bench {data['meta'].get('profile', '')}  (medians of {data['meta'].get('repeat')} repeats x "
+                    f"{data['meta'].get('prompts')} prompts; decode tok/s client / server)", title_justify="left")
+    for col in ("cell", "variant", "decode tok/s", "spread", "server tok/s", "prompt tok/s", "TTFT ms",
+                "all slots tok/s", "acceptance", "peak RSS MB", "MTP on/off"):
+        t.add_column(col)
+    for c in data["cells"]:
+        for v, r in c["variants"].items():
+            s = r["summary"]
+            dec = s["client_decode_tps"]
+            spread = None
+            if dec["median"] and dec["min"] is not None:
+                spread = 100 * (dec["max"] - dec["min"]) / dec["median"]
+            ttft = s["ttft_s"]["median"]
+            t.add_row(c["cell"], v if not r["error"] else f"{v} [red]({r['error'][:60]})[/]", _f(dec["median"]),
+                      _f(spread, "±{:.0f}%"), _f(s["server_decode_tps"]["median"]), _f(s["server_prompt_tps"]["median"]),
+                      _f(None if ttft is None else ttft * 1000, "{:.0f}"), _f(s["aggregate_tps"]["median"]),
+                      _f(s["acceptance"], "{:.0%}"), _f(r["peak_rss_mb"], "{:.0f}"),
+                      _f(c["speedup"], "{:.2f}x") if v == "mtp-on" else "")
+    return t
+
+
+def _verdicts(data: dict) -> list[str]:
+    lines = []
+    for c in data["cells"]:
+        sp = c["speedup"]
+        on = c["variants"].get("mtp-on")
+        if sp is None or on is None:
+            continue
+        acc = on["summary"]["acceptance"]
+        acc_s = "n/a" if acc is None else f"{acc:.0%}"
+        if sp >= 1.05:
+            lines.append(f"{c['cell']}: MTP pays off here: {sp:.2f}x decode speed at {acc_s} draft acceptance")
+        elif sp <= 0.95:
+            lines.append(f"{c['cell']}: MTP costs time here: {sp:.2f}x decode speed (acceptance {acc_s}); leave it off")
+        else:
+            lines.append(f"{c['cell']}: MTP makes no measurable difference ({sp:.2f}x, acceptance {acc_s})")
+    return lines
+
+
+def bench(
+    name: Annotated[Optional[str], typer.Argument(help="Profile to benchmark.")] = None,
+    matrix: Annotated[Optional[Path], typer.Option("--matrix", help="YAML matrix file (default: the profile's matrix).")] = None,
+    cell: Annotated[Optional[list[str]], typer.Option("--cell", help="Only cells matching key=value.")] = None,
+    no_matrix: Annotated[bool, typer.Option("--no-matrix", help="Bench the profile as it is, ignoring its matrix.")] = False,
+    prompts: Annotated[Optional[Path], typer.Option("--prompts", help="Prompts file (one per line, or blank-line separated blocks).")] = None,
+    n_predict: Annotated[int, typer.Option("--n-predict", help="Tokens to generate per request.")] = 64,
+    repeat: Annotated[int, typer.Option("--repeat", help="Repeats per prompt (warm-up excluded).")] = 3,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write every sample as JSON here.")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG bar chart here (needs matplotlib).")] = None,
+    compare: Annotated[Optional[tuple[Path, Path]], typer.Option("--compare", help="Compare two saved runs: A.json B.json.")] = None,
+    set_: o.Set = None,
+    no_env: o.NoEnv = False,
+) -> None:
+    """Decode/prompt speed, TTFT, all-slots throughput, peak RSS and MTP acceptance; MTP on vs off, interleaved."""
+    if compare:
+        _compare(*compare)
+        return
+    if not name:
+        raise LlamactlError("name a profile to benchmark (or use --compare A.json B.json)")
+    if repeat < 1 or n_predict < 2:
+        raise LlamactlError("--repeat must be >= 1 and --n-predict >= 2")
+    base = resolve_from_cli(name, no_env, sets=set_)
+    spec = load_matrix_file(matrix) if matrix else (None if no_matrix else base.profile.matrix)
+    cells = select(expand(spec), cell or [])
+    # bench compares MTP on/off itself, so cells that only differ in enable_mtp collapse into one
+    seen, unique = set(), []
+    for c in cells:
+        key = tuple((k, v) for k, v in c.overrides if k != "enable_mtp")
+        if key not in seen:
+            seen.add(key)
+            unique.append(type(c)(key, c.name if c.name and "enable_mtp" not in (c.name or "") else None))
+    texts = bench_lib.load_prompts(prompts)
+    out = Output(False)
+    binary = launcher.ensure_binary(base.profile, out)
+    run_dir = launcher.new_run_dir(f"bench-{base.name}")
+    signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    t0 = time.monotonic()
+    results = []
+    total = len(unique) * repeat * len(texts) * 2
+    with progress_bar("benchmarking", total=total) as (progress, task):
+        for c in unique:
+            results.append(bench_lib.bench_cell(base, c, binary, run_dir, texts, n_predict, repeat,
+                                                progress=lambda _msg: progress.advance(task)))
+    meta = {"profile": base.name, "binary": str(binary.path), "version": (binary.manifest or {}).get("version", ""),
+            "repeat": repeat, "prompts": len(texts), "n_predict": n_predict, "wall_s": round(time.monotonic() - t0, 1),
+            "machine": platform.platform(), "processor": platform.processor(), "run_dir": str(run_dir)}
+    data = bench_lib.to_json(results, meta)
+    console.print(_table(data))
+    for line in _verdicts(data):
+        console.print(line, highlight=False)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(jsonlib.dumps(data, indent=2, default=str) + "\n")
+        console.print(f"samples: {json_path}")
+    if plot:
+        bench_lib.plot(data, plot)
+        console.print(f"chart: {plot}")
+
+
+def _compare(a: Path, b: Path) -> None:
+    try:
+        da, db = jsonlib.loads(a.read_text()), jsonlib.loads(b.read_text())
+    except (OSError, ValueError) as exc:
+        raise LlamactlError(f"cannot read bench JSON: {exc}") from exc
+    rows = bench_lib.compare(da, db)
+    if not rows:
+        raise LlamactlError(f"{a.name} and {b.name} share no cells to compare")
+    t = Table(title=f"{a.name} -> {b.name} (median decode tok/s, change)", title_justify="left")
+    for col in ("cell", "variant", "decode A", "decode B", "change", "all slots A", "all slots B", "change", "acceptance A", "acceptance B"):
+        t.add_column(col)
+    for r in rows:
+        d, agg = r["client_decode_tps"], r["aggregate_tps"]
+        t.add_row(r["cell"], r["variant"], _f(d["a"]), _f(d["b"]), _f(d["change_pct"], "{:+.1f}%"), _f(agg["a"]), _f(agg["b"]),
+                  _f(agg["change_pct"], "{:+.1f}%"), _f(r["acceptance"]["a"], "{:.0%}"), _f(r["acceptance"]["b"], "{:.0%}"))
+    console.print(t)
