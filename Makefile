@@ -10,7 +10,7 @@ REPORTS := reports
 
 $(BIN)/llamactl: pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,plot]'
 	@touch $@
 
 setup: $(BIN)/llamactl

@@ -6,6 +6,7 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from llamactl.checks import FAIL, PASS, SKIP
@@ -25,12 +26,12 @@ def table(report: Report, running: str | None = None) -> Table:
     for c in report.cells:
         spec = (c.spec or {}).get("delta") or {}
         drafts = spec.get("draft_tokens")
-        t.add_row(c.cell, f"[{STYLE.get(c.status, '')}]{c.status.upper()}[/]",
+        t.add_row(escape(c.cell), f"[{STYLE.get(c.status, '')}]{c.status.upper()}[/]",
                   "-" if c.start_s is None else f"{c.start_s:.2f}", f"{c.seconds:.1f}",
                   "-" if c.tokens_per_s is None else f"{c.tokens_per_s:.1f}",
-                  "-" if drafts is None else f"{drafts:.0f}", _pct(c.acceptance), c.reason)
+                  "-" if drafts is None else f"{drafts:.0f}", _pct(c.acceptance), escape(c.reason))
     if running:
-        t.add_row(running, f"[{STYLE['running']}]RUNNING[/]", "", "", "", "", "", "")
+        t.add_row(escape(running), f"[{STYLE['running']}]RUNNING[/]", "", "", "", "", "", "")
     return t
 
 

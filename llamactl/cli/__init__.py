@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from llamactl.cli import bench_cmd, build_cmd, models_cmd, patch_cmd, profile_cmd, run_cmd, validate_cmd
 from llamactl.console import err_console
@@ -37,7 +38,7 @@ def main() -> None:
     try:
         app()
     except LlamactlError as exc:
-        err_console.print(f"[bold red]error:[/] {exc.message}" + (f" [dim]({exc.hint})[/]" if exc.hint else ""),
+        err_console.print(f"[bold red]error:[/] {escape(exc.message)}" + (f" [dim]({escape(exc.hint)})[/]" if exc.hint else ""),
                           highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from llamactl import bench as bench_lib
@@ -47,7 +48,7 @@ def _table(data: dict) -> Table:
             if dec["median"] and dec["min"] is not None:
                 spread = 100 * (dec["max"] - dec["min"]) / dec["median"]
             ttft = s["ttft_s"]["median"]
-            t.add_row(c["cell"], v if not r["error"] else f"{v} [red]({r['error'][:60]})[/]", _f(dec["median"]),
+            t.add_row(escape(c["cell"]), v if not r["error"] else f"{v} [red]({escape(r['error'][:60])})[/]", _f(dec["median"]),
                       _f(spread, "±{:.0f}%"), _f(s["server_decode_tps"]["median"]), _f(s["server_prompt_tps"]["median"]),
                       _f(None if ttft is None else ttft * 1000, "{:.0f}"), _f(s["aggregate_tps"]["median"]),
                       _f(s["acceptance"], "{:.0%}"), _f(r["peak_rss_mb"], "{:.0f}"),
@@ -123,7 +124,7 @@ def bench(
     data = bench_lib.to_json(results, meta)
     console.print(_table(data))
     for line in _verdicts(data):
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, markup=False)
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(jsonlib.dumps(data, indent=2, default=str) + "\n")

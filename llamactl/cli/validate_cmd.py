@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.console import Group
 from rich.live import Live
 
@@ -52,13 +53,13 @@ def validate(
                 live.update(Group(reports.table(report, running)), refresh=True)
             elif running is None and report.cells:
                 c = report.cells[-1]
-                console.print(f"  {c.cell}: {c.status.upper()} {c.reason}", highlight=False)
+                console.print(f"  {escape(c.cell)}: {c.status.upper()} {escape(c.reason)}", highlight=False)
         report = run_matrix(base, cells, out=out, fail_fast=fail_fast, on_update=update)
     if not live_enabled:
         console.print(reports.table(report))
     failed = [c for c in report.cells if c.status == "fail"]
     for c in failed:
-        console.print(f"[red]FAIL[/] {c.cell}: {c.reason}", highlight=False)
+        console.print(f"[red]FAIL[/] {escape(c.cell)}: {escape(c.reason)}", highlight=False)
         for ln in (c.crash or {}).get("frames", [])[:8]:
             console.print(f"    {ln}", highlight=False, markup=False)
         console.print(f"    log:   {c.log}\n    repro: {c.repro}", highlight=False, markup=False)
