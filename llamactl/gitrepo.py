@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
-
 from llamactl import proc
 
 FIXED_ENV = {
@@ -92,6 +90,3 @@ class Repo:
 
     def reset_hard(self, commit: str) -> None:
         self.git("reset", "-q", "--hard", commit)
-
-    def run_list(self, args: Sequence[str]) -> str:
-        return self.out(*args)

@@ -103,6 +103,3 @@ def spec_counters(samples: list[Sample]) -> SpecCounters:
         return c
     return SpecCounters()
 
-
-def gauge(samples: list[Sample], name: str) -> float | None:
-    return value(samples, name)

@@ -171,12 +171,12 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def _merge(base: dict, over: dict, origins: dict[str, str], origin: str, prefix: str = "") -> dict:
+def merge(base: dict, over: dict, origins: dict[str, str], origin: str, prefix: str = "") -> dict:
     out = dict(base)
     for k, v in over.items():
         key = f"{prefix}{k}"
         if k in ("build", "env") and isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v, origins, origin, prefix=f"{key}.")
+            out[k] = merge(out[k], v, origins, origin, prefix=f"{key}.")
         else:
             out[k] = v
             origins[key] = origin
@@ -198,7 +198,7 @@ def _load_chain(path: Path, origins: dict[str, str], seen: tuple[Path, ...] = ()
             raise LlamactlError(f"{path}: key 'extends' must name another profile")
         merged = _load_chain(profile_path(parent, path.parent), origins, (*seen, path))
     own = {k: v for k, v in data.items() if k != "extends"}
-    return _merge(merged, own, origins, f"profile {path.name}")
+    return merge(merged, own, origins, f"profile {path.name}")
 
 
 def _env_layer(environ: dict[str, str]) -> tuple[dict, dict[str, str]]:
@@ -242,10 +242,10 @@ def resolve(
     origins: dict[str, str] = {}
     data = _load_chain(path, origins)
     env_layer, env_origins = _env_layer(dict(os.environ if environ is None else environ))
-    data = _merge(data, env_layer, {}, "")
+    data = merge(data, env_layer, {}, "")
     origins.update(env_origins)
     if cli:
-        data = _merge(data, cli, origins, "cli")
+        data = merge(data, cli, origins, "cli")
     try:
         profile = Profile.model_validate(data)
     except ValidationError as exc:
@@ -257,19 +257,16 @@ def format_validation_error(exc: ValidationError, path: Path, origins: dict[str,
     """One line: file, key, what is wrong, what is allowed, and which layer set it."""
     parts = []
     for err in exc.errors()[:3]:
-        loc = ".".join(str(x) for x in err["loc"] if not isinstance(x, int) or True)
-        key = ".".join(str(x) for x in err["loc"][:2] if not str(x).startswith(("int", "literal", "str")))
+        # pydantic appends union-member tags (int, literal['auto'], ...) to the location: drop them
+        key = ".".join(str(x) for x in err["loc"][:2] if not str(x).startswith(("int", "literal", "str", "float", "bool")))
         origin = origins.get(key) or origins.get(str(err["loc"][0]), "")
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            allowed = ", ".join(_allowed_keys(err["loc"]))
-            msg = f"unknown key (allowed: {allowed})"
+            msg = f"unknown key (allowed: {', '.join(_allowed_keys(err['loc']))})"
         elif err["type"] == "missing":
             msg = "required key is missing"
-        elif "expected" in (err.get("ctx") or {}):
-            msg = f"{msg}"
         where = f" [{origin}]" if origin and not origin.startswith("profile") else ""
-        parts.append(f"key '{key or loc}': {msg}{where}")
+        parts.append(f"key '{key}': {msg}{where}")
     more = f" (+{len(exc.errors()) - 3} more)" if len(exc.errors()) > 3 else ""
     return f"{path}: " + "; ".join(parts) + more
 

@@ -182,7 +182,8 @@ class ServerProcess:
 
     def log_lines(self) -> list[str]:
         if self._reader is not None:
-            self._reader.join(timeout=2) if not self.alive() else None
+            if not self.alive():
+                self._reader.join(timeout=2)   # let the pump drain the last lines
             return list(self._tail)
         try:
             return self.log_path.read_text(errors="replace").splitlines()

@@ -35,7 +35,7 @@ def cli_overrides(
     kv_k: str | None = None, kv_v: str | None = None, mtp: bool | None = None, port: str | None = None,
     model: str | None = None, draft_model: str | None = None, sets: list[str] | None = None,
 ) -> dict:
-    from llamactl.profiles import _merge, parse_set
+    from llamactl.profiles import merge, parse_set
 
     direct = {
         "parallel": parallel, "ctx": ctx, "batch": batch, "ubatch": ubatch, "kv_k": kv_k, "kv_v": kv_v,
@@ -43,5 +43,5 @@ def cli_overrides(
     }
     out = {k: v for k, v in direct.items() if v is not None}
     if sets:
-        out = _merge(out, parse_set(sets), {}, "")
+        out = merge(out, parse_set(sets), {}, "")
     return out
