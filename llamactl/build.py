@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llamactl import cmake, paths, proc, toolchain
-from llamactl.console import Output, progress_bar
+from rich.markup import escape
+
+from llamactl.console import Output, err_console, progress_bar
 from llamactl.errors import LlamactlError
 from llamactl.gitrepo import Repo
 from llamactl.hashing import sha256_bytes, stable_key
@@ -248,13 +250,19 @@ def _run_logged(argv: list[str], env: dict, logf, log: Path, out: Output | None,
         p = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     except FileNotFoundError as exc:
         raise LlamactlError(f"{argv[0]} not found", hint=toolchain.INSTALL_HINTS.get(argv[0])) from exc
+    tenth = -1
     with progress_bar(what, total=None) as (progress, task):
         assert p.stdout is not None
         for line in p.stdout:
             logf.write(line)
+            logf.flush()
             m = _NINJA.match(line)
             if m:
-                progress.update(task, completed=int(m.group(1)), total=int(m.group(2)))
+                done, total = int(m.group(1)), int(m.group(2))
+                progress.update(task, completed=done, total=total)
+                if out and not err_console.is_terminal and done * 10 // total > tenth:
+                    tenth = done * 10 // total   # a plain line every 10% for logs without a bar
+                    out.info(escape(f"{what}: [{done}/{total}]"))
     rc = p.wait()
     logf.flush()
     if rc != 0:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json as jsonlib
 import platform
-import signal
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -24,7 +23,7 @@ from llamactl import bench as bench_lib
 from llamactl import launcher
 from llamactl.cli import options as o
 from llamactl.cli.profile_cmd import resolve_from_cli
-from llamactl.cli.run_cmd import _sigterm_to_interrupt
+from llamactl.cli.run_cmd import stop_on_signals
 from llamactl.console import Output, console, progress_bar
 from llamactl.errors import LlamactlError
 from llamactl.matrix import expand, load_matrix_file, select
@@ -110,7 +109,7 @@ def bench(
     out = Output(False)
     binary = launcher.ensure_binary(base.profile, out)
     run_dir = launcher.new_run_dir(f"bench-{base.name}")
-    signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    stop_on_signals()
     t0 = time.monotonic()
     results = []
     total = len(unique) * repeat * len(texts) * 2

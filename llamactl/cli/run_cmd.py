@@ -37,6 +37,16 @@ def _sigterm_to_interrupt(signum, frame):  # noqa: ARG001
     raise KeyboardInterrupt
 
 
+def stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM both unwind through the `finally` that stops llama-server.
+
+    SIGINT is set explicitly: a process started in the background by a non-interactive
+    shell inherits SIGINT as ignored, and Python then never raises KeyboardInterrupt.
+    """
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+
+
 def run(
     name: o.ProfileName, parallel: o.Parallel = None, ctx: o.Ctx = None, batch: o.Batch = None, ubatch: o.Ubatch = None,
     kv_k: o.KvK = None, kv_v: o.KvV = None, mtp: o.Mtp = None, port: o.Port = None, model: o.Model = None,
@@ -54,7 +64,7 @@ def run(
     log = run_dir / "server.log"
     (run_dir / "argv.json").write_text(jsonlib.dumps(plan.argv))
     out.info(f"[dim]$ {escape(plan.shell())}[/]")
-    signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    stop_on_signals()
     sp = launcher.start(plan, log, echo=None if (quiet or json or detach) else _echo, detach=detach)
     try:
         with progress_bar(f"waiting for {plan.url}/health", total=None) as (progress, task):

@@ -9,7 +9,6 @@ Examples:
 
 from __future__ import annotations
 
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -22,7 +21,7 @@ from rich.live import Live
 from llamactl import reports
 from llamactl.cli import options as o
 from llamactl.cli.profile_cmd import resolve_from_cli
-from llamactl.cli.run_cmd import _sigterm_to_interrupt
+from llamactl.cli.run_cmd import stop_on_signals
 from llamactl.console import Output, console, quiet_progress
 from llamactl.errors import LlamactlError
 from llamactl.matrix import expand, load_matrix_file, select
@@ -44,7 +43,7 @@ def validate(
     spec = load_matrix_file(matrix) if matrix else base.profile.matrix
     cells = select(expand(spec), cell or [])
     out = Output(False)
-    signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    stop_on_signals()
     console.print(f"validating [bold]{base.name}[/]: {len(cells)} cell(s)")
     live_enabled = console.is_terminal and not quiet_progress()
     with Live(console=console, auto_refresh=False, transient=False) if live_enabled else _NoLive() as live:
