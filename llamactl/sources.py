@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from llamactl import paths, proc
-from llamactl.console import Output
+from llamactl.console import Output, progress_bar
 from llamactl.errors import LlamactlError
 from llamactl.hashing import sha256_file
 
@@ -111,7 +111,8 @@ def fetch_sdist(spec: PypiSdistSource, out: Output | None = None) -> Path:
             out.info(f"downloading {spec.package}=={spec.version} (sdist, pinned sha256) with pip ...")
         argv = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                 "--require-hashes", "-r", str(req), "-d", str(Path(tmp) / "dl"), "--quiet"]
-        cp = subprocess.run(argv, capture_output=True, text=True)
+        with progress_bar(f"pip download {spec.package}=={spec.version}"):
+            cp = subprocess.run(argv, capture_output=True, text=True)
         if cp.returncode != 0:
             lines = [ln for ln in (cp.stderr or cp.stdout).splitlines() if ln.strip()]
             if any("DO NOT MATCH THE HASHES" in ln for ln in lines):

@@ -27,7 +27,10 @@ COLORS = {patches.APPLIED: "green", patches.NOT_APPLIED: "yellow", patches.CONFL
 
 
 def _series(series: str | None) -> str | None:
-    return series if series is not None else require_vendored().series
+    if series is not None:
+        patches.load_series(series, must_exist=True)
+        return series
+    return require_vendored().series
 
 
 def _table(states: list[patches.PatchState]) -> None:
