@@ -17,6 +17,7 @@ import typer
 from rich.markup import escape
 from rich.console import Group
 from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from llamactl import reports
 from llamactl.cli import options as o
@@ -46,10 +47,14 @@ def validate(
     stop_on_signals()
     console.print(f"validating [bold]{base.name}[/]: {len(cells)} cell(s)")
     live_enabled = console.is_terminal and not quiet_progress()
-    with Live(console=console, auto_refresh=False, transient=False) if live_enabled else _NoLive() as live:
+    bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), console=console)
+    task = bar.add_task("cells", total=len(cells))
+    with Live(console=console, refresh_per_second=4, transient=False) if live_enabled else _NoLive() as live:
         def update(report, running):
             if live_enabled:
-                live.update(Group(reports.table(report, running)), refresh=True)
+                bar.update(task, completed=len(report.cells), description=f"cell {escape(running)}" if running else "cells")
+                live.update(Group(reports.table(report, running), bar), refresh=True)
             elif running is None and report.cells:
                 c = report.cells[-1]
                 console.print(f"  {escape(c.cell)}: {c.status.upper()} {escape(c.reason)}", highlight=False)
