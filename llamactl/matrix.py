@@ -123,9 +123,10 @@ def select(cells: list[Cell], filters: list[str]) -> list[Cell]:
     if not filters:
         return cells
     wanted: dict[str, Any] = {}
-    ids = [f for f in filters if "=" not in f]          # a bare word names a cell
+    known_ids = {c.id for c in cells}
+    ids = [f for f in filters if "=" not in f or f in known_ids]   # a cell's name or id selects it
     for f in filters:
-        if "=" in f:
+        if f not in ids:
             k, v = f.split("=", 1)
             wanted.update(normalise({k.strip(): yaml.safe_load(v)}))
     out = [c for c in cells if all(_loose_eq(c.values.get(k), v) for k, v in wanted.items())

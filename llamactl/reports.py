@@ -12,7 +12,7 @@ from rich.table import Table
 from llamactl.checks import FAIL, PASS, SKIP
 from llamactl.validate import Report
 
-STYLE = {PASS: "green", FAIL: "bold red", SKIP: "yellow", "interrupted": "magenta", "running": "cyan"}
+STYLE = {PASS: "green", FAIL: "bold red", SKIP: "yellow", "xfail": "yellow", "interrupted": "magenta", "running": "cyan"}
 
 
 def _pct(x: float | None) -> str:
@@ -40,8 +40,9 @@ def summary_lines(report: Report) -> list[str]:
     n = report.counts()
     verdict = "[green]PASS[/]" if report.ok else "[bold red]FAIL[/]"
     first = (f"{verdict} {report.profile}: {len(report.cells)} cell(s) in {report.wall_s:.1f}s"
+             + (f", {n['xfail']} known failure(s) as expected" if n["xfail"] else "")
              + (", interrupted" if report.interrupted else "") + f"  (logs: {report.run_dir})")
-    return [first, f"validate: {n[PASS]} passed, {n[FAIL]} failed, {n[SKIP]} skipped"]
+    return [first, f"validate: {n[PASS]} passed, {n[FAIL]} failed, {n[SKIP] + n['xfail']} skipped"]
 
 
 def write_json(report: Report, path: Path) -> None:
@@ -60,7 +61,7 @@ def junit_tree(report: Report) -> ET.ElementTree:
         server_failure = c.reason if (c.crash is not None or (c.status == FAIL and not check_failed)) else None
         tc = ET.SubElement(suite, "testcase", classname=classname, name="server", time=f"{c.start_s or 0.0:.3f}")
         tests += 1
-        if c.status in (SKIP, "interrupted"):
+        if c.status in (SKIP, "interrupted", "xfail"):
             ET.SubElement(tc, "skipped", message=c.reason or c.status)
             skipped += 1
         elif server_failure:

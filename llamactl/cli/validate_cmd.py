@@ -67,6 +67,10 @@ def validate(
         for ln in (c.crash or {}).get("frames", [])[:8]:
             console.print(f"    {ln}", highlight=False, markup=False)
         console.print(f"    log:   {c.log}\n    repro: {c.repro}", highlight=False, markup=False)
+    for c in report.cells:
+        if c.status == "xfail":
+            console.print(f"[yellow]XFAIL[/] {escape(c.cell)}: {escape(c.reason)}", highlight=False)
+            console.print(f"    log:   {c.log}", highlight=False, markup=False)
     for line in reports.summary_lines(report):
         console.print(line, highlight=False)
     if json_path:

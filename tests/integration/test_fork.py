@@ -42,12 +42,15 @@ def test_without_series_p2_mtp_aborts_with_the_seeds_assert():
         assert c.status == "fail" and ASSERT in c.reason, c.reason
         frames = " ".join(c.crash["frames"])
         assert "ggml_reshape_3d" in frames and "ensure_sched_mtp" in frames
+    known = status["turbo4,head_dim=64/128 (known fork bug)"]
+    assert known.status == "xfail" and "build_attn" in " ".join(known.crash["frames"])
     assert llama_server_pids() - before == set()
 
 
 def test_with_series_every_cell_passes_and_labelled_counters_grow():
     report = _run(no_patches=False)
     assert report.ok, [(c.cell, c.reason) for c in report.cells]
+    assert [c.status for c in report.cells].count("xfail") == 1     # the series does not touch the turbo4 bug
     for c in report.cells:
         if c.overrides.get("enable_mtp"):
             assert c.spec["scheme"] == "labelled" and c.spec["spec_type"] == "mtp"
