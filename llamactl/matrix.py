@@ -119,7 +119,7 @@ def load_matrix_file(path: Path) -> MatrixSpec:
 
 
 def select(cells: list[Cell], filters: list[str]) -> list[Cell]:
-    """Keep cells matching every ``key=value`` filter (``--cell parallel=2``)."""
+    """Keep cells matching every ``key=value`` filter (``--cell parallel=2``) and, if any are given, one of the named cells."""
     if not filters:
         return cells
     wanted: dict[str, Any] = {}
@@ -130,7 +130,7 @@ def select(cells: list[Cell], filters: list[str]) -> list[Cell]:
             k, v = f.split("=", 1)
             wanted.update(normalise({k.strip(): yaml.safe_load(v)}))
     out = [c for c in cells if all(_loose_eq(c.values.get(k), v) for k, v in wanted.items())
-           and all(c.id == i for i in ids)]
+           and (not ids or c.id in ids)]
     if not out:
         raise LlamactlError(f"no matrix cell matches {' '.join(filters)}",
                             hint="cells: " + "; ".join(c.id for c in cells))
