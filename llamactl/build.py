@@ -31,7 +31,7 @@ from llamactl.hashing import sha256_bytes, stable_key
 from llamactl.patches import apply as apply_series
 from llamactl.patches import load_series, revert, series_hashes
 from llamactl.sources import PathSource, resolve
-from llamactl.vendor import Provenance, path_identity, read_provenance, vendor
+from llamactl.vendor import Provenance, identity_of, path_identity, read_provenance, vendor
 
 MANIFEST = "manifest.json"
 HELP_FILE = "llama-server.help.txt"
@@ -122,9 +122,11 @@ def dry_run(req: BuildRequest) -> cmake.CMakePlan:
     tc = toolchain.detect(req.backend, req.gpu_targets)
     name, spec = resolve(_source_name(req))
     if isinstance(spec, PathSource):
-        ident = {"source": name, "kind": "path", "version": path_identity(spec) or "worktree"}
+        commit = path_identity(spec) or "worktree"
+        version, digest = commit, commit
     else:
-        ident = {"source": name, "kind": spec.kind}
+        version, digest = identity_of(name, spec) or ("?", "?")
+    ident = {"source": name, "kind": spec.kind, "version": version, "hash": digest}   # as Provenance.identity
     series = None if req.no_patches else (req.series if req.series is not None else spec.series)
     material = key_material(req, ident, series_hashes(load_series(series)), None, toolchain.compiler_ids())
     root = build_root_for(req.backend, build_key(material))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -164,7 +165,7 @@ def fetch_git(spec: GitSource, out: Output | None = None) -> Path:
         repo.mkdir()
         for argv in (["git", "init", "-q"], ["git", "fetch", "-q", "--depth", "1", spec.url, spec.commit]):
             cp = subprocess.run(argv, cwd=repo, capture_output=True, text=True, timeout=1800,
-                                env={"GIT_TERMINAL_PROMPT": "0", "PATH": "/usr/bin:/bin:/usr/local/bin"})
+                                env=dict(os.environ, GIT_TERMINAL_PROMPT="0"))
             if cp.returncode != 0:
                 why = (cp.stderr or cp.stdout).strip().splitlines()
                 raise LlamactlError(

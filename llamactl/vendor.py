@@ -48,7 +48,7 @@ def read_provenance(tree: Path | None = None) -> Provenance | None:
         return None
 
 
-def _identity_of(name: str, spec: SourceSpec) -> tuple[str, str] | None:
+def identity_of(name: str, spec: SourceSpec) -> tuple[str, str] | None:
     """(version, hash) known without fetching; None for path sources."""
     if isinstance(spec, PypiSdistSource):
         return spec.version, spec.sha256
@@ -68,7 +68,7 @@ def path_identity(spec: PathSource) -> str | None:
 
 def is_current(name: str, spec: SourceSpec, tree: Path) -> bool:
     prov = read_provenance(tree)
-    ident = _identity_of(name, spec)
+    ident = identity_of(name, spec)
     if isinstance(spec, PathSource):
         commit = path_identity(spec)
         ident = (commit, commit) if commit else None

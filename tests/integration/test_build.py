@@ -43,6 +43,14 @@ def test_cli_build_json_is_the_manifest(built, clean_env):
     assert data["cached"] is True and data["key"] == built.manifest["key"]
 
 
+def test_dry_run_names_the_real_build_dir(built):
+    from llamactl.build import dry_run
+
+    plan = dry_run(BuildRequest())
+    assert plan.build_dir == built.build_root / "build"
+    assert plan.configure == built.manifest["cmake"]["configure"]
+
+
 def test_hip_dry_run_without_toolchain(clean_env):
     cp = subprocess.run([sys.executable, "-m", "llamactl", "build", "--backend", "hip", "--gpu-targets", "gfx1100", "--dry-run"],
                         capture_output=True, text=True, env=clean_env, timeout=60)
