@@ -23,7 +23,7 @@ from llamactl.errors import LlamactlError
 from llamactl.matrix import Cell
 from llamactl.server import ServerDied, ServerProcess
 from llamactl.stats import pct_change, ratio, summarize
-from llamactl.validate import cell_profile
+from llamactl.validate import cell_profile, slug
 
 BUILTIN_PROMPTS = [
     "Hi.",
@@ -173,7 +173,7 @@ def bench_cell(base: profiles.Resolved, cell: Cell, binary: launcher.Binary, run
                 vr.error = str(exc)
                 continue
             vr.argv = plan.argv
-            sp = launcher.start(plan, run_dir / f"bench-{_slug(cell.id)}-{v}.log")
+            sp = launcher.start(plan, run_dir / f"bench-{slug(cell.id)}-{v}.log")
             servers[v] = sp
             try:
                 sp.wait_healthy(prof.health_timeout)
@@ -207,10 +207,6 @@ def bench_cell(base: profiles.Resolved, cell: Cell, binary: launcher.Binary, run
         for sp in servers.values():
             sp.stop()
     return out
-
-
-def _slug(s: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_.=" else "_" for ch in s)[:100]
 
 
 def to_json(cells: list[CellBench], meta: dict) -> dict:

@@ -287,12 +287,3 @@ def _capture(argv: list[str]) -> str:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise LlamactlError(f"{argv[0]} does not run: {exc}") from exc
     return cp.stdout + cp.stderr
-
-
-def list_builds() -> list[dict]:
-    out = []
-    for root in sorted(paths.builds_dir().iterdir()):
-        m = _load_manifest(root)
-        if m:
-            out.append(m)
-    return out

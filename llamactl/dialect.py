@@ -43,10 +43,6 @@ class Option:
             return [v for v in arg.split(",") if v]
         return None
 
-    @property
-    def takes_value(self) -> bool:
-        return bool(self.arg)
-
 
 @dataclass
 class Help:

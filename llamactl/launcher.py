@@ -25,8 +25,6 @@ class Binary:
     path: Path
     help: Help
     manifest: dict | None = None   # None when LLAMA_SERVER / server_binary bypasses the build
-    build_seconds: float = 0.0
-    cached: bool = True
 
 
 @dataclass
@@ -62,7 +60,7 @@ def ensure_binary(profile: Profile, out: Output | None = None, jobs: int = 2) ->
     req = build_request(profile)
     req.jobs = jobs
     res: BuildResult = build(req, out)
-    return Binary(res.binary, parse_help(res.help_text), res.manifest, res.seconds, res.cached)
+    return Binary(res.binary, parse_help(res.help_text), res.manifest)
 
 
 def help_for(binary: Path) -> str:

@@ -46,14 +46,6 @@ class Cell:
             parts.append(f"{k}={val}")
         return ",".join(parts) or "base"
 
-    def cli_args(self) -> list[str]:
-        """The overrides as `llamactl run` options (for a one-line repro)."""
-        out = []
-        for k, val in self.overrides:
-            if isinstance(val, bool):
-                val = str(val).lower()
-            out += ["--set", f"{k}={val}"]
-        return out
 
 
 def normalise(entry: dict[str, Any]) -> dict[str, Any]:

@@ -67,10 +67,6 @@ TINY_RE = re.compile(r"^tiny-gemma4/(?P<layout>upstream|atomic)-(?P<drafter>rand
 SIZES = {"bench": {"scale": 4, "n_layer": 8}, "h64": {"head_dim_swa": 64, "head_dim_full": 128}}
 
 
-def is_named(ref: str) -> bool:
-    return ref in CATALOG or bool(TINY_RE.match(ref))
-
-
 def resolve(ref: str, out: Output | None = None, base: Path | None = None) -> Path:
     """A model reference -> a local GGUF path (fetching or generating into the cache)."""
     if ref in CATALOG:

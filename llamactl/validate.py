@@ -11,7 +11,7 @@ from typing import Any, Callable
 import httpx
 
 from llamactl import launcher, profiles
-from llamactl.checks import CHECKS, FAIL, PASS, SKIP, CellContext, CheckResult, read_metrics, run_check
+from llamactl.checks import CHECKS, FAIL, PASS, SKIP, CellContext, CheckFailed, CheckResult, read_metrics, run_check
 from llamactl.console import Output
 from llamactl.errors import LlamactlError
 from llamactl.matrix import Cell
@@ -126,7 +126,7 @@ def _run_cell(base: profiles.Resolved, resolved: profiles.Resolved, cell: Cell, 
         res.status, res.reason = SKIP, str(exc)
         return res
     res.argv = plan.argv
-    log = run_dir / f"{_slug(cell.id)}.log"
+    log = run_dir / f"{slug(cell.id)}.log"
     res.log = str(log)
     sp = launcher.start(plan, log)
     try:
@@ -144,8 +144,8 @@ def _run_cell(base: profiles.Resolved, resolved: profiles.Resolved, cell: Cell, 
             ctx = CellContext(plan.url, resolved.profile, client, alive=sp.alive)
             try:
                 ctx.metrics_before = read_metrics(ctx) if resolved.profile.metrics else []
-            except Exception:
-                ctx.metrics_before = []
+            except (CheckFailed, httpx.HTTPError):
+                ctx.metrics_before = []   # the speculative_metrics check reports what is wrong
             for name, fn in CHECKS:
                 if not sp.alive():
                     res.checks.append(CheckResult(name, SKIP, detail="server died"))
@@ -165,7 +165,6 @@ def _run_cell(base: profiles.Resolved, resolved: profiles.Resolved, cell: Cell, 
             res.spec = spec.data
             res.acceptance = spec.data.get("acceptance")
         if not sp.alive():
-            time.sleep(0.2)
             _crashed(res, sp.crash(), "during the checks")
         failed = [c for c in res.checks if c.status == FAIL]
         if failed and res.status == PASS:
@@ -183,7 +182,8 @@ def _crashed(res: CellResult, crash, when: str) -> None:
     res.reason = f"{crash.summary()} ({when})"
 
 
-def _slug(s: str) -> str:
+def slug(s: str) -> str:
+    """A cell id as a file name."""
     return "".join(ch if ch.isalnum() or ch in "-_.=" else "_" for ch in s)[:120]
 
 

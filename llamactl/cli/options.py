@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -27,7 +26,6 @@ DraftModel = Annotated[Optional[str], typer.Option("--draft-model", help="MTP as
 Set = Annotated[Optional[list[str]], typer.Option("--set", help="Any profile key: --set key=value (repeatable; build.backend=cpu).")]
 NoEnv = Annotated[bool, typer.Option("--no-env", help="Ignore CTX/PARALLEL/... environment overrides.")]
 ProfileName = Annotated[str, typer.Argument(help="Profile name (profiles/NAME.yaml) or a path to a YAML file.")]
-OutPath = Annotated[Optional[Path], typer.Option(help="Write to this file.")]
 
 
 def cli_overrides(
