@@ -47,7 +47,6 @@ class Cell:
         return ",".join(parts) or "base"
 
 
-
 def normalise(entry: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in entry.items():
