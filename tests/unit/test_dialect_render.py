@@ -77,3 +77,16 @@ def test_switch_and_onoff(upstream_help_text):
     h = parse_help(upstream_help_text)
     argv = render_argv(Profile(model="m", slots=False, kv_unified=False, metrics=False), h, Path("x"), port=1)
     assert "--no-slots" in argv and "--no-kv-unified" in argv and "--metrics" not in argv
+
+
+def test_seed_profile_renders_on_the_fork(fork_help_text):
+    """Every key of the shipped seed profile has a flag in the fork's dialect (no surprise refusal on the GPU box)."""
+    from llamactl.profiles import resolve
+
+    p = resolve("gemma4-26b-a4b-mtp", environ={}).profile
+    argv = render_argv(p.model_copy(update={"parallel": 2}), parse_help(fork_help_text), Path("llama-server"), port=8084)
+    joined = " ".join(argv)
+    for expected in ("--ctx-size 4096", "--parallel 2", "--batch-size 128", "--ubatch-size 64", "--split-mode layer",
+                     "--cache-type-k turbo4", "--cache-type-v turbo4", "--reasoning-budget 1024", "--spec-type mtp",
+                     "--port 8084", "--host 127.0.0.1", "--no-warmup", "--metrics"):
+        assert expected in joined, expected
