@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import time
@@ -51,14 +52,14 @@ def build_request(profile: Profile) -> BuildRequest:
                         no_patches=b.no_patches, cmake_options=list(b.cmake_options))
 
 
-def ensure_binary(profile: Profile, out: Output | None = None, jobs: int = 2) -> Binary:
+def ensure_binary(profile: Profile, out: Output | None = None, jobs: int | None = None) -> Binary:
     if profile.server_binary:
         path = Path(profile.server_binary).expanduser()
         if not path.is_file():
             raise LlamactlError(f"llama-server binary {path} does not exist (LLAMA_SERVER / server_binary)")
         return Binary(path.resolve(), parse_help(help_for(path)), None)
     req = build_request(profile)
-    req.jobs = jobs
+    req.jobs = jobs or os.cpu_count() or 2
     res: BuildResult = build(req, out)
     return Binary(res.binary, parse_help(res.help_text), res.manifest)
 
@@ -83,7 +84,7 @@ def resolve_models(profile: Profile, out: Output | None = None, base: Path | Non
     return res
 
 
-def plan(resolved: Resolved, out: Output | None = None, binary: Binary | None = None, jobs: int = 2) -> LaunchPlan:
+def plan(resolved: Resolved, out: Output | None = None, binary: Binary | None = None, jobs: int | None = None) -> LaunchPlan:
     """Everything up to the process start; raises before launch on anything unsupported."""
     p = resolved.profile
     binary = binary or ensure_binary(p, out, jobs)

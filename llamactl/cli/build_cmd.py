@@ -11,6 +11,7 @@ Examples:
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Annotated, Optional
 
@@ -41,7 +42,7 @@ def build(
     source: o.Source = None,
     backend: o.Backend = "cpu",
     target: Annotated[str, typer.Option("--target", help="CMake target to build.")] = "llama-server",
-    jobs: o.Jobs = 2,
+    jobs: o.Jobs = os.cpu_count() or 2,
     gpu_targets: o.GpuTargets = None,
     series: o.Series = None,
     no_patches: Annotated[bool, typer.Option("--no-patches", help="Build the pristine source (reverts the series).")] = False,
