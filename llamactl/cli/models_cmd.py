@@ -3,6 +3,7 @@
 Examples:
     llamactl models list
     llamactl models fetch gemma3-270m
+    llamactl models info gemma3-270m
     llamactl models tiny-gemma4 --layout upstream --drafter echo
 """
 
@@ -13,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from llamactl import models
+from llamactl import gguf_info, models
 from llamactl.cli import options as o
 from llamactl.console import Output, console
 
@@ -42,6 +43,20 @@ def fetch(name: Annotated[str, typer.Argument(help="A model name from `models li
     out = Output(json)
     path = models.resolve(name, out)
     out.result({"name": name, "path": str(path)}, lambda d: console.print(d["path"]))
+
+
+@app.command()
+def info(name: Annotated[str, typer.Argument(help="A model name or a path to a GGUF file.")], json: o.Json = False) -> None:
+    """Architecture, sizes and tokenizer of a GGUF file, read with the gguf package."""
+    data = gguf_info.info(models.resolve(name))
+
+    def human(d: dict) -> None:
+        t = Table(show_header=False, box=None)
+        for k, v in d.items():
+            t.add_row(k, str(v))
+        console.print(t)
+
+    Output(json).result(data, human)
 
 
 @app.command("tiny-gemma4")
