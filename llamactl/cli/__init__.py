@@ -22,16 +22,26 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-app.command("vendor")(build_cmd.vendor)
-app.command("build")(build_cmd.build)
-app.add_typer(patch_cmd.app, name="patch")
-app.add_typer(profile_cmd.app, name="profile")
-app.add_typer(models_cmd.app, name="models")
-app.command("run")(run_cmd.run)
-app.command("ps")(run_cmd.ps)
-app.command("stop")(run_cmd.stop)
-app.command("validate")(validate_cmd.validate)
-app.command("bench")(bench_cmd.bench)
+
+
+def examples(module, *words: str) -> str:
+    """The module docstring's example lines (those naming one of ``words``), as a help epilog."""
+    doc = (module.__doc__ or "").split("Examples:", 1)[-1]
+    lines = [ln.strip() for ln in doc.splitlines() if ln.strip().startswith(("llamactl", "CTX", "cd ", "LLAMACTL"))]
+    picked = [ln for ln in lines if not words or any(w in ln for w in words)]
+    return "Examples:\n\n" + "\n\n".join(f"  [dim]$[/] {escape(ln)}" for ln in picked) if picked else ""
+
+
+app.command("vendor", epilog=examples(build_cmd, "vendor"))(build_cmd.vendor)
+app.command("build", epilog=examples(build_cmd, "build"))(build_cmd.build)
+app.add_typer(patch_cmd.app, name="patch", epilog=examples(patch_cmd))
+app.add_typer(profile_cmd.app, name="profile", epilog=examples(profile_cmd))
+app.add_typer(models_cmd.app, name="models", epilog=examples(models_cmd))
+app.command("run", epilog=examples(run_cmd, "run"))(run_cmd.run)
+app.command("ps", epilog=examples(run_cmd, "ps"))(run_cmd.ps)
+app.command("stop", epilog=examples(run_cmd, "stop"))(run_cmd.stop)
+app.command("validate", epilog=examples(validate_cmd))(validate_cmd.validate)
+app.command("bench", epilog=examples(bench_cmd))(bench_cmd.bench)
 
 
 def main() -> None:

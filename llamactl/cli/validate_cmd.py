@@ -4,7 +4,7 @@ Examples:
     llamactl validate                                  # the default profile's matrix
     llamactl validate tiny-gemma4-mtp --junit reports/junit.xml --json reports/validate.json
     llamactl validate gemma4-26b-a4b-mtp --cell parallel=2 --cell enable_mtp=1
-    llamactl validate default --matrix profiles/matrix-kv.yaml --fail-fast
+    llamactl validate tiny-gemma4-mtp --matrix profiles/matrices/kv-types.yaml --fail-fast
 """
 
 from __future__ import annotations
