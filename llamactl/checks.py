@@ -151,6 +151,7 @@ def concurrency(ctx: CellContext) -> dict:
         except ValueError:
             return r.status_code, r.text[:200], time.monotonic() - t
 
+    spec_before = metrics_lib.spec_counters(read_metrics(ctx)) if ctx.profile.metrics else None
     th = threading.Thread(target=sampler, daemon=True) if ctx.profile.slots else None
     if th:
         th.start()
@@ -172,6 +173,11 @@ def concurrency(ctx: CellContext) -> dict:
             "peak_busy_slots": peak["busy"] if th else None, "slot_samples": peak["samples"]}
     if th and n > 1 and peak["busy"] < n:
         raise CheckFailed(f"slots never busy together: peak {peak['busy']}/{n} busy over {peak['samples']} samples")
+    if spec_before is not None:
+        during = metrics_lib.spec_counters(read_metrics(ctx)).minus(spec_before)
+        data["draft_tokens"] = during.draft_tokens
+        if ctx.profile.enable_mtp and during.present and not during.draft_tokens:
+            raise CheckFailed(f"MTP is on but no slot drafted while {n} requests decoded together")
     return data
 
 
