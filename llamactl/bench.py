@@ -83,6 +83,16 @@ class CellBench:
         return ratio(on.summary()["client_decode_tps"]["median"], off.summary()["client_decode_tps"]["median"])
 
 
+def without_mtp_axis(cells: list[Cell]) -> list[Cell]:
+    """Bench runs MTP off and on itself, so cells that differ only in enable_mtp become one."""
+    out: list[Cell] = []
+    for c in cells:
+        reduced = Cell(tuple((k, v) for k, v in c.overrides if k != "enable_mtp"), c.name)
+        if all(reduced.overrides != o.overrides for o in out):
+            out.append(reduced)
+    return out
+
+
 def load_prompts(path: Path | None) -> list[str]:
     if path is None:
         return list(BUILTIN_PROMPTS)

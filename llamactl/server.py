@@ -199,11 +199,11 @@ class ServerProcess:
         if self.proc is None:
             return None
         if self.proc.poll() is None:
-            _signal_group(self.proc.pid, signal.SIGTERM)
+            signal_group(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
-                _signal_group(self.proc.pid, signal.SIGKILL)
+                signal_group(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
         if self._reader is not None:
             self._reader.join(timeout=5)
@@ -218,7 +218,7 @@ class ServerDied(LlamactlError):
         self.crash = crash
 
 
-def _signal_group(pid: int, sig: int) -> None:
+def signal_group(pid: int, sig: int) -> None:
     try:
         os.killpg(pid, sig)
     except ProcessLookupError:

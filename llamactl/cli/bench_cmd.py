@@ -97,14 +97,7 @@ def bench(
         raise LlamactlError("--repeat must be >= 1 and --n-predict >= 2")
     base = resolve_from_cli(name, no_env, sets=set_)
     spec = load_matrix_file(matrix) if matrix else (None if no_matrix else base.profile.matrix)
-    cells = select(expand(spec), cell or [])
-    # bench compares MTP on/off itself, so cells that only differ in enable_mtp collapse into one
-    seen, unique = set(), []
-    for c in cells:
-        key = tuple((k, v) for k, v in c.overrides if k != "enable_mtp")
-        if key not in seen:
-            seen.add(key)
-            unique.append(type(c)(key, c.name if c.name and "enable_mtp" not in (c.name or "") else None))
+    unique = bench_lib.without_mtp_axis(select(expand(spec), cell or []))
     texts = bench_lib.load_prompts(prompts)
     out = Output(False)
     binary = launcher.ensure_binary(base.profile, out)

@@ -24,7 +24,7 @@ from llamactl.cli import options as o
 from llamactl.cli.profile_cmd import resolve_from_cli
 from llamactl.console import Output, console, err_console, progress_bar
 from llamactl.errors import LlamactlError
-from llamactl.server import ServerDied, _signal_group, pid_alive
+from llamactl.server import ServerDied, signal_group, pid_alive
 
 
 def _echo(line: str) -> None:
@@ -135,10 +135,10 @@ def stop(
         raise LlamactlError(f"no running server matches {run_id!r}" if run_id else "name a run id or pass --all")
     for r in targets:
         pid = int(r["pid"])
-        _signal_group(pid, signal.SIGTERM)
+        signal_group(pid, signal.SIGTERM)
         deadline = time.monotonic() + 10
         while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
         if pid_alive(pid):
-            _signal_group(pid, signal.SIGKILL)
+            signal_group(pid, signal.SIGKILL)
     Output(json).result([r["id"] for r in targets], lambda ids: console.print(f"stopped {len(ids)} server(s)"))

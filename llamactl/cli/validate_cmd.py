@@ -10,6 +10,7 @@ Examples:
 from __future__ import annotations
 
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -50,7 +51,7 @@ def validate(
     bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), console=console)
     task = bar.add_task("cells", total=len(cells))
-    with Live(console=console, refresh_per_second=4, transient=False) if live_enabled else _NoLive() as live:
+    with Live(console=console, refresh_per_second=4, transient=False) if live_enabled else nullcontext() as live:
         def update(report, running):
             if live_enabled:
                 bar.update(task, completed=len(report.cells), description=f"cell {escape(running)}" if running else "cells")
@@ -81,13 +82,3 @@ def validate(
         sys.exit(130)
     if not report.ok:
         sys.exit(1)
-
-
-class _NoLive:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-

@@ -47,3 +47,12 @@ def test_prompts_file(tmp_path):
     with pytest.raises(LlamactlError):
         load_prompts(f)
     assert len(load_prompts(None)) == 3
+
+
+def test_bench_collapses_the_mtp_axis():
+    from llamactl.bench import without_mtp_axis
+    from llamactl.matrix import expand
+    from llamactl.profiles import MatrixSpec
+
+    cells = expand(MatrixSpec(axes={"parallel": [1, 2], "mtp": [False, True]}))
+    assert [c.id for c in without_mtp_axis(cells)] == ["parallel=1", "parallel=2"]
