@@ -35,7 +35,7 @@ def _f(x: float | None, fmt: str = "{:.1f}") -> str:
 
 def _table(data: dict) -> Table:
     t = Table(title=f"llamactl bench {data['meta'].get('profile', '')}  (medians of {data['meta'].get('repeat')} repeats x "
-                    f"{data['meta'].get('prompts')} prompts; decode tok/s client / server)", title_justify="left")
+                    f"{data['meta'].get('prompts')} prompts; MTP on/off from the server's decode timings)", title_justify="left")
     for col in ("cell", "variant", "decode tok/s", "spread", "server tok/s", "prompt tok/s", "TTFT ms",
                 "all slots tok/s", "acceptance", "peak RSS MB", "MTP on/off"):
         t.add_column(col)
