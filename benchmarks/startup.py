@@ -18,7 +18,7 @@ import time
 
 import httpx
 
-from llamactl.profiles import ENV_VARS
+from llamactl.serve.profiles import ENV_VARS
 
 
 def env() -> dict[str, str]:

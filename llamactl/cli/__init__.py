@@ -11,8 +11,8 @@ import typer
 from rich.markup import escape
 
 from llamactl.cli import bench_cmd, build_cmd, models_cmd, patch_cmd, profile_cmd, run_cmd, validate_cmd
-from llamactl.console import err_console
-from llamactl.errors import LlamactlError
+from llamactl.core.console import err_console
+from llamactl.core.errors import LlamactlError
 
 app = typer.Typer(
     name="llamactl",

@@ -19,14 +19,14 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from llamactl import bench as bench_lib
-from llamactl import launcher
+from llamactl.judge import bench as bench_lib
+from llamactl.serve import launcher
 from llamactl.cli import options as o
 from llamactl.cli.profile_cmd import resolve_from_cli
 from llamactl.cli.run_cmd import stop_on_signals
-from llamactl.console import Output, console, progress_bar
-from llamactl.errors import LlamactlError
-from llamactl.matrix import expand, load_matrix_file, select
+from llamactl.core.console import Output, console, progress_bar
+from llamactl.core.errors import LlamactlError
+from llamactl.judge.matrix import expand, load_matrix_file, select
 
 
 def _f(x: float | None, fmt: str = "{:.1f}") -> str:

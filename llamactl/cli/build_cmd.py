@@ -18,11 +18,11 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from llamactl import build as build_lib
-from llamactl import paths
-from llamactl import vendor as vendor_lib
+from llamactl.build import builder as build_lib
+from llamactl.core import paths
+from llamactl.source import vendor as vendor_lib
 from llamactl.cli import options as o
-from llamactl.console import Output, console
+from llamactl.core.console import Output, console
 
 
 def vendor(

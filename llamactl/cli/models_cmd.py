@@ -14,9 +14,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from llamactl import gguf_info, models
+from llamactl.models import gguf_info
+from llamactl.models import catalog as models
 from llamactl.cli import options as o
-from llamactl.console import Output, console
+from llamactl.core.console import Output, console
 
 app = typer.Typer(help="Named models: fetch, list, make tiny Gemma 4 pairs.", no_args_is_help=True)
 

@@ -33,7 +33,7 @@ def cli_overrides(
     kv_k: str | None = None, kv_v: str | None = None, mtp: bool | None = None, port: str | None = None,
     model: str | None = None, draft_model: str | None = None, sets: list[str] | None = None,
 ) -> dict:
-    from llamactl.profiles import merge, parse_set
+    from llamactl.serve.profiles import merge, parse_set
 
     direct = {
         "parallel": parallel, "ctx": ctx, "batch": batch, "ubatch": ubatch, "kv_k": kv_k, "kv_v": kv_v,

@@ -15,11 +15,12 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from llamactl import patches, paths
+from llamactl.source import patches
+from llamactl.core import paths
 from llamactl.cli import options as o
-from llamactl.console import Output, console
-from llamactl.errors import LlamactlError
-from llamactl.vendor import require_vendored
+from llamactl.core.console import Output, console
+from llamactl.core.errors import LlamactlError
+from llamactl.source.vendor import require_vendored
 
 app = typer.Typer(help="Status, apply, check, revert and export the patch series.", no_args_is_help=True)
 

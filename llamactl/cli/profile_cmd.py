@@ -13,10 +13,11 @@ import os
 import typer
 from rich.table import Table
 
-from llamactl import launcher, profiles
+from llamactl.serve import launcher
+from llamactl.serve import profiles
 from llamactl.cli import options as o
-from llamactl.console import Output, console
-from llamactl.matrix import expand
+from llamactl.core.console import Output, console
+from llamactl.judge.matrix import expand
 
 app = typer.Typer(help="List, show and render profiles.", no_args_is_help=True)
 

@@ -19,12 +19,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from llamactl import launcher, paths
+from llamactl.serve import launcher
+from llamactl.core import paths
 from llamactl.cli import options as o
 from llamactl.cli.profile_cmd import resolve_from_cli
-from llamactl.console import Output, console, err_console, progress_bar
-from llamactl.errors import LlamactlError
-from llamactl.server import ServerDied, signal_group, pid_alive
+from llamactl.core.console import Output, console, err_console, progress_bar
+from llamactl.core.errors import LlamactlError
+from llamactl.serve.server import ServerDied, signal_group, pid_alive
 
 
 def _echo(line: str) -> None:

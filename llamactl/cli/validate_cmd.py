@@ -20,14 +20,14 @@ from rich.console import Group
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from llamactl import reports
+from llamactl.report import reports
 from llamactl.cli import options as o
 from llamactl.cli.profile_cmd import resolve_from_cli
 from llamactl.cli.run_cmd import stop_on_signals
-from llamactl.console import Output, console, quiet_progress
-from llamactl.errors import LlamactlError
-from llamactl.matrix import expand, load_matrix_file, select
-from llamactl.validate import run_matrix
+from llamactl.core.console import Output, console, quiet_progress
+from llamactl.core.errors import LlamactlError
+from llamactl.judge.matrix import expand, load_matrix_file, select
+from llamactl.judge.validate import run_matrix
 
 
 def validate(

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from llamactl import paths
-from llamactl.build import BuildRequest, build
-from llamactl.vendor import vendor
+from llamactl.core import paths
+from llamactl.build.builder import BuildRequest, build
+from llamactl.source.vendor import vendor
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +62,7 @@ def tree_digest(root: Path) -> str:
 @pytest.fixture
 def clean_env() -> dict[str, str]:
     """The environment for llamactl subprocesses, without the run-script override variables."""
-    from llamactl.profiles import ENV_VARS
+    from llamactl.serve.profiles import ENV_VARS
 
     env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
     env["LLAMACTL_NO_PROGRESS"] = "1"

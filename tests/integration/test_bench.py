@@ -6,9 +6,10 @@ import json
 import subprocess
 import sys
 
-from llamactl import launcher, profiles
-from llamactl.bench import bench_cell
-from llamactl.matrix import Cell
+from llamactl.serve import launcher
+from llamactl.serve import profiles
+from llamactl.judge.bench import bench_cell
+from llamactl.judge.matrix import Cell
 
 
 def test_client_decode_rate_agrees_with_server_timings(built, tmp_path):

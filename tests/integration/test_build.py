@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llamactl import paths
-from llamactl.build import BuildRequest, build
-from llamactl.errors import LlamactlError
-from llamactl.vendor import read_provenance, vendor
+from llamactl.core import paths
+from llamactl.build.builder import BuildRequest, build
+from llamactl.core.errors import LlamactlError
+from llamactl.source.vendor import read_provenance, vendor
 
 
 def test_build_answers_version_and_has_manifest(built):
@@ -44,7 +44,7 @@ def test_cli_build_json_is_the_manifest(built, clean_env):
 
 
 def test_dry_run_names_the_real_build_dir(built):
-    from llamactl.build import dry_run
+    from llamactl.build.builder import dry_run
 
     plan = dry_run(BuildRequest())
     assert plan.build_dir == built.build_root / "build"

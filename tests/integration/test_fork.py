@@ -11,9 +11,9 @@ import os
 
 import pytest
 
-from llamactl import profiles
-from llamactl.matrix import expand
-from llamactl.validate import run_matrix
+from llamactl.serve import profiles
+from llamactl.judge.matrix import expand
+from llamactl.judge.validate import run_matrix
 from tests.conftest import llama_server_pids
 
 FORK = os.environ.get("LLAMACTL_FORK_TREE")

@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from llamactl import patches
-from llamactl.errors import LlamactlError
+from llamactl.source import patches
+from llamactl.core.errors import LlamactlError
 from tests.conftest import FIXTURES
 from tests.integration.conftest import tree_digest
 
@@ -20,7 +20,7 @@ def head_tree(tree) -> str:
 
 
 def test_status_then_apply_is_idempotent(tree, monkeypatch):
-    monkeypatch.setattr("llamactl.paths.patches_dir", lambda: SERIES_ROOT)
+    monkeypatch.setattr("llamactl.core.paths.patches_dir", lambda: SERIES_ROOT)
     states = patches.status(tree, "demo")
     assert [s.state for s in states] == [patches.NOT_APPLIED] * 3
     first = patches.apply(tree, "demo")
@@ -32,7 +32,7 @@ def test_status_then_apply_is_idempotent(tree, monkeypatch):
 
 
 def test_failing_patch_leaves_tree_byte_identical(tree, monkeypatch):
-    monkeypatch.setattr("llamactl.paths.patches_dir", lambda: SERIES_ROOT)
+    monkeypatch.setattr("llamactl.core.paths.patches_dir", lambda: SERIES_ROOT)
     before = tree_digest(tree)
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tree, capture_output=True, text=True).stdout
     with pytest.raises(LlamactlError) as exc:
@@ -50,7 +50,7 @@ def test_failing_patch_leaves_tree_byte_identical(tree, monkeypatch):
 
 
 def test_export_round_trip(tree, tmp_path, monkeypatch):
-    monkeypatch.setattr("llamactl.paths.patches_dir", lambda: SERIES_ROOT)
+    monkeypatch.setattr("llamactl.core.paths.patches_dir", lambda: SERIES_ROOT)
     patches.apply(tree, "demo")
     applied_tree = head_tree(tree)
     out_root = tmp_path / "patches"
@@ -58,7 +58,7 @@ def test_export_round_trip(tree, tmp_path, monkeypatch):
     assert [w.name for w in written] == [p.name for p in patches.load_series("demo")]
     patches.revert(tree, series="demo")
     assert "LLAMACTL_DEMO_PATCH" not in (tree / "include" / "llama.h").read_text()
-    monkeypatch.setattr("llamactl.paths.patches_dir", lambda: out_root)
+    monkeypatch.setattr("llamactl.core.paths.patches_dir", lambda: out_root)
     patches.apply(tree, "roundtrip")
     assert head_tree(tree) == applied_tree
 
@@ -66,7 +66,7 @@ def test_export_round_trip(tree, tmp_path, monkeypatch):
 def test_edit_then_export_regenerates_series(tree, tmp_path, monkeypatch):
     root = tmp_path / "patches"
     shutil.copytree(SERIES_ROOT / "demo", root / "demo")
-    monkeypatch.setattr("llamactl.paths.patches_dir", lambda: root)
+    monkeypatch.setattr("llamactl.core.paths.patches_dir", lambda: root)
     patches.apply(tree, "demo")
     (tree / "README.md").write_text((tree / "README.md").read_text() + "\nEdited by a maintainer.\n")
     subprocess.run(["git", "commit", "-qam", "docs: maintainer edit"], cwd=tree, check=True,
@@ -79,7 +79,7 @@ def test_edit_then_export_regenerates_series(tree, tmp_path, monkeypatch):
 
 
 def test_dirty_tree_refused(tree, monkeypatch):
-    monkeypatch.setattr("llamactl.paths.patches_dir", lambda: SERIES_ROOT)
+    monkeypatch.setattr("llamactl.core.paths.patches_dir", lambda: SERIES_ROOT)
     (tree / "README.md").write_text("local edit\n")
     with pytest.raises(LlamactlError, match="uncommitted changes"):
         patches.apply(tree, "demo")

@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from llamactl.server import pid_alive
+from llamactl.serve.server import pid_alive
 from tests.conftest import llama_server_pids
 
 LLAMACTL = [sys.executable, "-m", "llamactl"]

@@ -12,9 +12,10 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from llamactl import launcher, profiles
-from llamactl.matrix import expand, select
-from llamactl.validate import run_matrix
+from llamactl.serve import launcher
+from llamactl.serve import profiles
+from llamactl.judge.matrix import expand, select
+from llamactl.judge.validate import run_matrix
 from tests.conftest import llama_server_pids
 
 LLAMACTL = [sys.executable, "-m", "llamactl"]

@@ -1,8 +1,8 @@
 import pytest
 
-from llamactl.bench import compare, load_prompts
-from llamactl.errors import LlamactlError
-from llamactl.stats import pct_change, ratio, summarize
+from llamactl.judge.bench import compare, load_prompts
+from llamactl.core.errors import LlamactlError
+from llamactl.judge.stats import pct_change, ratio, summarize
 
 
 def test_summarize_median_spread():
@@ -50,9 +50,9 @@ def test_prompts_file(tmp_path):
 
 
 def test_bench_collapses_the_mtp_axis():
-    from llamactl.bench import without_mtp_axis
-    from llamactl.matrix import expand
-    from llamactl.profiles import MatrixSpec
+    from llamactl.judge.bench import without_mtp_axis
+    from llamactl.judge.matrix import expand
+    from llamactl.serve.profiles import MatrixSpec
 
     cells = expand(MatrixSpec(axes={"parallel": [1, 2], "mtp": [False, True]}))
     assert [c.id for c in without_mtp_axis(cells)] == ["parallel=1", "parallel=2"]

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 
-from llamactl.build import BuildRequest, build_key, key_material
+from llamactl.build.builder import BuildRequest, build_key, key_material
 
 IDENT = {"source": "upstream", "kind": "pypi-sdist", "version": "0.3.36", "hash": "832d"}
 PATCHES = [{"name": "0001-x.patch", "sha256": "aa"}]

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from llamactl import cmake
-from llamactl.errors import LlamactlError, ToolchainMissing
-from llamactl.toolchain import Toolchain
+from llamactl.build import cmake
+from llamactl.core.errors import LlamactlError, ToolchainMissing
+from llamactl.build.toolchain import Toolchain
 
 S, B = Path("/c/src"), Path("/c/build")
 COMMON = " ".join(cmake.COMMON_OPTIONS)

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from llamactl.server import describe_exit
+from llamactl.serve.server import describe_exit
 from tests.conftest import FIXTURES
 
 

@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from llamactl.dialect import parse_help
-from llamactl.profiles import Profile
-from llamactl.render import Unsupported, check_supported, render_argv
+from llamactl.serve.dialect import parse_help
+from llamactl.serve.profiles import Profile
+from llamactl.serve.render import Unsupported, check_supported, render_argv
 
 SEED = dict(model="m.gguf", draft_model="d.gguf", ctx=4096, parallel=2, batch=128, ubatch=64, split_mode="layer",
             kv_k="turbo4", kv_v="turbo4", reasoning_budget=1024, enable_mtp=True, no_warmup=True, port=8084)
@@ -81,7 +81,7 @@ def test_switch_and_onoff(upstream_help_text):
 
 def test_seed_profile_renders_on_the_fork(fork_help_text):
     """Every key of the shipped seed profile has a flag in the fork's dialect (no surprise refusal on the GPU box)."""
-    from llamactl.profiles import resolve
+    from llamactl.serve.profiles import resolve
 
     p = resolve("gemma4-26b-a4b-mtp", environ={}).profile
     argv = render_argv(p.model_copy(update={"parallel": 2}), parse_help(fork_help_text), Path("llama-server"), port=8084)

@@ -1,8 +1,8 @@
 import pytest
 
-from llamactl import tiny_gemma4
-from llamactl.errors import LlamactlError
-from llamactl.gguf_info import info
+from llamactl.models import tiny_gemma4
+from llamactl.core.errors import LlamactlError
+from llamactl.models.gguf_info import info
 
 
 def test_info_reads_a_tiny_pair(tmp_path):

@@ -1,8 +1,8 @@
 import pytest
 
-from llamactl.errors import LlamactlError
-from llamactl.matrix import expand, select
-from llamactl.profiles import MatrixSpec, resolve
+from llamactl.core.errors import LlamactlError
+from llamactl.judge.matrix import expand, select
+from llamactl.serve.profiles import MatrixSpec, resolve
 
 
 def test_axes_product_with_kv_pairs():

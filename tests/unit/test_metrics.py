@@ -1,4 +1,4 @@
-from llamactl.metrics import parse, spec_counters
+from llamactl.judge.metrics import parse, spec_counters
 
 FORK = """# HELP llamacpp:prompt_tokens_total Number of prompt tokens processed.
 # TYPE llamacpp:prompt_tokens_total counter

@@ -1,7 +1,7 @@
 import pytest
 
-from llamactl import profiles
-from llamactl.errors import LlamactlError
+from llamactl.serve import profiles
+from llamactl.core.errors import LlamactlError
 
 
 @pytest.fixture

@@ -1,9 +1,9 @@
 import json
 import xml.etree.ElementTree as ET
 
-from llamactl.checks import CheckResult
-from llamactl.reports import junit_tree, summary_lines, write_json, write_junit
-from llamactl.validate import CellResult, Report
+from llamactl.judge.checks import CheckResult
+from llamactl.report.reports import junit_tree, summary_lines, write_json, write_junit
+from llamactl.judge.validate import CellResult, Report
 
 
 def sample_report() -> Report:

@@ -1,4 +1,4 @@
-"""Unit tests of llamactl.tiny_gemma4: layouts, keys, shapes, determinism, behaviour."""
+"""Unit tests of llamactl.models.tiny_gemma4: layouts, keys, shapes, determinism, behaviour."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import gguf
 import numpy as np
 import pytest
 
-from llamactl import tiny_gemma4 as tg
-from llamactl.tiny_gemma4 import TinyPair, TinySpec, write_pair
+from llamactl.models import tiny_gemma4 as tg
+from llamactl.models.tiny_gemma4 import TinyPair, TinySpec, write_pair
 
 EOG_AND_SPECIALS = (tg.PAD_ID, tg.EOS_ID, tg.BOS_ID, tg.UNK_ID, tg.SOT_ID, tg.EOT_ID)
 

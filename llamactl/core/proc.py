@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from llamactl.errors import LlamactlError
+from llamactl.core.errors import LlamactlError
 
 
 def run(

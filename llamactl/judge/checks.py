@@ -15,8 +15,8 @@ from typing import Any, Callable
 
 import httpx
 
-from llamactl import metrics as metrics_lib
-from llamactl.profiles import Profile
+from llamactl.judge import metrics as metrics_lib
+from llamactl.serve.profiles import Profile
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 

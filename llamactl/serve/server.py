@@ -24,7 +24,7 @@ from typing import Callable, TextIO
 
 import httpx
 
-from llamactl.errors import LlamactlError
+from llamactl.core.errors import LlamactlError
 
 _ASSERT = re.compile(r"GGML_ASSERT|GGML_ABORT|\berror:|terminate called|Segmentation fault|Assertion .* failed|fatal error|std::\w+_error|what\(\):")
 _FRAME = re.compile(r"^\s*(#\d+\s|\S*\(.*\+0x[0-9a-f]+\)|.*\bin \w|\s*\d+: )")

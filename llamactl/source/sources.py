@@ -14,10 +14,11 @@ from typing import Annotated, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from llamactl import paths, proc
-from llamactl.console import Output, progress_bar
-from llamactl.errors import LlamactlError
-from llamactl.hashing import sha256_file
+from llamactl.core import paths
+from llamactl.core import proc
+from llamactl.core.console import Output, progress_bar
+from llamactl.core.errors import LlamactlError
+from llamactl.core.hashing import sha256_file
 
 
 class _Base(BaseModel):

@@ -11,7 +11,7 @@ def project_root() -> Path:
     env = os.environ.get("LLAMACTL_HOME")
     if env:
         return Path(env).resolve()
-    here = Path(__file__).resolve().parent.parent
+    here = Path(__file__).resolve().parents[2]
     if (here / "profiles").is_dir() and (here / "patches").is_dir():
         return here
     cwd = Path.cwd().resolve()

@@ -7,8 +7,8 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llamactl.errors import LlamactlError
-from llamactl.toolchain import BACKENDS
+from llamactl.core.errors import LlamactlError
+from llamactl.build.toolchain import BACKENDS
 
 # Options every build gets: Release, Ninja, only what llama-server needs, nothing downloaded.
 COMMON_OPTIONS = [

@@ -21,17 +21,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llamactl import cmake, paths, proc, toolchain
+from llamactl.build import cmake
+from llamactl.core import paths
+from llamactl.core import proc
+from llamactl.build import toolchain
 from rich.markup import escape
 
-from llamactl.console import Output, err_console, progress_bar
-from llamactl.errors import LlamactlError
-from llamactl.gitrepo import Repo
-from llamactl.hashing import sha256_bytes, stable_key
-from llamactl.patches import apply as apply_series
-from llamactl.patches import load_series, revert, series_hashes
-from llamactl.sources import PathSource, resolve
-from llamactl.vendor import Provenance, identity_of, path_identity, read_provenance, vendor
+from llamactl.core.console import Output, err_console, progress_bar
+from llamactl.core.errors import LlamactlError
+from llamactl.source.git import Repo
+from llamactl.core.hashing import sha256_bytes, stable_key
+from llamactl.source.patches import apply as apply_series
+from llamactl.source.patches import load_series, revert, series_hashes
+from llamactl.source.sources import PathSource, resolve
+from llamactl.source.vendor import Provenance, identity_of, path_identity, read_provenance, vendor
 
 MANIFEST = "manifest.json"
 HELP_FILE = "llama-server.help.txt"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llamactl.errors import LlamactlError
+from llamactl.core.errors import LlamactlError
 
 
 def info(path: Path) -> dict:

@@ -15,8 +15,8 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from llamactl import paths
-from llamactl.errors import LlamactlError
+from llamactl.core import paths
+from llamactl.core.errors import LlamactlError
 
 SplitMode = Literal["none", "layer", "row", "tensor"]
 FlashAttn = Literal["on", "off", "auto"]

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llamactl.dialect import Help
-from llamactl.errors import LlamactlError
-from llamactl.profiles import Profile, field_meta
+from llamactl.serve.dialect import Help
+from llamactl.core.errors import LlamactlError
+from llamactl.serve.profiles import Profile, field_meta
 
 MTP_SPEC_TYPES = ("draft-mtp", "mtp")   # upstream, AtomicBot fork at the seed's base
 

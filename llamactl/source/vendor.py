@@ -9,11 +9,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from llamactl import paths, proc
-from llamactl.console import Output
-from llamactl.errors import LlamactlError
-from llamactl.gitrepo import Repo
-from llamactl.sources import GitSource, PathSource, PypiSdistSource, SourceSpec, export_path_tree, extract_sdist_subtree, fetch_git, fetch_sdist, resolve
+from llamactl.core import paths
+from llamactl.core import proc
+from llamactl.core.console import Output
+from llamactl.core.errors import LlamactlError
+from llamactl.source.git import Repo
+from llamactl.source.sources import GitSource, PathSource, PypiSdistSource, SourceSpec, export_path_tree, extract_sdist_subtree, fetch_git, fetch_sdist, resolve
 
 
 @dataclass

@@ -7,8 +7,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llamactl import proc
-from llamactl.errors import ToolchainMissing
+from llamactl.core import proc
+from llamactl.core.errors import ToolchainMissing
 
 BACKENDS = ("cpu", "hip", "cuda", "vulkan")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from llamactl import proc
+from llamactl.core import proc
 
 FIXED_ENV = {
     "GIT_AUTHOR_NAME": "llamactl",

@@ -18,12 +18,14 @@ from typing import Any, Callable
 
 import httpx
 
-from llamactl import launcher, metrics, profiles
-from llamactl.errors import LlamactlError
-from llamactl.matrix import Cell
-from llamactl.server import ServerDied, ServerProcess
-from llamactl.stats import pct_change, ratio, summarize
-from llamactl.validate import cell_profile, slug
+from llamactl.serve import launcher
+from llamactl.judge import metrics
+from llamactl.serve import profiles
+from llamactl.core.errors import LlamactlError
+from llamactl.judge.matrix import Cell
+from llamactl.serve.server import ServerDied, ServerProcess
+from llamactl.judge.stats import pct_change, ratio, summarize
+from llamactl.judge.validate import cell_profile, slug
 
 BUILTIN_PROMPTS = [
     "Hi.",

@@ -14,8 +14,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from llamactl.errors import LlamactlError
-from llamactl.profiles import MatrixSpec, Profile
+from llamactl.core.errors import LlamactlError
+from llamactl.serve.profiles import MatrixSpec, Profile
 
 SHORTHAND = {"mtp": "enable_mtp", "np": "parallel"}
 

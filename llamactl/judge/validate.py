@@ -10,13 +10,14 @@ from typing import Any, Callable
 
 import httpx
 
-from llamactl import launcher, profiles
-from llamactl.checks import CHECKS, FAIL, PASS, SKIP, CellContext, CheckFailed, CheckResult, read_metrics, run_check
-from llamactl.console import Output
-from llamactl.errors import LlamactlError
-from llamactl.matrix import Cell
-from llamactl.render import Unsupported, check_supported
-from llamactl.server import ServerDied, ServerProcess
+from llamactl.serve import launcher
+from llamactl.serve import profiles
+from llamactl.judge.checks import CHECKS, FAIL, PASS, SKIP, CellContext, CheckFailed, CheckResult, read_metrics, run_check
+from llamactl.core.console import Output
+from llamactl.core.errors import LlamactlError
+from llamactl.judge.matrix import Cell
+from llamactl.serve.render import Unsupported, check_supported
+from llamactl.serve.server import ServerDied, ServerProcess
 
 INTERRUPTED = "interrupted"
 XFAIL = "xfail"      # a known bug (expect_failure) that failed as expected

@@ -14,10 +14,10 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llamactl import paths
-from llamactl.errors import LlamactlError
-from llamactl.gitrepo import Repo
-from llamactl.hashing import sha256_file
+from llamactl.core import paths
+from llamactl.core.errors import LlamactlError
+from llamactl.source.git import Repo
+from llamactl.core.hashing import sha256_file
 
 APPLIED, NOT_APPLIED, CONFLICTS = "applied", "not applied", "conflicts"
 

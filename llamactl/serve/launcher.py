@@ -10,15 +10,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from llamactl import models, paths
-from llamactl.build import BuildRequest, BuildResult, build
-from llamactl.console import Output
-from llamactl.dialect import Help, parse_help
-from llamactl.errors import LlamactlError
-from llamactl.hashing import stable_key
-from llamactl.profiles import Profile, Resolved
-from llamactl.render import render_argv
-from llamactl.server import ServerProcess, ensure_port_free, free_port
+from llamactl.models import catalog as models
+from llamactl.core import paths
+from llamactl.build.builder import BuildRequest, BuildResult, build
+from llamactl.core.console import Output
+from llamactl.serve.dialect import Help, parse_help
+from llamactl.core.errors import LlamactlError
+from llamactl.core.hashing import stable_key
+from llamactl.serve.profiles import Profile, Resolved
+from llamactl.serve.render import render_argv
+from llamactl.serve.server import ServerProcess, ensure_port_free, free_port
 
 
 @dataclass

@@ -9,8 +9,8 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from llamactl.checks import FAIL, PASS, SKIP
-from llamactl.validate import Report
+from llamactl.judge.checks import FAIL, PASS, SKIP
+from llamactl.judge.validate import Report
 
 STYLE = {PASS: "green", FAIL: "bold red", SKIP: "yellow", "xfail": "yellow", "interrupted": "magenta", "running": "cyan"}
 

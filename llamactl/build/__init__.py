@@ -1,0 +1,1 @@
+"""Builds: CMake commands per backend, toolchain detection, cached builds."""

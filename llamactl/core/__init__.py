@@ -1,0 +1,1 @@
+"""Shared basics: paths, errors, hashing, subprocess helpers, console."""

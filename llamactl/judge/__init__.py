@@ -1,0 +1,1 @@
+"""Judging: validation matrices, HTTP checks, /metrics, benchmarks."""

@@ -1,0 +1,1 @@
+"""Models: the model catalogue, GGUF facts, tiny Gemma 4 + MTP pairs."""

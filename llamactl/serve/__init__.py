@@ -1,0 +1,1 @@
+"""Serving: profiles, the binary's flag dialect, argv rendering, launching llama-server."""

@@ -1,0 +1,1 @@
+"""Sources: pinned llama.cpp sources, the vendored tree, patch series, git."""
