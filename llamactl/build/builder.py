@@ -87,6 +87,7 @@ def key_material(req: BuildRequest, prov_identity: dict, patches: list[dict], lo
         "local_changes": local_diff,
         "backend": req.backend,
         "target": req.target,
+        "tool_targets": cmake.TOOL_TARGETS,
         "gpu_targets": req.gpu_targets,
         "cmake_options": cmake.COMMON_OPTIONS + cmake.BACKEND_OPTIONS.get(req.backend, []) + req.cmake_options,
         "compilers": compilers,
@@ -135,6 +136,7 @@ def dry_run(req: BuildRequest) -> cmake.CMakePlan:
     root = build_root_for(req.backend, build_key(material))
     return cmake.plan(
         req.backend, root / "src", root / "build", target=req.target, jobs=req.jobs,
+        extra_targets=_extra_targets(paths.vendor_tree()),
         gpu_targets=tc.gpu_targets or req.gpu_targets, extra_options=req.cmake_options,
         env=tc.env or None, ccache=tc.tools.get("ccache") is not None,
     )
@@ -177,6 +179,7 @@ def _compile(req: BuildRequest, prov: Provenance, applied: list[dict], local: st
         raise LlamactlError("no AMD GPU target detected", hint="pass --gpu-targets gfx1100 (or set it in the profile)")
     use_ccache = tc.tools.get("ccache") is not None
     plan = cmake.plan(req.backend, root / "src", root / "build", target=req.target, jobs=req.jobs,
+                      extra_targets=_extra_targets(root / "src"),
                       gpu_targets=tc.gpu_targets, extra_options=req.cmake_options, env=tc.env or None,
                       ccache=use_ccache)
     log = root / "build.log"
@@ -207,7 +210,8 @@ def _compile(req: BuildRequest, prov: Provenance, applied: list[dict], local: st
         "toolchain": tc.tools,
         "gpu_targets": tc.gpu_targets,
         "duration_s": round(time.monotonic() - t0, 1),
-        "binaries": {req.target: str(binary)},
+        "binaries": {t: str(root / "build" / "bin" / t) for t in [req.target, *plan.extra_targets]
+                     if (root / "build" / "bin" / t).exists()},
         "version": version.strip(),
         "log": str(log),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -216,6 +220,12 @@ def _compile(req: BuildRequest, prov: Provenance, applied: list[dict], local: st
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     tmp.rename(root / MANIFEST)
     return BuildResult(manifest, False, time.monotonic() - t0)
+
+
+def _extra_targets(src: Path) -> list[str]:
+    """Tools built with every llama-server: llama-gguf-split and the RPC worker (when the tree has one)."""
+    rpc = cmake.rpc_target(src)
+    return [*cmake.TOOL_TARGETS, *([rpc] if rpc else [])]
 
 
 def _load_manifest(root: Path) -> dict | None:

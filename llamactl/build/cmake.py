@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,25 @@ COMMON_OPTIONS = [
     "-DLLAMA_USE_PREBUILT_UI=OFF",
     "-DLLAMA_BUILD_WEBUI=OFF",
     "-DGGML_CCACHE=OFF",
+    "-DGGML_RPC=ON",
 ]
+
+# Built next to llama-server in every build: the GGUF splitter and the RPC worker.
+# The worker's target is `ggml-rpc-server` in current upstream trees, `rpc-server` in older ones.
+TOOL_TARGETS = ["llama-gguf-split"]
+RPC_TARGETS = ("ggml-rpc-server", "rpc-server")
+
+
+def rpc_target(source_dir: Path) -> str | None:
+    """The RPC worker's CMake target in the tree at ``source_dir`` (from tools/rpc or examples/rpc), or None."""
+    for sub in ("tools/rpc", "examples/rpc"):
+        cm = source_dir / sub / "CMakeLists.txt"
+        if cm.is_file():
+            text = cm.read_text(errors="replace")
+            for t in RPC_TARGETS:
+                if re.search(rf"set\(TARGET\s+{re.escape(t)}\)", text):
+                    return t
+    return None
 
 # CPU builds use a portable x86-64-v3 baseline instead of -march=native: native builds
 # pick up AMX on Sapphire Rapids, and ggml's AMX matmul segfaults in VMs that do not
@@ -51,6 +70,7 @@ class CMakePlan:
     build: list[str]
     env: dict[str, str] = field(default_factory=dict)
     target: str = "llama-server"
+    extra_targets: list[str] = field(default_factory=list)
 
     def shell_lines(self) -> list[str]:
         """The commands as a person would paste them (display only; never executed via a shell)."""
@@ -65,6 +85,7 @@ def plan(
     build_dir: Path,
     *,
     target: str = "llama-server",
+    extra_targets: list[str] | None = None,
     jobs: int = 2,
     gpu_targets: str | None = None,
     extra_options: list[str] | None = None,
@@ -87,5 +108,6 @@ def plan(
         if backend == "cuda":
             opts.append("-DCMAKE_CUDA_COMPILER_LAUNCHER=ccache")
     opts += list(extra_options or [])
-    build = ["cmake", "--build", str(build_dir), "--target", target, "-j", str(jobs)]
-    return CMakePlan(backend, source_dir, build_dir, opts, build, dict(env or {}), target)
+    extra = list(extra_targets or [])
+    build = ["cmake", "--build", str(build_dir), "--target", target, *extra, "-j", str(jobs)]
+    return CMakePlan(backend, source_dir, build_dir, opts, build, dict(env or {}), target, extra)

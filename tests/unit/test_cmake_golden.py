@@ -64,3 +64,18 @@ def test_missing_toolchain_is_one_clear_line(missing, needle):
     with pytest.raises(ToolchainMissing) as exc:
         tc.require()
     assert needle in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_every_build_has_rpc_and_the_tools(tmp_path):
+    p = cmake.plan("cpu", S, B, extra_targets=["llama-gguf-split", "ggml-rpc-server"], jobs=2)
+    assert "-DGGML_RPC=ON" in p.configure
+    assert p.build == ["cmake", "--build", "/c/build", "--target", "llama-server", "llama-gguf-split", "ggml-rpc-server", "-j", "2"]
+
+
+def test_rpc_target_is_read_from_the_tree(tmp_path):
+    assert cmake.rpc_target(tmp_path) is None
+    (tmp_path / "tools/rpc").mkdir(parents=True)
+    (tmp_path / "tools/rpc/CMakeLists.txt").write_text("set(TARGET ggml-rpc-server)\nadd_executable(${TARGET} rpc-server.cpp)\n")
+    assert cmake.rpc_target(tmp_path) == "ggml-rpc-server"
+    (tmp_path / "tools/rpc/CMakeLists.txt").write_text("set(TARGET rpc-server)\n")
+    assert cmake.rpc_target(tmp_path) == "rpc-server"
