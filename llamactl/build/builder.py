@@ -4,6 +4,14 @@ A build directory is keyed by everything that goes into the binary: the source's
 provenance, the applied patch series (file hashes), uncommitted edits in the vendored
 tree, backend, CMake options and compiler. The same inputs find the same directory and
 its manifest, so an unchanged build returns without running anything.
+
+Compiling happens in one work directory per configuration (backend, target, CMake options,
+compilers, source name: everything in the key but the source content). Its ``src/`` is synced
+file by file from the vendored tree, keeping unchanged files' mtimes, so after a patch or an edit
+ninja recompiles only what changed. The finished binaries, ``--help``, ``--version`` and the
+manifest are then published to the content-keyed directory: a key only ever names a build made
+from exactly its inputs. A cache hit is decided from a cheap stamp (provenance, lock and patch
+files, git HEAD and dirty files, compiler binaries) without hashing or snapshotting the tree.
 """
 
 from __future__ import annotations
@@ -14,8 +22,6 @@ import os
 import re
 import shutil
 import subprocess
-import tarfile
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,7 +30,7 @@ from pathlib import Path
 from llamactl.build import cmake
 from llamactl.core import paths
 from llamactl.core import proc
-from llamactl.build import toolchain
+from llamactl.build import srcsync, toolchain
 from rich.markup import escape
 
 from llamactl.core.console import Output, err_console, progress_bar
@@ -33,11 +39,12 @@ from llamactl.source.git import Repo
 from llamactl.core.hashing import sha256_bytes, stable_key
 from llamactl.source.patches import apply as apply_series
 from llamactl.source.patches import load_series, revert, series_hashes
-from llamactl.source.sources import PathSource, resolve
-from llamactl.source.vendor import Provenance, identity_of, path_identity, read_provenance, vendor
+from llamactl.source.sources import PathSource, lock_path, resolve
+from llamactl.source.vendor import Provenance, identity_of, path_identity, provenance_path, read_provenance, vendor
 
 MANIFEST = "manifest.json"
 HELP_FILE = "llama-server.help.txt"
+STAMP_VERSION = 1
 _NINJA = re.compile(r"^\[(\d+)/(\d+)\]")
 
 
@@ -133,13 +140,10 @@ def dry_run(req: BuildRequest) -> cmake.CMakePlan:
     ident = {"source": name, "kind": spec.kind, "version": version, "hash": digest}   # as Provenance.identity
     series = None if req.no_patches else (req.series if req.series is not None else spec.series)
     material = key_material(req, ident, series_hashes(load_series(series)), None, toolchain.compiler_ids())
-    root = build_root_for(req.backend, build_key(material))
-    return cmake.plan(
-        req.backend, root / "src", root / "build", target=req.target, jobs=req.jobs,
-        extra_targets=_extra_targets(paths.vendor_tree()),
-        gpu_targets=tc.gpu_targets or req.gpu_targets, extra_options=req.cmake_options,
-        env=tc.env or None, ccache=tc.tools.get("ccache") is not None,
-    )
+    work = work_dir_for(req.backend, material)
+    tree = work / "src" if (work / "src").is_dir() else paths.vendor_tree()
+    return _plan(req, work, _extra_targets(tree), tc.gpu_targets or req.gpu_targets, tc.env or None,
+                 tc.tools.get("ccache") is not None)
 
 
 @contextmanager
@@ -154,46 +158,134 @@ def vendor_lock():
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def work_material(material: dict) -> dict:
+    """The key material without the source's content (provenance hash, patches, local edits).
+
+    Builds that differ only in source content share one work directory, so ninja can rebuild
+    incrementally between them; the source's name stays in, so upstream and the fork keep apart.
+    """
+    m = {k: v for k, v in material.items() if k not in ("source", "patches", "local_changes")}
+    m["source_name"] = material["source"].get("source")
+    return m
+
+
+def work_root() -> Path:
+    """Work directories and stamps, beside (not inside) the content-keyed build directories."""
+    p = paths.cache_root() / "build-work"
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def work_dir_for(backend: str, material: dict) -> Path:
+    return work_root() / f"{backend}-{stable_key(work_material(material))}"
+
+
+class _Flock:
+    """An exclusive flock on a file; released by ``release`` or when the process dies."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.f = None
+
+    def try_acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "w")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            return False
+        self.f = f
+        return True
+
+    def wait(self) -> None:
+        """Block until whoever holds the lock lets go (without keeping it)."""
+        with open(self.path, "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+
+
 def build(req: BuildRequest, out: Output | None = None) -> BuildResult:
+    """Build (or find cached) the request's binaries; raises LlamactlError on any failure.
+
+    A cache hit costs a stamp lookup (one ``git status``) and a manifest read. A miss compiles
+    in the configuration's work directory, incrementally when it already holds an earlier build.
+    """
     t0 = time.monotonic()
-    with vendor_lock():
-        prov, applied, local = prepare_tree(req, out)
-        compilers = toolchain.compiler_ids()
-        material = key_material(req, prov.identity, applied, local, compilers)
-        key = build_key(material)
-        root = build_root_for(req.backend, key)
-        cached = _load_manifest(root)
-        if cached is not None:
-            return BuildResult(cached, True, time.monotonic() - t0)
-        root.mkdir(parents=True, exist_ok=True)
-        _snapshot(paths.vendor_tree(), root / "src")
-    return _compile(req, prov, applied, local, material, key, root, out, t0)
+    while True:
+        with vendor_lock():
+            hit = _stamp_hit(req)
+            if hit is not None:
+                return BuildResult(hit, True, time.monotonic() - t0)
+            prov, applied, local = prepare_tree(req, out)
+            compilers = toolchain.compiler_ids()
+            material = key_material(req, prov.identity, applied, local, compilers)
+            key = build_key(material)
+            _record_stamp(req, key)
+            root = build_root_for(req.backend, key)
+            cached = _load_manifest(root)
+            if cached is not None:
+                return BuildResult(cached, True, time.monotonic() - t0)
+            work = work_dir_for(req.backend, material)
+            lock = _Flock(work.with_name(work.name + ".lock"))
+            if lock.try_acquire():
+                try:
+                    tree = paths.vendor_tree()
+                    rev = Repo(tree).out("stash", "create") or "HEAD"
+                    source_tree = Repo(tree).out("rev-parse", f"{rev}^{{tree}}")
+                    synced = srcsync.sync_tree(tree, rev, work / "src", work / "src.index.json")
+                except BaseException:
+                    lock.release()
+                    raise
+                break
+        if out:
+            out.info(f"another llamactl is building in {work}; waiting for it")
+        lock.wait()   # then look again: it may have built this very key
+    try:
+        return _compile(req, prov, applied, local, material, key, root, work, source_tree, synced, out, t0)
+    finally:
+        lock.release()
 
 
 def _compile(req: BuildRequest, prov: Provenance, applied: list[dict], local: str | None, material: dict,
-             key: str, root: Path, out: Output | None, t0: float) -> BuildResult:
-
+             key: str, root: Path, work: Path, source_tree: str, synced: srcsync.SyncResult,
+             out: Output | None, t0: float) -> BuildResult:
     tc = toolchain.detect(req.backend, req.gpu_targets)
     tc.require()
     if req.backend == "hip" and not tc.gpu_targets:
         raise LlamactlError("no AMD GPU target detected", hint="pass --gpu-targets gfx1100 (or set it in the profile)")
     use_ccache = tc.tools.get("ccache") is not None
-    plan = cmake.plan(req.backend, root / "src", root / "build", target=req.target, jobs=req.jobs,
-                      extra_targets=_extra_targets(root / "src"),
-                      gpu_targets=tc.gpu_targets, extra_options=req.cmake_options, env=tc.env or None,
-                      ccache=use_ccache)
+    src, bdir = work / "src", work / "build"
+    plan = _plan(req, work, _extra_targets(src), tc.gpu_targets, tc.env or None, use_ccache)
+    root.mkdir(parents=True, exist_ok=True)
     log = root / "build.log"
     env = dict(os.environ)
     env.update(plan.env)
     if use_ccache:
-        # relative paths inside the key dir make ccache hits across build dirs
-        env.update({"CCACHE_BASEDIR": str(root), "CCACHE_NOHASHDIR": "1"})
+        # relative paths inside the work dir make ccache hits across work dirs
+        env.update({"CCACHE_BASEDIR": str(work), "CCACHE_NOHASHDIR": "1"})
+    configured_with = {"configure": plan.configure, "env": plan.env}
+    stamp = work / "configured.json"
+    configured = (bdir / "CMakeCache.txt").exists() and (bdir / "build.ninja").exists() and _read_json(stamp) == configured_with
     with open(log, "w") as logf:
-        _run_logged(plan.configure, env, logf, log, out, "configuring")
-        _run_logged(plan.build, env, logf, log, out, f"building {req.target}")
-    binary = root / "build" / "bin" / req.target
-    if not binary.exists():
-        raise LlamactlError(f"build finished but {binary} is missing", hint=f"see {log}")
+        logf.write(f"# source tree {source_tree} synced into {src}: {len(synced.written)} file(s) written, "
+                   f"{len(synced.removed)} removed, {synced.unchanged} unchanged\n")
+        if configured:
+            logf.write("# already configured with the same command (ninja re-runs CMake when a CMake file changed)\n")
+        else:
+            stamp.unlink(missing_ok=True)
+            _run_logged(plan.configure, env, logf, log, out, "configuring")
+            stamp.write_text(json.dumps(configured_with))
+        steps = _run_logged(plan.build, env, logf, log, out, f"building {req.target}")
+    targets = [req.target, *plan.extra_targets]
+    if not (bdir / "bin" / req.target).exists():
+        raise LlamactlError(f"build finished but {bdir / 'bin' / req.target} is missing", hint=f"see {log}")
+    binaries = _publish(bdir / "bin", root / "build" / "bin", targets)
+    binary = binaries[req.target]
     version = _capture([str(binary), "--version"])
     help_text = _capture([str(binary), "--help"])
     (root / HELP_FILE).write_text(help_text)
@@ -204,15 +296,19 @@ def _compile(req: BuildRequest, prov: Provenance, applied: list[dict], local: st
         "target": req.target,
         "backend": req.backend,
         "source": prov.__dict__,
+        "source_tree": source_tree,
         "patches": applied,
         "local_changes": local,
         "cmake": {"configure": plan.configure, "build": plan.build, "env": plan.env, "shell": plan.shell_lines()},
+        "work_dir": str(work),
+        "incremental": {"files_written": len(synced.written), "files_removed": len(synced.removed),
+                        "configured": not configured, "ninja_steps": steps},
         "toolchain": tc.tools,
         "gpu_targets": tc.gpu_targets,
         "duration_s": round(time.monotonic() - t0, 1),
-        "binaries": {t: str(root / "build" / "bin" / t) for t in [req.target, *plan.extra_targets]
-                     if (root / "build" / "bin" / t).exists()},
+        "binaries": {t: str(p) for t, p in binaries.items()},
         "version": version.strip(),
+        "help_file": str(root / HELP_FILE),
         "log": str(log),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -220,6 +316,42 @@ def _compile(req: BuildRequest, prov: Provenance, applied: list[dict], local: st
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     tmp.rename(root / MANIFEST)
     return BuildResult(manifest, False, time.monotonic() - t0)
+
+
+# Shared-library builds (-D BUILD_SHARED_LIBS=ON) must find their libraries next to the published
+# binary, not in the work dir that the next build overwrites.
+RPATH_OPTIONS = ["-DCMAKE_BUILD_RPATH_USE_ORIGIN=ON"]
+
+
+def _plan(req: BuildRequest, work: Path, extra_targets: list[str], gpu_targets: str | None,
+          env: dict[str, str] | None, ccache: bool) -> cmake.CMakePlan:
+    """The CMake commands for a build in ``work`` (sources in work/src, build tree in work/build)."""
+    return cmake.plan(req.backend, work / "src", work / "build", target=req.target, jobs=req.jobs,
+                      extra_targets=extra_targets,
+                      gpu_targets=gpu_targets, extra_options=[*req.cmake_options, *RPATH_OPTIONS], env=env,
+                      ccache=ccache)
+
+
+def _publish(src_bin: Path, dest_bin: Path, targets: list[str]) -> dict[str, Path]:
+    """Copy the built binaries (and any shared libraries) out of the work dir; copies, never links,
+    because the next build in the work dir rewrites those files."""
+    if dest_bin.exists():
+        shutil.rmtree(dest_bin)
+    dest_bin.mkdir(parents=True)
+    out: dict[str, Path] = {}
+    for f in sorted(src_bin.iterdir()):
+        if f.is_file() and (f.name in targets or ".so" in f.name):
+            shutil.copy2(f, dest_bin / f.name)
+            if f.name in targets:
+                out[f.name] = dest_bin / f.name
+    return out
+
+
+def _read_json(p: Path) -> object:
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _extra_targets(src: Path) -> list[str]:
@@ -241,24 +373,111 @@ def _load_manifest(root: Path) -> dict | None:
     return None
 
 
-def _snapshot(tree: Path, dest: Path) -> None:
-    """Copy the vendored tree's current content (HEAD plus uncommitted edits) to ``dest``."""
-    if dest.exists():
+# --- the cheap stamp -----------------------------------------------------------------------------
+
+
+def stamp_material(req: BuildRequest, tree: Path | None = None) -> dict | None:
+    """Every build input, cheaply: file contents and stats, git HEAD and the dirty files' bytes.
+
+    No tree is hashed or snapshotted: one ``git status`` (stat-based) stands for the tracked
+    files. Two equal stamps mean ``prepare_tree`` would change nothing and the build key would
+    be the same. None when no stamp can be taken (nothing vendored, a path source, no git).
+    """
+    tree = tree or paths.vendor_tree()
+    try:
+        prov_text = provenance_path(tree).read_text()
+        prov = json.loads(prov_text)
+        lock_text = lock_path().read_text()
+    except (OSError, ValueError):
+        return None
+    name = req.source or prov.get("source")
+    if not isinstance(name, str) or name.startswith("path:") or prov.get("source") != name:
+        return None
+    series = req.series if req.series is not None else prov.get("series")
+    git = _git_state(tree)
+    if git is None:
+        return None
+    return {
+        "version": STAMP_VERSION,
+        "tree": str(tree),
+        "provenance": prov_text,
+        "lock": sha256_bytes(lock_text.encode()),
+        "request": {"source": req.source, "backend": req.backend, "target": req.target, "gpu_targets": req.gpu_targets,
+                    "cmake_options": req.cmake_options, "series": req.series, "no_patches": req.no_patches},
+        "series": series_hashes(load_series(series)),
+        "git": git,
+        "compilers": _compiler_files(),
+        "options": [cmake.COMMON_OPTIONS, cmake.BACKEND_OPTIONS.get(req.backend, []), cmake.TOOL_TARGETS],
+    }
+
+
+def _git_state(tree: Path) -> dict | None:
+    """HEAD and, per uncommitted path, a hash of its bytes (or None when deleted)."""
+    cp = subprocess.run(["git", "status", "--porcelain=v2", "--branch", "-z", "--untracked-files=no"],
+                        cwd=tree, capture_output=True)
+    if cp.returncode != 0:
+        return None
+    head, dirty = None, {}
+    recs = cp.stdout.split(b"\0")
+    i = 0
+    while i < len(recs):
+        rec = recs[i].decode("utf-8", "surrogateescape")
+        i += 1
+        if rec.startswith("# branch.oid "):
+            head = rec.split()[-1]
+        elif rec[:2] in ("1 ", "2 ", "u "):
+            nfields = {"1": 8, "2": 9, "u": 10}[rec[0]]
+            path = rec.split(" ", nfields)[-1]
+            if rec[0] == "2":
+                dirty[recs[i].decode("utf-8", "surrogateescape")] = None   # the rename's old path
+                i += 1
+            f = tree / path
+            dirty[path] = sha256_bytes(f.read_bytes()) if f.is_file() else (os.readlink(f) if f.is_symlink() else None)
+    return {"head": head, "dirty": dirty} if head else None
+
+
+def _compiler_files() -> list:
+    out: list = []
+    for var, default in (("CC", "cc"), ("CXX", "c++")):
+        exe = os.environ.get(var, default)
+        found = shutil.which(exe)
+        if found is None:
+            out.append([exe, None])
+            continue
+        real = os.path.realpath(found)
+        st = os.stat(real)
+        out.append([exe, found, real, st.st_size, st.st_mtime_ns])
+    return out
+
+
+def _stamp_file(material: dict) -> Path:
+    return work_root() / "stamps" / f"{stable_key(material, 32)}.json"
+
+
+def _stamp_hit(req: BuildRequest) -> dict | None:
+    """The cached manifest that the current stamp names, if that build is still complete."""
+    material = stamp_material(req)
+    if material is None:
+        return None
+    rec = _read_json(_stamp_file(material))
+    if not isinstance(rec, dict) or not isinstance(rec.get("key"), str):
+        return None
+    return _load_manifest(build_root_for(req.backend, rec["key"]))
+
+
+def _record_stamp(req: BuildRequest, key: str) -> None:
+    material = stamp_material(req)
+    if material is None:
         return
-    repo = Repo(tree)
-    rev = repo.out("stash", "create") or "HEAD"
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    with tempfile.TemporaryFile() as f:
-        subprocess.run(["git", "archive", "--format=tar", rev], cwd=tree, stdout=f, check=True)
-        f.seek(0)
-        with tarfile.open(fileobj=f) as tf:
-            tf.extractall(tmp, filter="data")
-    tmp.rename(dest)
+    f = _stamp_file(material)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_name(f"{f.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"key": key}))
+    tmp.replace(f)
 
 
-def _run_logged(argv: list[str], env: dict, logf, log: Path, out: Output | None, what: str) -> None:
+def _run_logged(argv: list[str], env: dict, logf, log: Path, out: Output | None, what: str) -> int:
+    """Run one step, its output into the log; returns how many ninja steps it ran."""
     logf.write("$ " + " ".join(argv) + "\n")
     logf.flush()
     try:
@@ -266,6 +485,7 @@ def _run_logged(argv: list[str], env: dict, logf, log: Path, out: Output | None,
     except FileNotFoundError as exc:
         raise LlamactlError(f"{argv[0]} not found", hint=toolchain.INSTALL_HINTS.get(argv[0])) from exc
     tenth = -1
+    steps = 0
     with progress_bar(what, total=None) as (progress, task):
         assert p.stdout is not None
         for line in p.stdout:
@@ -274,6 +494,7 @@ def _run_logged(argv: list[str], env: dict, logf, log: Path, out: Output | None,
             m = _NINJA.match(line)
             if m:
                 done, total = int(m.group(1)), int(m.group(2))
+                steps = max(steps, done)
                 progress.update(task, completed=done, total=total)
                 if out and not err_console.is_terminal and done * 10 // total > tenth:
                     tenth = done * 10 // total   # a plain line every 10% for logs without a bar
@@ -282,6 +503,7 @@ def _run_logged(argv: list[str], env: dict, logf, log: Path, out: Output | None,
     logf.flush()
     if rc != 0:
         raise LlamactlError(f"{what} failed: {first_error(log)}", hint=f"full log: {log}")
+    return steps
 
 
 def first_error(log: Path) -> str:

@@ -165,12 +165,14 @@ def apply(tree: Path, series: str | None) -> ApplyResult:
     if not patches:
         result.head = repo.head()
         return result
-    if repo.is_dirty():
+    n, extra = _applied_prefix(repo, patches)
+    # uncommitted edits on top of a fully applied series are the patch developer's work in progress:
+    # nothing to apply, so they stay (and the build key covers them); refused only when patches would land
+    if (n < len(patches) or extra) and repo.is_dirty():
         raise LlamactlError(
             f"{tree} has uncommitted changes ({', '.join(repo.dirty_paths()[:3])})",
             hint="commit them (then `llamactl patch export`) or discard them before applying",
         )
-    n, extra = _applied_prefix(repo, patches)
     if extra:
         raise LlamactlError(
             f"{tree} has {len(extra)} commit(s) on top of the series that are not in patches/{series}/",
