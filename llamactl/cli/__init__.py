@@ -1,56 +1,136 @@
 """llamactl command line: thin Typer layer over library functions.
 
 Every LlamactlError becomes one red line on stderr and a non-zero exit, here and only here.
+
+Command modules are imported only when their command runs: `llamactl --help` lists every command
+from the one-line helps in COMMANDS below (a unit test keeps them equal to the modules' own).
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
+from types import ModuleType
+from typing import Any
 
-import typer
-from rich.markup import escape
-
-from llamactl.cli import bench_cmd, build_cmd, models_cmd, patch_cmd, profile_cmd, run_cmd, validate_cmd
-from llamactl.core.console import err_console
 from llamactl.core.errors import LlamactlError
 
-app = typer.Typer(
-    name="llamactl",
-    help="Vendor, patch, build, run and validate llama.cpp's llama-server, reproducibly.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
-)
+HELP = "Vendor, patch, build, run and validate llama.cpp's llama-server, reproducibly."
+
+# name -> (module under llamactl.cli, function or None for a sub-app, words picking examples, one-line help)
+COMMANDS: dict[str, tuple[str, str | None, tuple[str, ...], str]] = {
+    "vendor": ("build_cmd", "vendor", ("vendor",),
+               "Materialise a pinned llama.cpp source into vendor/llama.cpp/ (git repo with one base commit)."),
+    "build": ("build_cmd", "build", ("build",),
+              "Vendor + patch (when needed) and build llama-server with CMake + Ninja, cached by every input."),
+    "run": ("run_cmd", "run", ("run",), "Launch llama-server from a profile; Ctrl-C stops it (nothing is left running)."),
+    "ps": ("run_cmd", "ps", ("ps",), "Servers started with `run --detach`."),
+    "stop": ("run_cmd", "stop", ("stop",), "Stop detached servers (SIGTERM, then SIGKILL after 10 s)."),
+    "validate": ("validate_cmd", "validate", (),
+                 "Start the server for each matrix cell, run the HTTP checks, report; exit 0 only if all ran cells pass."),
+    "bench": ("bench_cmd", "bench", (),
+              "Decode/prompt speed, TTFT, all-slots throughput, peak RSS and MTP acceptance; MTP on vs off, interleaved."),
+    "patch": ("patch_cmd", None, (), "Status, apply, check, revert and export the patch series."),
+    "profile": ("profile_cmd", None, (), "List, show and render profiles."),
+    "models": ("models_cmd", None, (), "Named models: fetch, list, make tiny Gemma 4 pairs."),
+}
 
 
-def examples(module, *words: str) -> str:
+def examples(module: ModuleType, *words: str) -> str:
     """The module docstring's example lines (those naming one of ``words``), as a help epilog."""
+    from rich.markup import escape
+
     doc = (module.__doc__ or "").split("Examples:", 1)[-1]
     lines = [ln.strip() for ln in doc.splitlines() if ln.strip().startswith(("llamactl", "CTX", "cd ", "LLAMACTL"))]
     picked = [ln for ln in lines if not words or any(w in ln for w in words)]
     return "Examples:\n\n" + "\n\n".join(f"  [dim]$[/] {escape(ln)}" for ln in picked) if picked else ""
 
 
-app.command("vendor", epilog=examples(build_cmd, "vendor"))(build_cmd.vendor)
-app.command("build", epilog=examples(build_cmd, "build"))(build_cmd.build)
-app.add_typer(patch_cmd.app, name="patch", epilog=examples(patch_cmd))
-app.add_typer(profile_cmd.app, name="profile", epilog=examples(profile_cmd))
-app.add_typer(models_cmd.app, name="models", epilog=examples(models_cmd))
-app.command("run", epilog=examples(run_cmd, "run"))(run_cmd.run)
-app.command("ps", epilog=examples(run_cmd, "ps"))(run_cmd.ps)
-app.command("stop", epilog=examples(run_cmd, "stop"))(run_cmd.stop)
-app.command("validate", epilog=examples(validate_cmd))(validate_cmd.validate)
-app.command("bench", epilog=examples(bench_cmd))(bench_cmd.bench)
+def load_command(name: str) -> Any:
+    """The real click command for ``name``: imports its module (and what that needs) now."""
+    import typer
+
+    modname, func, words, _help = COMMANDS[name]
+    module = importlib.import_module(f"llamactl.cli.{modname}")
+    if func is None:
+        group = typer.main.get_group(module.app)
+        group.name = name
+        group.epilog = examples(module)
+        return group
+    one = typer.Typer(rich_markup_mode="rich", add_completion=False, pretty_exceptions_enable=False)
+    one.command(name, epilog=examples(module, *words))(getattr(module, func))
+    return typer.main.get_command(one)
+
+
+def make_app() -> Any:
+    """The Typer app: a group listing every command from COMMANDS, loading each when it runs."""
+    import typer
+    from typer.core import TyperCommand, TyperGroup
+
+    class LazyGroup(TyperGroup):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            for name, (_m, _f, _w, short) in COMMANDS.items():
+                self.commands.setdefault(name, TyperCommand(name, help=short, rich_markup_mode="rich"))
+
+        def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+            name, cmd, rest = super().resolve_command(ctx, args)
+            if name in COMMANDS:
+                cmd = self.commands[name] = load_command(name)
+            return name, cmd, rest
+
+    app = typer.Typer(name="llamactl", help=HELP, cls=LazyGroup, no_args_is_help=True, add_completion=False,
+                      pretty_exceptions_enable=False, rich_markup_mode="rich")
+    app.callback()(lambda: None)
+    return app
+
+
+def print_root_help() -> None:
+    """`llamactl --help` without importing Typer or any command: the same panels Typer draws."""
+    from rich import box
+    from rich.console import Console
+    from rich.padding import Padding
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console(highlight=False)
+    console.print(Padding(Text.assemble(("Usage: ", "yellow"), "llamactl [OPTIONS] COMMAND [ARGS]..."), 1),
+                  style="bold")
+    console.print(Padding(HELP, (0, 1, 1, 1)))
+    opts = Table(highlight=False, show_header=False, expand=True, box=None, pad_edge=False, padding=(0, 1))
+    width = max(len(n) for n in COMMANDS)
+    opts.add_column(style="bold cyan", no_wrap=True, width=12)    # Typer's column for --help and its short form
+    opts.add_column(style="bold yellow", no_wrap=True)
+    opts.add_column(ratio=10)
+    opts.add_row("--help", "<bool>", "Show this message and exit.")
+    console.print(Panel(opts, border_style="dim", title="Options", title_align="left", box=box.ROUNDED))
+    cmds = Table(highlight=False, show_header=False, expand=True, box=None, pad_edge=False, padding=(0, 1))
+    cmds.add_column(style="bold cyan", no_wrap=True, width=width)
+    cmds.add_column("Description", justify="left", no_wrap=False, ratio=10)
+    for name, (_m, _f, _w, short) in COMMANDS.items():
+        cmds.add_row(name, short)
+    console.print(Panel(cmds, border_style="dim", title="Commands", title_align="left", box=box.ROUNDED))
+    console.print()
 
 
 def main() -> None:
+    args = sys.argv[1:]
+    if args in ([], ["--help"]):       # the commonest call answered without loading Typer
+        print_root_help()
+        sys.exit(0 if args else 2)     # as click's no_args_is_help
     try:
-        app()
+        make_app()()
     except LlamactlError as exc:
+        from rich.markup import escape
+
+        from llamactl.core.console import err_console
+
         err_console.print(f"[bold red]error:[/] {escape(exc.message)}" + (f" [dim]({escape(exc.hint)})[/]" if exc.hint else ""),
                           highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
+        from llamactl.core.console import err_console
+
         err_console.print("[yellow]interrupted[/]")
         sys.exit(130)
