@@ -391,8 +391,8 @@ def stamp_material(req: BuildRequest, tree: Path | None = None) -> dict | None:
     except (OSError, ValueError):
         return None
     name = req.source or prov.get("source")
-    if not isinstance(name, str) or name.startswith("path:") or prov.get("source") != name:
-        return None
+    if not isinstance(name, str) or name.startswith("path:") or prov.get("source") != name or prov.get("kind") == "path":
+        return None    # a path source's identity is another repo's HEAD: vendor() looks there each time
     series = req.series if req.series is not None else prov.get("series")
     git = _git_state(tree)
     if git is None:
