@@ -1,8 +1,9 @@
 """Time from `llamactl run PROFILE` to a healthy server, versus the same llama-server argv by hand.
 
-    .venv/bin/python benchmarks/startup.py [PROFILE] [--runs N]
+    .venv/bin/python benchmarks/startup.py [PROFILE ...] [--runs N]
 
-Prints the median and spread of both, and llamactl's overhead. Not a test: numbers only.
+Also times `llamactl --help`. Prints medians, ratios and llamactl's overhead for each profile
+(default: default and tiny-gemma4-mtp). Not a test: numbers only.
 """
 
 from __future__ import annotations
@@ -62,23 +63,58 @@ def by_hand(argv: list[str], url: str) -> float:
         p.wait(timeout=30)
 
 
+def help_time() -> float:
+    t0 = time.monotonic()
+    subprocess.run([sys.executable, "-m", "llamactl", "--help"], capture_output=True, env=env(), check=True)
+    return time.monotonic() - t0
+
+
+def bare_python() -> float:
+    t0 = time.monotonic()
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    return time.monotonic() - t0
+
+
+def measure(profiles: list[str], runs: int) -> list[tuple[str, float, float | None, str]]:
+    """(case, llamactl median s, raw median s or None, note) rows."""
+    rows = []
+    helps, bare = [], []
+    for _ in range(runs):
+        helps.append(help_time())
+        bare.append(bare_python())
+    rows.append(("llamactl --help", statistics.median(helps), None,
+                 f"goal < 0.15 s; bare python start {statistics.median(bare):.3f} s"))
+    for profile in profiles:
+        cmd = json.loads(subprocess.run([sys.executable, "-m", "llamactl", "profile", "cmd", profile, "--json"],
+                                        capture_output=True, text=True, env=env(), check=True).stdout)
+        via_llamactl(profile)              # warm the page cache and the build/model caches
+        ours, hand = [], []
+        for _ in range(runs):              # interleaved so drift hits both alike
+            ours.append(via_llamactl(profile))
+            hand.append(by_hand(cmd["argv"], cmd["url"]))
+        m_ours, m_hand = statistics.median(ours), statistics.median(hand)
+        rows.append((f"run {profile} -> healthy", m_ours, m_hand,
+                     f"overhead {m_ours - m_hand:+.3f} s (goal <= +0.10 s); "
+                     f"ranges {min(ours):.3f}-{max(ours):.3f} / {min(hand):.3f}-{max(hand):.3f}"))
+    return rows
+
+
+def print_rows(title: str, rows: list[tuple[str, float, float | None, str]]) -> None:
+    print(title)
+    print(f"  {'case':<34} {'llamactl':>9} {'raw':>9} {'ratio':>7}  note")
+    for case, ours, raw, note in rows:
+        r = f"{raw:.3f} s" if raw is not None else "-"
+        ratio = f"{ours / raw:.2f}x" if raw else "-"
+        print(f"  {case:<34} {ours:>7.3f} s {r:>9} {ratio:>7}  {note}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("profile", nargs="?", default="default")
-    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("profiles", nargs="*", default=["default", "tiny-gemma4-mtp"])
+    ap.add_argument("--runs", type=int, default=7)
     a = ap.parse_args()
-    cmd = json.loads(subprocess.run([sys.executable, "-m", "llamactl", "profile", "cmd", a.profile, "--json"],
-                                    capture_output=True, text=True, env=env(), check=True).stdout)
-    via_llamactl(a.profile)              # warm the page cache and the build/model caches
-    ours, hand = [], []
-    for _ in range(a.runs):              # interleaved so drift hits both alike
-        ours.append(via_llamactl(a.profile))
-        hand.append(by_hand(cmd["argv"], cmd["url"]))
-    m_ours, m_hand = statistics.median(ours), statistics.median(hand)
-    print(f"profile {a.profile}, {a.runs} runs each (median, min-max):")
-    print(f"  llamactl run -> healthy : {m_ours:.3f} s  ({min(ours):.3f}-{max(ours):.3f})")
-    print(f"  llama-server by hand    : {m_hand:.3f} s  ({min(hand):.3f}-{max(hand):.3f})")
-    print(f"  llamactl overhead       : {m_ours - m_hand:+.3f} s")
+    print_rows(f"llamactl start-up, {a.runs} runs each (median; raw = the same llama-server argv by hand):",
+               measure(a.profiles, a.runs))
 
 
 if __name__ == "__main__":

@@ -39,8 +39,10 @@ from llamactl.source.git import Repo
 from llamactl.core.hashing import sha256_bytes, stable_key
 from llamactl.source.patches import apply as apply_series
 from llamactl.source.patches import load_series, revert, series_hashes
-from llamactl.source.sources import PathSource, lock_path, resolve
-from llamactl.source.vendor import Provenance, identity_of, path_identity, provenance_path, read_provenance, vendor
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:   # the lock file's pydantic models load only when a build has to look at sources
+    from llamactl.source.vendor import Provenance
 
 MANIFEST = "manifest.json"
 HELP_FILE = "llama-server.help.txt"
@@ -80,6 +82,8 @@ class BuildResult:
 
 
 def _source_name(req: BuildRequest) -> str | None:
+    from llamactl.source.vendor import read_provenance
+
     if req.source:
         return req.source
     prov = read_provenance()
@@ -111,6 +115,8 @@ def build_root_for(backend: str, key: str) -> Path:
 
 def prepare_tree(req: BuildRequest, out: Output | None = None) -> tuple[Provenance, list[dict], str | None]:
     """Vendor and patch as needed; return provenance, applied patch hashes and a hash of local edits."""
+    from llamactl.source.vendor import vendor
+
     prov = vendor(_source_name(req), out=out, series=req.series)
     tree = paths.vendor_tree()
     series = req.series if req.series is not None else prov.series
@@ -130,6 +136,9 @@ def prepare_tree(req: BuildRequest, out: Output | None = None) -> tuple[Provenan
 
 def dry_run(req: BuildRequest) -> cmake.CMakePlan:
     """The exact commands, with no toolchain needed; detects gfx/CUDA targets when it can."""
+    from llamactl.source.sources import PathSource, resolve
+    from llamactl.source.vendor import identity_of, path_identity
+
     tc = toolchain.detect(req.backend, req.gpu_targets)
     name, spec = resolve(_source_name(req))
     if isinstance(spec, PathSource):
@@ -384,10 +393,10 @@ def stamp_material(req: BuildRequest, tree: Path | None = None) -> dict | None:
     be the same. None when no stamp can be taken (nothing vendored, a path source, no git).
     """
     tree = tree or paths.vendor_tree()
-    try:
-        prov_text = provenance_path(tree).read_text()
+    try:   # the files of vendor.provenance_path and sources.lock_path, read without loading those modules
+        prov_text = (tree.parent / f"{tree.name}.provenance.json").read_text()
         prov = json.loads(prov_text)
-        lock_text = lock_path().read_text()
+        lock_text = (paths.vendor_dir() / "sources.yaml").read_text()
     except (OSError, ValueError):
         return None
     name = req.source or prov.get("source")

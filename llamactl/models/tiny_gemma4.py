@@ -51,9 +51,26 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
+from typing import TYPE_CHECKING
 
-import gguf
+if TYPE_CHECKING:
+    import numpy as np
+
+    import gguf
+else:
+    class _OnFirstUse:
+        """A module imported on first attribute access: naming a cached tiny model needs neither numpy nor gguf."""
+
+        def __init__(self, name: str) -> None:
+            self._name = name
+
+        def __getattr__(self, attr: str):
+            import importlib
+
+            return getattr(importlib.import_module(self._name), attr)
+
+    np = _OnFirstUse("numpy")
+    gguf = _OnFirstUse("gguf")
 
 __all__ = [
     "ACCEPTANCE_BANDS",

@@ -178,7 +178,7 @@ class ServerProcess:
                     on_tick(now - self.started_at)
                 if now > deadline:
                     raise LlamactlError(f"llama-server not healthy after {timeout:.0f}s", hint=f"log: {self.log_path}")
-                time.sleep(0.05)
+                time.sleep(0.01 if now - self.started_at < 2.0 else 0.05)   # tiny models are healthy in ~0.1 s
 
     def log_lines(self) -> list[str]:
         if self._reader is not None:
