@@ -90,6 +90,12 @@ def make_home(tmp: Path) -> Path:
     return home
 
 
+def log(row: Row) -> Row:
+    print(f"[rebuild] {row.case}: {row.ours:.2f} s, raw {row.raw if row.raw is None else round(row.raw, 2)}, "
+          f"steps {row.steps}, {row.note}", file=sys.stderr, flush=True)
+    return row
+
+
 def steps(m: dict) -> int | None:
     return (m.get("incremental") or {}).get("ninja_steps")
 
@@ -98,6 +104,7 @@ def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--skip-cold", action="store_true", help="use the shared cache (its work dir warm) instead of a cold one")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--file", default="src/llama-adapter.cpp", help="the file the patch and the edit change")
+    ap.add_argument("--cache", type=Path, help="keep the cold cache here (default: a temp dir, removed)")
 
 
 def measure(a: argparse.Namespace) -> tuple[str, list[Row], str]:
@@ -111,9 +118,10 @@ def measure(a: argparse.Namespace) -> tuple[str, list[Row], str]:
         if not a.skip_cold:
             from llamactl.core import paths
 
-            cache = tmp / "cache"
-            cache.mkdir()
-            (cache / "downloads").symlink_to(paths.downloads_dir())   # the sdist, not a build
+            cache = a.cache or tmp / "cache"
+            cache.mkdir(parents=True, exist_ok=True)
+            if not (cache / "downloads").exists():
+                (cache / "downloads").symlink_to(paths.downloads_dir())   # the sdist, not a build
         env = env_for(home, cache)
         subprocess.run([sys.executable, "-m", "llamactl", "vendor"], check=True, capture_output=True, env=env)
         tree = home / "vendor" / "llama.cpp"
@@ -125,10 +133,10 @@ def measure(a: argparse.Namespace) -> tuple[str, list[Row], str]:
             readme.write_text(readme.read_text() + f"\n<!-- warm {nonce} -->\n")
             dt, m = llamactl_build(env, a.jobs)
             subprocess.run(["git", "checkout", "-q", "--", "README.md"], cwd=tree, check=True)
-            rows.append(Row("work dir warm-up", dt, None, steps(m), "shared cache" if m["incremental"]["configured"] is False
-                            else "shared cache, work dir was cold"))
+            rows.append(log(Row("work dir warm-up", dt, None, steps(m), "shared cache" if m["incremental"]["configured"] is False
+                            else "shared cache, work dir was cold")))
         elif not a.skip_cold:
-            rows.append(Row("cold build", dt, None, steps(m), "empty cache"))
+            rows.append(log(Row("cold build", dt, None, steps(m), "cache hit: --cache was warm" if m["cached"] else "empty cache")))
 
         dt, m0 = llamactl_build(env, a.jobs)
         raw = None
@@ -136,7 +144,7 @@ def measure(a: argparse.Namespace) -> tuple[str, list[Row], str]:
             t0 = time.monotonic()
             subprocess.run(m0["cmake"]["build"], check=True, capture_output=True)
             raw = time.monotonic() - t0
-        rows.append(Row("no-op build", dt, raw, 0 if m0["cached"] else steps(m0), "cache hit" if m0["cached"] else "REBUILT"))
+        rows.append(log(Row("no-op build", dt, raw, 0 if m0["cached"] else steps(m0), "cache hit" if m0["cached"] else "REBUILT")))
 
         # one patch added to the series, editing one file
         target = tree / a.file
@@ -151,14 +159,14 @@ def measure(a: argparse.Namespace) -> tuple[str, list[Row], str]:
         for p in (tmp / "p").glob("*.patch"):
             shutil.move(p, series / f"{n + 1:04d}-bench-touch.patch")
         dt, m1 = llamactl_build(env, a.jobs)
-        rows.append(Row("one-patch change", dt, raw_ninja(m1, [a.file]), steps(m1),
-                        f"{m1['incremental']['files_written']} file(s) synced"))
+        rows.append(log(Row("one-patch change", dt, raw_ninja(m1, [a.file]), steps(m1),
+                        f"{m1['incremental']['files_written']} file(s) synced")))
 
         # an uncommitted edit in vendor/llama.cpp on top of the applied series
         target.write_text(target.read_text() + f"// llamactl rebuild benchmark {nonce} (edit)\n")
         dt, m2 = llamactl_build(env, a.jobs)
-        rows.append(Row("one-file edit", dt, raw_ninja(m2, [a.file]), steps(m2),
-                        f"{m2['incremental']['files_written']} file(s) synced"))
+        rows.append(log(Row("one-file edit", dt, raw_ninja(m2, [a.file]), steps(m2),
+                        f"{m2['incremental']['files_written']} file(s) synced")))
         keys = {m0["key"], m1["key"], m2["key"]}
 
     title = f"llamactl build, {a.jobs} jobs, change in {a.file} ({'shared cache' if a.skip_cold else 'cold cache'}):"
