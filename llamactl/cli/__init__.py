@@ -119,6 +119,10 @@ def main() -> None:
     if args in ([], ["--help"]):       # the commonest call answered without loading Typer
         print_root_help()
         sys.exit(0 if args else 2)     # as click's no_args_is_help
+    if args[:1] == ["run"]:            # start a remembered llama-server now; adopted if the plan agrees
+        from llamactl.serve import quickstart
+
+        quickstart.early_start(args[1:])
     try:
         make_app()()
     except LlamactlError as exc:

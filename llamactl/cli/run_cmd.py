@@ -71,6 +71,7 @@ def run(
         with progress_bar(f"waiting for {plan.url}/health", total=None) as (progress, task):
             secs = sp.wait_healthy(r.profile.health_timeout)
         info = {"profile": r.name, "url": plan.url, "pid": sp.pid, "log": str(log), "ready_s": round(secs, 3),
+                "early_start": sp.adopted,
                 "endpoints": [f"{plan.url}{e}" for e in ("/health", "/v1/messages", "/v1/chat/completions", "/completion")]
                 + ([f"{plan.url}/metrics"] if r.profile.metrics else []) + ([f"{plan.url}/slots"] if r.profile.slots else [])}
         if detach:

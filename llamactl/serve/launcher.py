@@ -17,7 +17,8 @@ from llamactl.core.console import Output
 from llamactl.serve.dialect import Help, parse_help
 from llamactl.core.errors import LlamactlError
 from llamactl.core.hashing import stable_key
-from llamactl.serve.profiles import Profile, Resolved
+from llamactl.serve import quickstart
+from llamactl.serve.profiles import ENV_VARS, Profile, Resolved
 from llamactl.serve.render import render_argv
 from llamactl.serve.server import ServerProcess, ensure_port_free, free_port
 
@@ -91,11 +92,13 @@ def plan(resolved: Resolved, out: Output | None = None, binary: Binary | None = 
     binary = binary or ensure_binary(p, out, jobs)
     base = paths.project_root()
     model_paths = resolve_models(p, out, base)
+    early_port = quickstart.pending_port()   # a server `run` started early already holds its port
     if p.port == "auto":
-        port = free_port(p.host if p.host not in ("0.0.0.0", "::") else "127.0.0.1")
+        port = early_port or free_port(p.host if p.host not in ("0.0.0.0", "::") else "127.0.0.1")
     else:
         port = int(p.port)
-        ensure_port_free(p.host, port)
+        if port != early_port:
+            ensure_port_free(p.host, port)
     argv = render_argv(p, binary.help, binary.path, port=port, model_paths=model_paths)
     return LaunchPlan(resolved, binary, argv, p.host, port, dict(p.env), model_paths)
 
@@ -115,5 +118,32 @@ def start(plan_: LaunchPlan, log_path: Path, echo: Callable[[str], None] | None 
           detach: bool = False) -> ServerProcess:
     sp = ServerProcess(plan_.argv, plan_.host, plan_.port, log_path, env=plan_.env, echo=echo,
                        api_key=plan_.resolved.profile.api_key)
-    sp.start(detach=detach)
+    early = None if detach else quickstart.take(plan_.argv, plan_.env)
+    if early is not None:
+        sp.adopt(early)
+    else:
+        quickstart.discard()
+        sp.start(detach=detach)
+    quickstart.remember(plan_.argv, plan_.env, plan_.host, plan_.port, plan_.resolved.profile.port == "auto",
+                        _plan_inputs(plan_), [*ENV_VARS])
     return sp
+
+
+def _plan_inputs(plan_: LaunchPlan) -> list[Path]:
+    """The files a plan was made from: profiles, patches, the vendored tree's state, binary, build, models."""
+    tree = paths.vendor_tree()
+    files = [*sorted(paths.profiles_dir().glob("*.y*ml")), *sorted(paths.patches_dir().glob("*/*.patch")),
+             tree.parent / f"{tree.name}.provenance.json", tree / ".git" / "index", tree / ".git" / "HEAD",
+             paths.vendor_dir() / "sources.yaml", plan_.binary.path, *plan_.model_paths.values()]
+    head = tree / ".git" / "HEAD"
+    try:
+        ref = head.read_text().strip()
+        if ref.startswith("ref: "):
+            files.append(tree / ".git" / ref[5:])
+    except OSError:
+        pass
+    if plan_.binary.manifest:
+        files.append(Path(plan_.binary.manifest["build_root"]) / "manifest.json")
+    if plan_.resolved.path is not None:     # a profile given as a path outside profiles/
+        files.append(plan_.resolved.path)
+    return files

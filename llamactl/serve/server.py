@@ -20,11 +20,12 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TextIO
-
-import httpx
+from typing import TYPE_CHECKING, Callable, TextIO
 
 from llamactl.core.errors import LlamactlError
+
+if TYPE_CHECKING:
+    from llamactl.serve.quickstart import Early
 
 _ASSERT = re.compile(r"GGML_ASSERT|GGML_ABORT|\berror:|terminate called|Segmentation fault|Assertion .* failed|fatal error|std::\w+_error|what\(\):")
 _FRAME = re.compile(r"^\s*(#\d+\s|\S*\(.*\+0x[0-9a-f]+\)|.*\bin \w|\s*\d+: )")
@@ -104,6 +105,7 @@ class ServerProcess:
     _reader: threading.Thread | None = None
     started_at: float = 0.0
     healthy_at: float | None = None
+    adopted: bool = False          # started early by quickstart from the previous run's plan
 
     @property
     def url(self) -> str:
@@ -146,11 +148,21 @@ class ServerProcess:
         assert self.proc and self.proc.stdout
         with logf:
             for line in self.proc.stdout:
-                logf.write(line)
-                logf.flush()
-                self._tail.append(line.rstrip("\n"))
-                if self.echo:
-                    self.echo(line.rstrip("\n"))
+                self._line(logf, line)
+
+    def _line(self, logf: TextIO, line: str) -> None:
+        logf.write(line)
+        logf.flush()
+        self._tail.append(line.rstrip("\n"))
+        if self.echo:
+            self.echo(line.rstrip("\n"))
+
+    def adopt(self, early: "Early") -> None:
+        """Take over a process that quickstart started for this very argv; its log starts at its first line."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        logf: TextIO = open(self.log_path, "w")
+        self.proc, self.started_at, self.adopted = early.proc, early.started_at, True
+        self._reader = early.attach(lambda line: self._line(logf, line), logf.close)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -160,6 +172,8 @@ class ServerProcess:
 
     def wait_healthy(self, timeout: float, on_tick: Callable[[float], None] | None = None) -> float:
         """Poll GET /health until 200; raise with the crash report if the process dies."""
+        import httpx   # here, not at import: the early start of `run` (quickstart) needs this module fast
+
         deadline = time.monotonic() + timeout
         with httpx.Client(timeout=2.0, headers=self.headers()) as client:
             while True:
