@@ -125,6 +125,8 @@ def early_start(args: list[str]) -> None:
     if entry["port_index"] is not None:
         port = free_port(entry["bind_host"])
         argv[entry["port_index"]] = str(port)
+    elif not _bindable(entry["bind_host"], port):
+        return      # a fixed port in use: the normal path says so in one line
     env = dict(os.environ)
     env.update(entry["env"])
     started = time.monotonic()
@@ -141,6 +143,17 @@ def early_start(args: list[str]) -> None:
     import atexit
 
     atexit.register(discard)    # never left running when the normal path fails before adopting it
+
+
+def _bindable(host: str, port: int) -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, port))
+    except OSError:
+        return False
+    return True
 
 
 def pending_port() -> int | None:

@@ -80,3 +80,16 @@ def test_detach_never_starts_early(qs, tmp_path):
     remember(qs, tmp_path, ["p", "--detach"], server_argv())
     qs.early_start(["p", "--detach"])
     assert qs.pending_port() is None
+
+
+def test_fixed_port_in_use_starts_nothing(qs, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        remember(qs, tmp_path, ["p"], server_argv(port))
+        qs.remember(server_argv(port), {"X": "1"}, "127.0.0.1", port, False, [tmp_path / "p.yaml"], ["CTX"])
+        qs.early_start(["p"])
+        assert qs.pending_port() is None
