@@ -1,6 +1,9 @@
 """llamactl command line: thin Typer layer over library functions.
 
-Every LlamactlError becomes one red line on stderr and a non-zero exit, here and only here.
+Every error becomes one red line on stderr and an exit code from the one table in
+``llamactl.core.errors.ExitCode``, here and only here: a LlamactlError its own code, a usage
+error BAD_INPUT, Ctrl-C INTERRUPTED, anything unexpected INTERNAL_ERROR. ``--debug`` (or
+LLAMACTL_DEBUG=1) adds the cause chain and the traceback.
 
 Command modules are imported only when their command runs: `llamactl --help` lists every command
 from the one-line helps in COMMANDS below (a unit test keeps them equal to the modules' own).
@@ -9,13 +12,17 @@ from the one-line helps in COMMANDS below (a unit test keeps them equal to the m
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+import traceback
 from types import ModuleType
 from typing import Any
 
-from llamactl.core.errors import LlamactlError
+from llamactl.core.errors import ExitCode, LlamactlError
 
 HELP = "Vendor, patch, build, run and validate llama.cpp's llama-server, reproducibly."
+DEBUG_HELP = "On an error, show its cause chain and traceback."
+_debug = False
 
 # name -> (module under llamactl.cli, function or None for a sub-app, words picking examples, one-line help)
 COMMANDS: dict[str, tuple[str, str | None, tuple[str, ...], str]] = {
@@ -81,7 +88,12 @@ def make_app() -> Any:
 
     app = typer.Typer(name="llamactl", help=HELP, cls=LazyGroup, no_args_is_help=True, add_completion=False,
                       pretty_exceptions_enable=False, rich_markup_mode="rich")
-    app.callback()(lambda: None)
+
+    def root(debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP)) -> None:
+        global _debug
+        _debug = _debug or debug
+
+    app.callback()(root)
     return app
 
 
@@ -103,6 +115,7 @@ def print_root_help() -> None:
     opts.add_column(style="bold cyan", no_wrap=True, width=12)    # Typer's column for --help and its short form
     opts.add_column(style="bold yellow", no_wrap=True)
     opts.add_column(ratio=10)
+    opts.add_row("--debug", "<bool>", DEBUG_HELP)
     opts.add_row("--help", "<bool>", "Show this message and exit.")
     console.print(Panel(opts, border_style="dim", title="Options", title_align="left", box=box.ROUNDED))
     cmds = Table(highlight=False, show_header=False, expand=True, box=None, pad_edge=False, padding=(0, 1))
@@ -114,27 +127,103 @@ def print_root_help() -> None:
     console.print()
 
 
+STAGE_CODES = {"llamactl.source.": ExitCode.BUILD_FAILED, "llamactl.build.": ExitCode.BUILD_FAILED}
+
+
+def exit_code(exc: LlamactlError) -> int:
+    """The table's code for ``exc``: its class's own, or, for a plain LlamactlError, the stage that raised it
+    (vendor/patch/build -> BUILD_FAILED), so every stage lands in the one table without a subclass per message."""
+    if type(exc) is not LlamactlError or exc.__traceback__ is None:
+        return int(exc.exit_code)
+    tb = exc.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    module = str(tb.tb_frame.f_globals.get("__name__", ""))
+    return int(next((code for prefix, code in STAGE_CODES.items() if module.startswith(prefix)), exc.exit_code))
+
+
+def _error_line(message: str, hint: str | None = None) -> None:
+    from rich.markup import escape
+
+    from llamactl.core.console import err_console
+
+    err_console.print(f"[bold red]error:[/] {escape(message)}" + (f" [dim]({escape(hint)})[/]" if hint else ""),
+                      highlight=False, soft_wrap=True)
+
+
+def _cause_chain(exc: BaseException) -> None:
+    """--debug: each cause, outermost first, then the traceback."""
+    from rich.markup import escape
+
+    from llamactl.core.console import err_console
+
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        err_console.print(f"[dim]{'error' if cur is exc else '  caused by'}: {escape(type(cur).__module__)}."
+                          f"{escape(type(cur).__qualname__)}: {escape(str(cur))}[/]", highlight=False, soft_wrap=True)
+        cur = cur.__cause__ or (None if cur.__suppress_context__ else cur.__context__)
+    sys.stderr.write("".join(traceback.format_exception(exc)))
+
+
+def _interrupted() -> int:
+    from llamactl.core.console import err_console
+
+    err_console.print("[yellow]interrupted[/]")
+    return ExitCode.INTERRUPTED
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI on ``argv`` (default: sys.argv[1:]); return the exit code (the ExitCode table)."""
+    import typer
+
+    global _debug
+    args = list(sys.argv[1:] if argv is None else argv)
+    _debug = os.environ.get("LLAMACTL_DEBUG", "") not in ("", "0") or "--debug" in args[:1]
+    try:
+        rv = make_app()(args=args, prog_name="llamactl", standalone_mode=False)
+        return rv if isinstance(rv, int) and not isinstance(rv, bool) else ExitCode.OK
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        return _interrupted()
+    except typer.TyperException as exc:   # click usage errors: unknown option, bad int, missing argument
+        if type(exc).__name__ == "NoArgsIsHelpError":   # the help was printed already
+            return ExitCode.BAD_INPUT
+        ctx = getattr(exc, "ctx", None)
+        hint = f"see '{ctx.command_path} --help'" if ctx is not None else None
+        _error_line(" ".join(exc.format_message().split()), hint)
+        return ExitCode.BAD_INPUT
+    except LlamactlError as exc:
+        _error_line(exc.message, exc.hint)
+        if _debug:
+            _cause_chain(exc)
+        return exit_code(exc)
+    except KeyboardInterrupt:
+        return _interrupted()
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or ExitCode.OK
+        _error_line(str(exc.code))
+        return ExitCode.FAILED
+    except Exception as exc:  # noqa: BLE001 - the one place an unexpected exception becomes a line
+        where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+        at = f" at {os.path.basename(where.filename)}:{where.lineno}" if where else ""
+        _error_line(f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}{at}",
+                    None if _debug else "a bug in llamactl; run again with --debug for the traceback and report it")
+        if _debug:
+            _cause_chain(exc)
+        return ExitCode.INTERNAL_ERROR
+
+
 def main() -> None:
     args = sys.argv[1:]
     if args in ([], ["--help"]):       # the commonest call answered without loading Typer
         print_root_help()
-        sys.exit(0 if args else 2)     # as click's no_args_is_help
+        sys.exit(0 if args else ExitCode.BAD_INPUT)     # as click's no_args_is_help
     if args[:1] == ["run"]:            # start a remembered llama-server now; adopted if the plan agrees
         from llamactl.serve import quickstart
 
         quickstart.early_start(args[1:])
-    try:
-        make_app()()
-    except LlamactlError as exc:
-        from rich.markup import escape
-
-        from llamactl.core.console import err_console
-
-        err_console.print(f"[bold red]error:[/] {escape(exc.message)}" + (f" [dim]({escape(exc.hint)})[/]" if exc.hint else ""),
-                          highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        from llamactl.core.console import err_console
-
-        err_console.print("[yellow]interrupted[/]")
-        sys.exit(130)
+    sys.exit(run(args))

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from llamactl.serve import launcher
 from llamactl.serve import profiles
+from llamactl.serve.dialect import server_environment
 from llamactl.cli import options as o
 from llamactl.core.console import Output, console
 from llamactl.judge.matrix import expand
@@ -67,14 +68,19 @@ def show(
         else:
             rows.append({"key": k, "value": v, "origin": r.origin(k)})
 
+    _, dropped = server_environment(dict(os.environ), dict(r.profile.env))
+
     def human(d: dict) -> None:
         t = Table("key", "value", "origin", title=f"profile {r.name} ({r.path})")
         for row in d["values"]:
             style = "" if row["origin"] == "default" else ("cyan" if row["origin"].startswith("env") else "magenta" if row["origin"] == "cli" else "green")
             t.add_row(row["key"], str(row["value"]), f"[{style}]{row['origin']}[/]" if style else row["origin"])
         console.print(t)
+        if d["env_dropped"]:
+            console.print(f"[yellow]not passed to llama-server[/] (it would read them itself; set them under env: to pass them): "
+                          f"{', '.join(d['env_dropped'])}", highlight=False, soft_wrap=True)
 
-    Output(json).result({"profile": r.name, "values": rows}, human)
+    Output(json).result({"profile": r.name, "values": rows, "env_dropped": dropped}, human)
 
 
 @app.command()
@@ -88,4 +94,5 @@ def cmd(
                          mtp=mtp, port=port, model=model, draft_model=draft_model, sets=set_)
     out = Output(json)
     p = launcher.plan(r, out)
-    out.result({"argv": p.argv, "env": p.env, "url": p.url}, lambda d: console.print(p.shell(), soft_wrap=True, highlight=False))
+    out.result({"argv": p.argv, "env": p.env, "env_dropped": p.env_dropped, "url": p.url},
+               lambda d: console.print(p.shell(), soft_wrap=True, highlight=False))

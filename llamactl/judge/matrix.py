@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
-from llamactl.core.errors import LlamactlError
-from llamactl.serve.profiles import MatrixSpec, Profile
+from llamactl.core import yamlio
+from llamactl.core.errors import BadInput
+from llamactl.serve.profiles import MatrixSpec, Profile, as_bool, enum_word
 
 SHORTHAND = {"mtp": "enable_mtp", "np": "parallel"}
 
@@ -47,18 +47,37 @@ class Cell:
         return ",".join(parts) or "base"
 
 
-def normalise(entry: dict[str, Any]) -> dict[str, Any]:
+BOOL_KEYS = {name for name, f in Profile.model_fields.items() if f.annotation in (bool, bool | None)}
+WORD_KEYS = {"flash_attn", "split_mode"}
+
+
+def normalise(entry: dict[str, Any], where: str = "matrix") -> dict[str, Any]:
+    """Profile overrides of one cell: shorthands expanded, booleans and enum words as the profile takes them.
+
+    Raises:
+        BadInput: an unknown key, a malformed ``kv``, or a boolean key with a value that is not one
+            (``where`` names the source: ``matrix``, a file, ``--cell``).
+    """
+    if not isinstance(entry, dict):
+        raise BadInput(f"{where}: a cell must be a mapping of profile keys to values, got {entry!r}")
     out: dict[str, Any] = {}
     for k, v in entry.items():
-        k = SHORTHAND.get(k, k)
+        k = SHORTHAND.get(k, k) if isinstance(k, str) else k
         if k == "kv":
-            if not isinstance(v, str) or v.count("/") > 1:
-                raise LlamactlError(f"matrix: kv must be 'K/V' or 'T', got {v!r}")
+            if not isinstance(v, str) or v.count("/") > 1 or not all(v.split("/")):
+                raise BadInput(f"{where}: kv must be 'K/V' or 'T' (e.g. q8_0/q8_0), got {v!r}")
             kk, _, vv = v.partition("/")
-            out["kv_k"], out["kv_v"] = kk, vv or kk
+            out["kv_k"], out["kv_v"] = kk.strip(), (vv or kk).strip()
         else:
-            if k not in Profile.model_fields or k in ("matrix", "extends", "build"):
-                raise LlamactlError(f"matrix: unknown key {k!r}", hint="axes and cells take profile fields, kv: K/V or mtp")
+            if not isinstance(k, str) or k not in Profile.model_fields or k in ("matrix", "extends", "build"):
+                raise BadInput(f"{where}: unknown key {k!r}", hint="axes and cells take profile fields, kv: K/V or mtp")
+            if k in BOOL_KEYS:
+                try:
+                    v = as_bool(v, {"mtp": True, "none": False} if k == "enable_mtp" else None)
+                except ValueError as exc:
+                    raise BadInput(f"{where}: key {k!r}: {exc}") from None
+            elif k in WORD_KEYS:
+                v = enum_word(v)
             out[k] = v
     return out
 
@@ -67,24 +86,35 @@ def _matches(cell: dict[str, Any], pattern: dict[str, Any]) -> bool:
     return all(cell.get(k) == v for k, v in pattern.items())
 
 
-def expand(spec: MatrixSpec | None) -> list[Cell]:
-    if spec is None:
+def expand(spec: MatrixSpec | None, source: str = "matrix") -> list[Cell]:
+    """The cells of ``spec`` (one base cell without a matrix); ``source`` names it in errors.
+
+    Raises:
+        BadInput: an axis without values, a malformed entry, or no cell left after ``exclude``
+            (checked here, before anything is built).
+    """
+    if spec is None or not (spec.axes or spec.include):
         return [Cell(())]
     axes = [(name, values) for name, values in spec.axes.items()]
+    for name, values in axes:
+        if not values:
+            raise BadInput(f"{source}: axis {name!r} has no values, so the matrix has no cells")
     cells: list[dict[str, Any]] = []
     if axes:
         for combo in itertools.product(*[vals for _, vals in axes]):
             merged: dict[str, Any] = {}
             for (name, _), val in zip(axes, combo):
-                merged.update(normalise({name: val}))
+                merged.update(normalise({name: val}, source))
             cells.append(merged)
-    excludes = [normalise(e) for e in spec.exclude]
+    excludes = [normalise(e, f"{source} exclude") for e in spec.exclude]
     cells = [c for c in cells if not any(_matches(c, e) for e in excludes)]
     names: dict[int, str] = {}
     for inc in spec.include:
+        if not isinstance(inc, dict):
+            raise BadInput(f"{source} include: each entry must be a mapping, got {inc!r}")
         inc = dict(inc)
         label = inc.pop("name", None)
-        n = normalise(inc)
+        n = normalise(inc, f"{source} include")
         if n not in cells:
             cells.append(n)
         if label:
@@ -94,19 +124,36 @@ def expand(spec: MatrixSpec | None) -> list[Cell]:
         cell = Cell(tuple(c.items()), names.get(i))
         if all(cell.overrides != s.overrides for s in seen):
             seen.append(cell)
+    if not seen:
+        raise BadInput(f"{source}: no cells (exclude removes every combination of the axes)")
     return seen
 
 
 def load_matrix_file(path: Path) -> MatrixSpec:
+    """A matrix from its own YAML file (``axes``/``include``/``exclude``, optionally under ``matrix:``).
+
+    Raises:
+        BadInput: unreadable, not YAML, not a matrix, or a cell with an unknown key, each naming the
+            file (and line where there is one).
+    """
+    path = Path(path)
+    lines: dict[str, int] = {}
+    data = yamlio.load_file(path, "matrix file", lines=lines)
+    if isinstance(data, dict) and "matrix" in data:
+        data = data["matrix"]
+        lines = {k.removeprefix("matrix."): v for k, v in lines.items()}
+    if not isinstance(data, dict) or not data:
+        raise BadInput(f"{path}: a matrix file must be a mapping with axes, include and/or exclude, got {data!r:.60}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-        if "matrix" in data:
-            data = data["matrix"]
-        return MatrixSpec.model_validate(data)
-    except FileNotFoundError as exc:
-        raise LlamactlError(f"matrix file {path} not found") from exc
-    except (yaml.YAMLError, ValidationError) as exc:
-        raise LlamactlError(f"{path}: invalid matrix: {str(exc).splitlines()[0]}") from exc
+        spec = MatrixSpec.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(x) for x in err["loc"][:2])
+        line = lines.get(key) or lines.get(str(err["loc"][0]))
+        msg = f"unknown key (allowed: {', '.join(MatrixSpec.model_fields)})" if err["type"] == "extra_forbidden" else err["msg"]
+        raise BadInput(f"{path}{f':{line}' if line else ''}: invalid matrix: key '{key}': {msg}") from exc
+    expand(spec, str(path))   # unknown keys, empty axes and the like, named with the file, before any build
+    return spec
 
 
 def select(cells: list[Cell], filters: list[str]) -> list[Cell]:
@@ -119,11 +166,11 @@ def select(cells: list[Cell], filters: list[str]) -> list[Cell]:
     for f in filters:
         if f not in ids:
             k, v = f.split("=", 1)
-            wanted.update(normalise({k.strip(): yaml.safe_load(v)}))
+            wanted.update(normalise({k.strip(): yamlio.parse_scalar(v.strip())}, f"--cell {f!r}"))
     out = [c for c in cells if all(_loose_eq(c.values.get(k), v) for k, v in wanted.items())
            and (not ids or c.id in ids)]
     if not out:
-        raise LlamactlError(f"no matrix cell matches {' '.join(filters)}",
+        raise BadInput(f"no matrix cell matches {' '.join(filters)}",
                             hint="cells: " + "; ".join(c.id for c in cells))
     return out
 

@@ -41,6 +41,7 @@ class CellResult:
     log: str | None = None
     repro: str = ""
     argv: list[str] = field(default_factory=list)
+    env_dropped: list[str] = field(default_factory=list)   # inherited llama-server variables not passed on
 
 
 @dataclass
@@ -127,6 +128,7 @@ def _run_cell(base: profiles.Resolved, resolved: profiles.Resolved, cell: Cell, 
         res.status, res.reason = SKIP, str(exc)
         return res
     res.argv = plan.argv
+    res.env_dropped = plan.env_dropped
     log = run_dir / f"{slug(cell.id)}.log"
     res.log = str(log)
     sp = launcher.start(plan, log)

@@ -12,7 +12,25 @@ import re
 from dataclasses import dataclass, field
 
 _NAME = re.compile(r"^-{1,2}[A-Za-z0-9][\w.-]*$")
+_ENV = re.compile(r"\(env:\s*([A-Z][A-Z0-9_]*)\)")
 DESC_COL = 40
+
+# The environment llama-server reads on its own (llama.cpp's common/arg.cpp): every LLAMA_ARG_* flag
+# variable, the API key, and the names its --help lists with "(env: NAME)". Used when no --help is at
+# hand (profile show); with one, the binary's own list is added (Help.env_names).
+SERVER_ENV_PREFIXES = ("LLAMA_ARG_",)
+SERVER_ENV_NAMES = frozenset({
+    "LLAMA_API_KEY", "HF_TOKEN", "LLAMA_OFFLINE", "LLAMA_CHAT_TEMPLATE_KWARGS", "MTMD_BACKEND_DEVICE",
+    "LLAMA_LOG_FILE", "LLAMA_LOG_COLORS", "LLAMA_LOG_VERBOSITY", "LLAMA_LOG_PREFIX", "LLAMA_LOG_TIMESTAMPS",
+})
+
+# Flags made to be given more than once (llama.cpp appends each occurrence), whatever --help says.
+REPEATABLE = frozenset({
+    "--override-kv", "--lora", "--lora-scaled", "--control-vector", "--control-vector-scaled",
+    "--override-tensor", "-ot", "--override-tensor-draft", "-otd",
+})
+_REPEAT_WORDS = re.compile(r"can be (?:repeated|given|specified|used) (?:multiple|several|more than once)|repeatable|"
+                           r"may be repeated|multiple times", re.I)
 
 
 @dataclass
@@ -24,6 +42,16 @@ class Option:
     @property
     def removed(self) -> bool:
         return "has been removed" in self.description
+
+    @property
+    def env(self) -> list[str]:
+        """Environment variables llama-server reads for this option (``(env: NAME)`` in --help)."""
+        return _ENV.findall(self.description)
+
+    @property
+    def repeatable(self) -> bool:
+        """Meant to be given more than once (known list, or --help says so)."""
+        return any(n in REPEATABLE for n in self.names) or bool(_REPEAT_WORDS.search(self.description))
 
     @property
     def allowed(self) -> list[str] | None:
@@ -65,6 +93,36 @@ class Help:
     def allowed(self, name: str) -> list[str] | None:
         opt = self.get(name)
         return opt.allowed if opt else None
+
+    def option(self, token: str) -> Option | None:
+        """The option an argv token names (``-c``, ``--ctx-size``, ``--ctx-size=8192``), removed ones included."""
+        if not token.startswith("-") or len(token) < 2:
+            return None
+        return self.by_name.get(token.split("=", 1)[0])
+
+    def env_names(self) -> set[str]:
+        """Every environment variable this binary's --help says it reads."""
+        return {e for opt in self.options for e in opt.env}
+
+
+def is_server_env(name: str, help_: Help | None = None) -> bool:
+    """Whether llama-server reads environment variable ``name`` by itself."""
+    return (name.startswith(SERVER_ENV_PREFIXES) or name in SERVER_ENV_NAMES
+            or (help_ is not None and name in help_.env_names()))
+
+
+def server_environment(environ: dict[str, str], explicit: dict[str, str],
+                       help_: Help | None = None) -> tuple[dict[str, str], list[str]]:
+    """The environment llama-server gets, and the names dropped from ``environ``.
+
+    llama-server reads LLAMA_ARG_* (nearly every flag), LLAMA_API_KEY and more from its environment,
+    so an inherited variable could change a run behind the profile's back. They are dropped, except
+    the ones the profile's ``env:`` (``explicit``) sets; ``explicit`` is applied last.
+    """
+    env = {k: v for k, v in environ.items() if not is_server_env(k, help_)}
+    dropped = sorted(k for k in environ if k not in env and k not in explicit)
+    env.update(explicit)
+    return env, dropped
 
 
 def parse_help(text: str) -> Help:

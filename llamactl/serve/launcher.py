@@ -14,8 +14,8 @@ from llamactl.models import catalog as models
 from llamactl.core import paths
 from llamactl.build.builder import BuildRequest, BuildResult, build
 from llamactl.core.console import Output
-from llamactl.serve.dialect import Help, parse_help
-from llamactl.core.errors import LlamactlError
+from llamactl.serve.dialect import Help, parse_help, server_environment
+from llamactl.core.errors import BadInput, LlamactlError
 from llamactl.core.hashing import stable_key
 from llamactl.serve import quickstart
 from llamactl.serve.profiles import ENV_VARS, Profile, Resolved
@@ -37,8 +37,9 @@ class LaunchPlan:
     argv: list[str]
     host: str
     port: int
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)          # the profile's env: (set on top)
     model_paths: dict[str, Path] = field(default_factory=dict)
+    env_dropped: list[str] = field(default_factory=list)       # inherited llama-server variables not passed on
 
     @property
     def url(self) -> str:
@@ -57,8 +58,7 @@ def build_request(profile: Profile) -> BuildRequest:
 def ensure_binary(profile: Profile, out: Output | None = None, jobs: int | None = None) -> Binary:
     if profile.server_binary:
         path = Path(profile.server_binary).expanduser()
-        if not path.is_file():
-            raise LlamactlError(f"llama-server binary {path} does not exist (LLAMA_SERVER / server_binary)")
+        check_server_binary(path)
         return Binary(path.resolve(), parse_help(help_for(path)), None)
     req = build_request(profile)
     req.jobs = jobs or os.cpu_count() or 2
@@ -66,14 +66,46 @@ def ensure_binary(profile: Profile, out: Output | None = None, jobs: int | None 
     return Binary(res.binary, parse_help(res.help_text), res.manifest)
 
 
-def help_for(binary: Path) -> str:
-    """``--help`` of a binary that llamactl did not build, cached by path, size and mtime."""
+HELP_TIMEOUT_S = 30.0                                  # a llama-server answers --help in well under a second
+SERVER_FLAGS = ("--port", "--host", "--model", "--ctx-size", "--parallel")   # every llama-server --help lists these
+WHAT = "server_binary (LLAMA_SERVER)"
+
+
+def check_server_binary(path: Path) -> None:
+    """A ``server_binary`` must be an executable file. Raises BadInput naming what is wrong."""
+    if not path.exists():
+        raise BadInput(f"{WHAT} {path} does not exist")
+    if path.is_dir():
+        raise BadInput(f"{WHAT} {path} is a directory, not the llama-server program")
+    if not os.access(path, os.X_OK) or not path.stat().st_mode & 0o111:
+        raise BadInput(f"{WHAT} {path} is not executable", hint=f"chmod +x {path}")
+
+
+def help_for(binary: Path, timeout: float | None = None) -> str:
+    """``--help`` of a binary that llamactl did not build, cached by path, size and mtime.
+
+    ``timeout`` in seconds (default :data:`HELP_TIMEOUT_S`). Raises:
+        BadInput: the program cannot be run, does not answer --help in time, or is not a
+            llama-server (its --help lacks the server's flags, e.g. --port).
+    """
     st = binary.stat()
     cache = paths.cache_root() / "help" / f"{stable_key([str(binary.resolve()), st.st_size, st.st_mtime_ns])}.txt"
     if cache.exists():
-        return cache.read_text()
-    cp = subprocess.run([str(binary), "--help"], capture_output=True, text=True, timeout=60)
+        return cache.read_text(errors="replace")
+    timeout = HELP_TIMEOUT_S if timeout is None else timeout
+    try:
+        cp = subprocess.run([str(binary), "--help"], capture_output=True, text=True, errors="replace",
+                            timeout=timeout, stdin=subprocess.DEVNULL, start_new_session=True)
+    except subprocess.TimeoutExpired as exc:
+        raise BadInput(f"{WHAT} {binary} did not answer --help within {timeout:g}s; is it a llama-server?") from exc
+    except OSError as exc:
+        raise BadInput(f"{WHAT} {binary} cannot be run: {exc.strerror or exc}") from exc
     text = cp.stdout + cp.stderr
+    help_ = parse_help(text)
+    missing = [f for f in SERVER_FLAGS if not help_.has(f)]
+    if len(missing) > 1:
+        raise BadInput(f"{WHAT} {binary} is not a llama-server: its --help lacks {', '.join(missing)}",
+                       hint="point it at the llama-server program, or leave it unset to build one")
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(text)
     return text
@@ -100,7 +132,8 @@ def plan(resolved: Resolved, out: Output | None = None, binary: Binary | None = 
         if port != early_port:
             ensure_port_free(p.host, port)
     argv = render_argv(p, binary.help, binary.path, port=port, model_paths=model_paths)
-    return LaunchPlan(resolved, binary, argv, p.host, port, dict(p.env), model_paths)
+    _, dropped = server_environment(dict(os.environ), dict(p.env), binary.help)
+    return LaunchPlan(resolved, binary, argv, p.host, port, dict(p.env), model_paths, dropped)
 
 
 def new_run_dir(name: str) -> Path:
@@ -117,7 +150,7 @@ def new_run_dir(name: str) -> Path:
 def start(plan_: LaunchPlan, log_path: Path, echo: Callable[[str], None] | None = None,
           detach: bool = False) -> ServerProcess:
     sp = ServerProcess(plan_.argv, plan_.host, plan_.port, log_path, env=plan_.env, echo=echo,
-                       api_key=plan_.resolved.profile.api_key)
+                       api_key=plan_.resolved.profile.api_key, drop_env=tuple(plan_.env_dropped))
     early = None if detach else quickstart.take(plan_.argv, plan_.env)
     if early is not None:
         sp.adopt(early)
@@ -125,7 +158,7 @@ def start(plan_: LaunchPlan, log_path: Path, echo: Callable[[str], None] | None 
         quickstart.discard()
         sp.start(detach=detach)
     quickstart.remember(plan_.argv, plan_.env, plan_.host, plan_.port, plan_.resolved.profile.port == "auto",
-                        _plan_inputs(plan_), [*ENV_VARS])
+                        _plan_inputs(plan_), [*ENV_VARS, *plan_.env_dropped])
     return sp
 
 

@@ -8,19 +8,51 @@ command-line options. Every resolved value remembers where it came from.
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from llamactl.core import paths
-from llamactl.core.errors import LlamactlError
+from llamactl.core import paths, yamlio
+from llamactl.core.errors import BadInput
 
 SplitMode = Literal["none", "layer", "row", "tensor"]
 FlashAttn = Literal["on", "off", "auto"]
 Backend = Literal["cpu", "hip", "cuda", "vulkan"]
+
+
+# Words a user types for a boolean (any case). YAML 1.1 read on/off/yes/no/y/n as booleans; our loader
+# keeps them as words (so enum keys such as flash_attn get what was typed) and bool keys accept them here.
+BOOL_WORDS: dict[str, bool] = {
+    "true": True, "on": True, "yes": True, "y": True, "1": True,
+    "false": False, "off": False, "no": False, "n": False, "0": False,
+}
+
+
+def as_bool(v: Any, extra: dict[str, bool] | None = None) -> Any:
+    """A boolean from a bool, 0/1, or a word of :data:`BOOL_WORDS` (any case); None stays None.
+
+    Raises ValueError (a pydantic validation error) for anything else.
+    """
+    if v is None or isinstance(v, bool):
+        return v
+    if isinstance(v, int) and v in (0, 1):
+        return bool(v)
+    words = {**BOOL_WORDS, **(extra or {})}
+    if isinstance(v, str) and v.strip().lower() in words:
+        return words[v.strip().lower()]
+    raise ValueError(f"expected a boolean (true/false, on/off, yes/no, 1/0), got {v!r}")
+
+
+def enum_word(v: Any) -> Any:
+    """Enum keys whose words YAML/JSON may hand over as booleans or in another case."""
+    if v is True:
+        return "on"
+    if v is False:
+        return "off"
+    return v.strip().lower() if isinstance(v, str) else v
 
 
 def flag(*candidates: str, env: tuple[str, ...] = (), mtp: bool = False, kind: str = "value") -> dict:
@@ -36,6 +68,16 @@ class BuildSpec(BaseModel):
     series: str | None = Field(None, description="patch series; default: the source's own")
     no_patches: bool = False
     cmake_options: list[str] = Field(default_factory=list)
+
+    @field_validator("no_patches", mode="before")
+    @classmethod
+    def _bool(cls, v: Any) -> Any:
+        return as_bool(v)
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _backend(cls, v: Any) -> Any:
+        return v.strip().lower() if isinstance(v, str) else v
 
 
 class MatrixSpec(BaseModel):
@@ -96,12 +138,46 @@ class Profile(BaseModel):
     @field_validator("port", mode="before")
     @classmethod
     def _port(cls, v: Any) -> Any:
-        if isinstance(v, str) and v.strip().isdigit():
-            v = int(v)
+        if isinstance(v, str):
+            text = v.strip().lower()
+            if text == "auto":
+                return "auto"
+            try:
+                v = int(text, 10)
+            except ValueError:
+                raise ValueError(f"port must be a number 1-65535, or 0/'auto' for a free one; got {v!r}") from None
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"port must be a number 1-65535, or 0/'auto' for a free one; got {v!r}")
         if v == 0:
             return "auto"
-        if isinstance(v, int) and not 0 < v < 65536:
-            raise ValueError("port must be 1-65535 or 'auto'")
+        if not 0 < v < 65536:
+            raise ValueError(f"port must be 1-65535, or 0/'auto' for a free one; got {v}")
+        return v
+
+    @field_validator("no_warmup", "metrics", "slots", "kv_unified", mode="before")
+    @classmethod
+    def _bool(cls, v: Any) -> Any:
+        return as_bool(v)
+
+    @field_validator("flash_attn", "split_mode", mode="before")
+    @classmethod
+    def _enum_word(cls, v: Any) -> Any:
+        return enum_word(v)
+
+    @field_validator("extra_args", "env", mode="before")
+    @classmethod
+    def _strings(cls, v: Any) -> Any:
+        """extra_args: a list (or one shell-quoted string); env: values as strings (4 -> "4", true -> "true")."""
+        def text(x: Any) -> Any:
+            if isinstance(x, bool):
+                return "true" if x else "false"
+            return str(x) if isinstance(x, (int, float)) else x
+        if isinstance(v, str):
+            return shlex.split(v)
+        if isinstance(v, list):
+            return [text(x) for x in v]
+        if isinstance(v, dict):
+            return {k: text(x) for k, x in v.items()}
         return v
 
     @field_validator("n_gpu_layers", "n_gpu_layers_draft", mode="before")
@@ -116,11 +192,7 @@ class Profile(BaseModel):
     @field_validator("enable_mtp", mode="before")
     @classmethod
     def _mtp(cls, v: Any) -> Any:
-        if isinstance(v, str) and v.lower() in ("mtp", "on"):
-            return True
-        if isinstance(v, str) and v.lower() in ("off", "none"):
-            return False
-        return v
+        return as_bool(v, {"mtp": True, "draft-mtp": True, "none": False})   # SPEC=mtp|off too
 
 
 def field_meta(name: str) -> dict:
@@ -146,10 +218,16 @@ class Resolved:
         return self.origins.get(key, "default")
 
 
+def _looks_like_path(name: str) -> bool:
+    return name.endswith((".yaml", ".yml")) or os.sep in name or name.startswith(("~", "."))
+
+
 def profile_path(name: str, root: Path | None = None) -> Path:
-    p = Path(name)
-    if p.suffix in (".yaml", ".yml") and p.exists():
-        return p.resolve()
+    """``profiles/NAME.yaml`` under ``root`` (default: the shipped profiles), or ``name`` itself when it is a path."""
+    if _looks_like_path(name):
+        p = Path(name).expanduser()
+        if p.suffix in (".yaml", ".yml") or p.exists():
+            return p.resolve() if p.exists() else p
     return (root or paths.profiles_dir()) / f"{name}.yaml"
 
 
@@ -158,19 +236,30 @@ def list_profiles(root: Path | None = None) -> list[str]:
     return sorted(p.stem for p in root.glob("*.yaml") if not p.stem.startswith("_"))
 
 
-def _read_yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError as exc:
-        known = ", ".join(list_profiles(path.parent)) or "none"
-        raise LlamactlError(f"profile {path.stem!r} not found ({path})", hint=f"known profiles: {known}") from exc
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        raise LlamactlError(f"{path}{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from exc
+def _read_yaml(path: Path, lines: dict[str, int] | None = None) -> dict:
+    if not path.exists() and not path.is_symlink():
+        known = ", ".join(list_profiles(path.parent)) if path.parent.is_dir() else ""
+        raise BadInput(f"profile {path.stem!r} not found ({path})", hint=f"known profiles: {known or 'none'}")
+    data = yamlio.load_file(path, "profile", lines=lines)
+    if data is None:
+        data = {}
     if not isinstance(data, dict):
-        raise LlamactlError(f"{path}: a profile must be a mapping of keys to values, got {type(data).__name__}")
+        raise BadInput(f"{path}: a profile must be a mapping of keys to values, got {type(data).__name__}")
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:
+        raise BadInput(f"{path}: profile keys must be names, got {bad[0]!r}")
     return data
+
+
+def _parent_path(parent: str, child: Path, root: Path | None) -> Path:
+    """Where ``extends: parent`` points: next to the child first, then the shipped profiles."""
+    if _looks_like_path(parent):
+        p = Path(parent).expanduser()
+        return (p if p.is_absolute() else child.parent / p).resolve()
+    for base in (child.parent, root, paths.profiles_dir()):
+        if base is not None and (base / f"{parent}.yaml").is_file():
+            return base / f"{parent}.yaml"
+    return child.parent / f"{parent}.yaml"
 
 
 def merge(base: dict, over: dict, origins: dict[str, str], origin: str, prefix: str = "") -> dict:
@@ -188,17 +277,22 @@ def merge(base: dict, over: dict, origins: dict[str, str], origin: str, prefix: 
     return out
 
 
-def _load_chain(path: Path, origins: dict[str, str], seen: tuple[Path, ...] = ()) -> dict:
+def _load_chain(path: Path, origins: dict[str, str], seen: tuple[Path, ...] = (), root: Path | None = None,
+                where: dict[str, tuple[Path, int]] | None = None) -> dict:
+    """The merged data of ``path`` and its ``extends`` parents; ``where`` gets each key's (file, line)."""
     if path in seen:
         chain = " -> ".join(p.stem for p in (*seen, path))
-        raise LlamactlError(f"{path}: extends forms a cycle: {chain}")
-    data = _read_yaml(path)
+        raise BadInput(f"{path}: extends forms a cycle: {chain}")
+    lines: dict[str, int] = {}
+    data = _read_yaml(path, lines)
     parent = data.get("extends")
     merged: dict = {}
     if parent is not None:
-        if not isinstance(parent, str):
-            raise LlamactlError(f"{path}: key 'extends' must name another profile")
-        merged = _load_chain(profile_path(parent, path.parent), origins, (*seen, path))
+        if not isinstance(parent, str) or not parent.strip():
+            raise BadInput(f"{path}: key 'extends' must name another profile, got {parent!r}")
+        merged = _load_chain(_parent_path(parent.strip(), path, root), origins, (*seen, path), root, where)
+    if where is not None:
+        where.update({k: (path, ln) for k, ln in lines.items()})
     own = {k: v for k, v in data.items() if k != "extends"}
     return merge(merged, own, origins, f"profile {path.name}")
 
@@ -218,16 +312,19 @@ def parse_set(items: list[str]) -> dict:
     out: dict = {}
     for item in items:
         if "=" not in item:
-            raise LlamactlError(f"--set {item!r}: expected key=value")
+            raise BadInput(f"--set {item!r}: expected key=value (e.g. --set ctx=8192, --set build.backend=cpu)")
         key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw else ""
-        except yaml.YAMLError:
-            value = raw
+        parts = [p.strip() for p in key.strip().split(".")]
+        if not all(parts):
+            raise BadInput(f"--set {item!r}: empty key name", hint="key=value, dotted keys reach into build/env")
+        # env values are the text typed (no YAML typing): --set env.OMP_NUM_THREADS=04 passes "04"
+        value = raw if parts[0] == "env" and len(parts) > 1 else yamlio.parse_scalar(raw)
         target = out
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            target = target.setdefault(p, {})
+        for i, p in enumerate(parts[:-1]):
+            nxt = target.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise BadInput(f"--set {item!r}: {'.'.join(parts[:i + 1])} was already set to a value, not a mapping")
+            target = nxt
         target[parts[-1]] = value
     return out
 
@@ -242,7 +339,8 @@ def resolve(
     """Load a profile with its parents, then apply env vars, then CLI overrides; validate once."""
     path = profile_path(name, root)
     origins: dict[str, str] = {}
-    data = _load_chain(path, origins)
+    where: dict[str, tuple[Path, int]] = {}
+    data = _load_chain(path, origins, root=root, where=where)
     env_layer, env_origins = _env_layer(dict(os.environ if environ is None else environ))
     data = merge(data, env_layer, {}, "")
     origins.update(env_origins)
@@ -251,26 +349,38 @@ def resolve(
     try:
         profile = Profile.model_validate(data)
     except ValidationError as exc:
-        raise LlamactlError(format_validation_error(exc, path, origins)) from exc
+        raise BadInput(format_validation_error(exc, path, origins, where)) from exc
     return Resolved(path.stem, profile, origins, path)
 
 
-def format_validation_error(exc: ValidationError, path: Path, origins: dict[str, str]) -> str:
-    """One line: file, key, what is wrong, what is allowed, and which layer set it."""
+def format_validation_error(exc: ValidationError, path: Path, origins: dict[str, str],
+                            where: dict[str, tuple[Path, int]] | None = None) -> str:
+    """One line: file and line, key, what is wrong, what is allowed, and which layer set it."""
     parts = []
+    first: str | None = None
     for err in exc.errors()[:3]:
         # pydantic appends union-member tags (int, literal['auto'], ...) to the location: drop them
         key = ".".join(str(x) for x in err["loc"][:2] if not str(x).startswith(("int", "literal", "str", "float", "bool")))
         origin = origins.get(key) or origins.get(str(err["loc"][0]), "")
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = f"unknown key (allowed: {', '.join(_allowed_keys(err['loc']))})"
         elif err["type"] == "missing":
             msg = "required key is missing"
-        where = f" [{origin}]" if origin and not origin.startswith("profile") else ""
-        parts.append(f"key '{key}': {msg}{where}")
+        layer = f" [{origin}]" if origin and not origin.startswith("profile") else ""
+        loc = (where or {}).get(key) or (where or {}).get(str(err["loc"][0]))
+        if loc and (not origin or origin.startswith("profile")):
+            if first is None:
+                first = f"{loc[0]}:{loc[1]}"
+            elif f"{loc[0]}:" in first:
+                layer = f" (line {loc[1]})"
+            else:
+                layer = f" ({loc[0]}:{loc[1]})"
+        parts.append(f"key '{key}': {msg}{layer}")
     more = f" (+{len(exc.errors()) - 3} more)" if len(exc.errors()) > 3 else ""
-    return f"{path}: " + "; ".join(parts) + more
+    if first is None and all(" [" in p for p in parts):   # every bad value came from the environment or the command line
+        return f"profile {path.stem}: " + "; ".join(parts) + more
+    return f"{first or path}: " + "; ".join(parts) + more
 
 
 def _allowed_keys(loc: tuple) -> list[str]:

@@ -127,7 +127,9 @@ def early_start(args: list[str]) -> None:
         argv[entry["port_index"]] = str(port)
     elif not _bindable(entry["bind_host"], port):
         return      # a fixed port in use: the normal path says so in one line
-    env = dict(os.environ)
+    from llamactl.serve.dialect import is_server_env
+
+    env = {k: v for k, v in os.environ.items() if not is_server_env(k)}   # as launcher.plan: no inherited LLAMA_ARG_* ...
     env.update(entry["env"])
     started = time.monotonic()
     try:

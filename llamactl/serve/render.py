@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llamactl.serve.dialect import Help
-from llamactl.core.errors import LlamactlError
+from llamactl.serve.dialect import Help, Option
+from llamactl.core.errors import BadInput, LlamactlError
 from llamactl.serve.profiles import Profile, field_meta
 
 MTP_SPEC_TYPES = ("draft-mtp", "mtp")   # upstream, AtomicBot fork at the seed's base
@@ -76,6 +76,7 @@ def render_argv(
                 argv += _render_mtp(profile, help_, name)
             continue
         if kind == "extra":
+            check_extra_args([str(a) for a in value], help_)
             argv += [str(a) for a in value]
             continue
         if kind == "switch":
@@ -130,3 +131,51 @@ def check_supported(profile: Profile, help_: Help, binary: str = "llama-server")
     except Unsupported as exc:
         return exc
     return None
+
+
+class ExtraArgConflict(BadInput):
+    """An ``extra_args`` flag that a profile key already renders (llama-server would take the last one)."""
+
+    def __init__(self, token: str, option: Option, key: str, value: str | None) -> None:
+        spelled = ", ".join(option.names)
+        example = f"--set {key}={value}" if value is not None else f"--set {key}=..."
+        super().__init__(f"extra_args {token!r} sets llama-server's {spelled}, which profile key '{key}' renders "
+                         f"(the last one would win, and reports would show the wrong value)",
+                         hint=f"set '{key}' instead, e.g. {example}")
+        self.token, self.key = token, key
+
+
+def owned_options(help_: Help) -> dict[int, tuple[Option, str]]:
+    """id(option) -> (option, profile key) for every llama-server option a profile key renders."""
+    owned: dict[int, tuple[Option, str]] = {}
+    for fname in Profile.model_fields:
+        meta = field_meta(fname)
+        cands = list(meta.get("flags", []))
+        if meta.get("kind") == "mtp":
+            cands.append("--spec-type")
+        for c in cands:
+            opt = help_.option(c)
+            if opt is not None:
+                owned.setdefault(id(opt), (opt, fname))
+    return owned
+
+
+def check_extra_args(args: list[str], help_: Help) -> None:
+    """Refuse extra arguments that fight a rendered flag, in any spelling the binary's --help gives it
+    (short, long, alias, ``--flag=value``, ``--no-flag``). Repeatable flags and flags no key renders pass.
+
+    Raises:
+        ExtraArgConflict: naming the token and the profile key to use instead.
+    """
+    owned = owned_options(help_)
+    for i, tok in enumerate(args):
+        opt = help_.option(tok)
+        if opt is None or id(opt) not in owned or opt.repeatable:
+            continue
+        key = owned[id(opt)][1]
+        value: str | None = tok.split("=", 1)[1] if "=" in tok else None
+        if field_meta(key).get("kind") in ("switch", "onoff", "mtp"):
+            value = "false" if tok.split("=", 1)[0].startswith(("--no-", "-no-")) else "true"
+        elif value is None and i + 1 < len(args) and help_.option(args[i + 1]) is None:
+            value = args[i + 1]
+        raise ExtraArgConflict(tok, opt, key, value)

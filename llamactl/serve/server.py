@@ -100,6 +100,7 @@ class ServerProcess:
     env: dict[str, str] = field(default_factory=dict)
     echo: Callable[[str], None] | None = None   # called with each log line (terminal output)
     api_key: str | None = None
+    drop_env: tuple[str, ...] = ()            # inherited variables llama-server must not see (launcher decides)
     proc: subprocess.Popen | None = None
     _tail: deque = field(default_factory=lambda: deque(maxlen=4000))
     _reader: threading.Thread | None = None
@@ -118,7 +119,7 @@ class ServerProcess:
 
     def start(self, detach: bool = False) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if k not in self.drop_env}
         env.update(self.env)
         logf: TextIO = open(self.log_path, "w")
         self.started_at = time.monotonic()
