@@ -25,7 +25,8 @@ from llamactl.cli import options as o
 from llamactl.cli.profile_cmd import resolve_from_cli
 from llamactl.cli.run_cmd import stop_on_signals
 from llamactl.core.console import Output, console, progress_bar
-from llamactl.core.errors import LlamactlError
+from llamactl.core.errors import BadInput, LlamactlError
+from llamactl.core.files import check_writable, read_text
 from llamactl.judge.matrix import expand, load_matrix_file, select
 
 
@@ -92,12 +93,15 @@ def bench(
         _compare(*compare)
         return
     if not name:
-        raise LlamactlError("name a profile to benchmark (or use --compare A.json B.json)")
+        raise BadInput("name a profile to benchmark (or use --compare A.json B.json)")
     if repeat < 1 or n_predict < 2:
-        raise LlamactlError("--repeat must be >= 1 and --n-predict >= 2")
+        raise BadInput("--repeat must be >= 1 and --n-predict >= 2")
+    for path, what in ((json_path, "--json"), (plot, "--plot")):
+        if path is not None:
+            check_writable(path, what)    # before the build and the run, not after them
     base = resolve_from_cli(name, no_env, sets=set_)
     spec = load_matrix_file(matrix) if matrix else (None if no_matrix else base.profile.matrix)
-    unique = bench_lib.without_mtp_axis(select(expand(spec), cell or []))
+    unique = bench_lib.without_mtp_axis(select(expand(spec, str(matrix or f"{base.path} matrix")), cell or []))
     texts = bench_lib.load_prompts(prompts)
     out = Output(False)
     binary = launcher.ensure_binary(base.profile, out)
@@ -127,11 +131,17 @@ def bench(
 
 
 def _compare(a: Path, b: Path) -> None:
+    data = []
+    for p in (a, b):
+        try:
+            data.append(jsonlib.loads(read_text(p, "bench JSON", 64 * 1024 * 1024)))
+        except ValueError as exc:
+            raise BadInput(f"bench JSON {p}: not JSON: {exc}") from exc
+    da, db = data
     try:
-        da, db = jsonlib.loads(a.read_text()), jsonlib.loads(b.read_text())
-    except (OSError, ValueError) as exc:
-        raise LlamactlError(f"cannot read bench JSON: {exc}") from exc
-    rows = bench_lib.compare(da, db)
+        rows = bench_lib.compare(da, db)
+    except (KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise BadInput(f"{a} / {b}: not llamactl bench JSON (from `llamactl bench --json`): missing {exc}") from exc
     if not rows:
         raise LlamactlError(f"{a.name} and {b.name} share no cells to compare")
     t = Table(title=f"{a.name} -> {b.name} (median decode tok/s, change)", title_justify="left")

@@ -103,12 +103,21 @@ def run(
 def _runs() -> list[dict]:
     rows = []
     for d in sorted(paths.runs_dir().glob("*/run.json")):
-        try:
-            info = jsonlib.loads(d.read_text())
-        except ValueError:
+        try:   # a corrupt record (cut off, edited, wrong types) is skipped with a warning, never a traceback
+            info = jsonlib.loads(d.read_text(errors="replace"))
+            if not isinstance(info, dict):
+                raise ValueError(f"a JSON object expected, got {type(info).__name__}")
+            pid = info["pid"]
+            if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+                raise ValueError(f"pid {pid!r} is not a process id")
+            info.setdefault("url", "?")
+            info.setdefault("log", "?")
+        except (OSError, ValueError, KeyError) as exc:
+            err_console.print(f"[yellow]warning:[/] skipping corrupt run record {escape(str(d))}: {escape(str(exc))}",
+                              highlight=False, soft_wrap=True)
             continue
         info["id"] = d.parent.name
-        info["alive"] = pid_alive(int(info["pid"]))
+        info["alive"] = pid_alive(pid)
         rows.append(info)
     return rows
 

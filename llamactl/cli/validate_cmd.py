@@ -25,7 +25,8 @@ from llamactl.cli import options as o
 from llamactl.cli.profile_cmd import resolve_from_cli
 from llamactl.cli.run_cmd import stop_on_signals
 from llamactl.core.console import Output, console, quiet_progress
-from llamactl.core.errors import LlamactlError
+from llamactl.core.errors import ExitCode, LlamactlError
+from llamactl.core.files import check_writable
 from llamactl.judge.matrix import expand, load_matrix_file, select
 from llamactl.judge.validate import run_matrix
 
@@ -41,9 +42,12 @@ def validate(
     no_env: o.NoEnv = False,
 ) -> None:
     """Start the server for each matrix cell, run the HTTP checks, report; exit 0 only if all ran cells pass."""
+    for path, what in ((json_path, "--json"), (junit, "--junit")):
+        if path is not None:
+            check_writable(path, what)    # before the build and the run, not after them
     base = resolve_from_cli(name, no_env, sets=set_)
     spec = load_matrix_file(matrix) if matrix else base.profile.matrix
-    cells = select(expand(spec), cell or [])
+    cells = select(expand(spec, str(matrix or f"{base.path} matrix")), cell or [])
     out = Output(False)
     stop_on_signals()
     console.print(f"validating [bold]{base.name}[/]: {len(cells)} cell(s)")
@@ -79,6 +83,6 @@ def validate(
     if junit:
         reports.write_junit(report, junit)
     if report.interrupted:
-        sys.exit(130)
+        sys.exit(ExitCode.INTERRUPTED)
     if not report.ok:
-        sys.exit(1)
+        sys.exit(ExitCode.FAILED)

@@ -65,6 +65,12 @@ class BuildFailed(LlamactlError):
     exit_code = ExitCode.BUILD_FAILED
 
 
+class ServerFailed(LlamactlError):
+    """llama-server exited, crashed or never answered /health."""
+
+    exit_code = ExitCode.SERVER_FAILED
+
+
 class ToolchainMissing(BuildFailed):
     """A build tool is not installed; the message names what to install."""
 

@@ -21,7 +21,8 @@ import httpx
 from llamactl.serve import launcher
 from llamactl.judge import metrics
 from llamactl.serve import profiles
-from llamactl.core.errors import LlamactlError
+from llamactl.core.errors import BadInput, LlamactlError
+from llamactl.core.files import read_text
 from llamactl.judge.matrix import Cell
 from llamactl.serve.server import ServerDied, ServerProcess
 from llamactl.judge.stats import pct_change, ratio, summarize
@@ -107,13 +108,10 @@ def without_mtp_axis(cells: list[Cell]) -> list[Cell]:
 def load_prompts(path: Path | None) -> list[str]:
     if path is None:
         return list(BUILTIN_PROMPTS)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise LlamactlError(f"cannot read prompts file {path}: {exc.strerror}") from exc
+    text = read_text(path, "prompts file")   # BadInput: missing, a directory, unreadable, too big, not UTF-8
     prompts = [p.strip() for p in text.split("\n\n") if p.strip()] if "\n\n" in text else [l for l in text.splitlines() if l.strip()]
     if not prompts:
-        raise LlamactlError(f"{path} holds no prompts (one per line, or blocks separated by blank lines)")
+        raise BadInput(f"{path} holds no prompts (one per line, or blocks separated by blank lines)")
     return prompts
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from llamactl.serve.dialect import Help, Option
-from llamactl.core.errors import BadInput, LlamactlError
+from llamactl.core.errors import BadInput, ExitCode, LlamactlError
 from llamactl.serve.profiles import Profile, field_meta
 
 MTP_SPEC_TYPES = ("draft-mtp", "mtp")   # upstream, AtomicBot fork at the seed's base
@@ -28,7 +28,7 @@ def feature_source(field: str, value: object) -> str | None:
 class Unsupported(LlamactlError):
     """A profile value the chosen llama-server build does not support."""
 
-    exit_code = 4
+    exit_code = ExitCode.UNSUPPORTED
 
     def __init__(self, field: str, value: object, supported: list[str] | None, binary: str) -> None:
         what = f"supported: {', '.join(supported)}" if supported else "no such option"

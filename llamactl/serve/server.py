@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TextIO
 
-from llamactl.core.errors import LlamactlError
+from llamactl.core.errors import LlamactlError, ServerFailed
 
 if TYPE_CHECKING:
     from llamactl.serve.quickstart import Early
@@ -192,7 +192,7 @@ class ServerProcess:
                 if on_tick:
                     on_tick(now - self.started_at)
                 if now > deadline:
-                    raise LlamactlError(f"llama-server not healthy after {timeout:.0f}s", hint=f"log: {self.log_path}")
+                    raise ServerFailed(f"llama-server not healthy after {timeout:.0f}s", hint=f"log: {self.log_path}")
                 time.sleep(0.01 if now - self.started_at < 2.0 else 0.05)   # tiny models are healthy in ~0.1 s
 
     def log_lines(self) -> list[str]:
@@ -225,8 +225,8 @@ class ServerProcess:
         return self.proc.returncode
 
 
-class ServerDied(LlamactlError):
-    exit_code = 5
+class ServerDied(ServerFailed):
+    """llama-server stopped on its own; ``crash`` says how, in the words of its log."""
 
     def __init__(self, crash: Crash) -> None:
         super().__init__(crash.summary(), hint=f"log: {crash.log}")
