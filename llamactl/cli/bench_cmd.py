@@ -141,7 +141,7 @@ def _compare(a: Path, b: Path) -> None:
     try:
         rows = bench_lib.compare(da, db)
     except (KeyError, TypeError, AttributeError, IndexError) as exc:
-        raise BadInput(f"{a} / {b}: not llamactl bench JSON (from `llamactl bench --json`): missing {exc}") from exc
+        raise BadInput(f"{a} / {b}: not llamactl bench JSON (from `llamactl bench --json`): {type(exc).__name__} {exc}") from exc
     if not rows:
         raise LlamactlError(f"{a.name} and {b.name} share no cells to compare")
     t = Table(title=f"{a.name} -> {b.name} (median decode tok/s, change)", title_justify="left")

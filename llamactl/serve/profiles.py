@@ -290,7 +290,12 @@ def _load_chain(path: Path, origins: dict[str, str], seen: tuple[Path, ...] = ()
     if parent is not None:
         if not isinstance(parent, str) or not parent.strip():
             raise BadInput(f"{path}: key 'extends' must name another profile, got {parent!r}")
-        merged = _load_chain(_parent_path(parent.strip(), path, root), origins, (*seen, path), root, where)
+        ppath = _parent_path(parent.strip(), path, root)
+        if not ppath.exists():
+            known = ", ".join(sorted(set(list_profiles(path.parent)) | set(list_profiles(root or paths.profiles_dir()))))
+            raise BadInput(f"{path}:{lines.get('extends', 1)}: extends {parent!r}: no such profile next to it or "
+                           f"among the shipped ones", hint=f"known profiles: {known or 'none'}")
+        merged = _load_chain(ppath, origins, (*seen, path), root, where)
     if where is not None:
         where.update({k: (path, ln) for k, ln in lines.items()})
     own = {k: v for k, v in data.items() if k != "extends"}
