@@ -224,3 +224,11 @@ def test_exit_code_table_is_in_the_readme():
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     for code in ExitCode:
         assert f"| {int(code)} " in readme and code.name in readme, code
+
+
+def test_stage_errors_map_to_the_table(d, capsys):
+    from llamactl.core.errors import LlamactlError
+
+    assert cli.run(["vendor", "--source", f"path:{d}/no-such-tree"]) == ExitCode.BUILD_FAILED   # raised in llamactl.source
+    assert "does not exist" in capsys.readouterr().err
+    assert cli.exit_code(LlamactlError("plain")) == ExitCode.FAILED
