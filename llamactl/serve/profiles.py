@@ -257,8 +257,9 @@ def _parent_path(parent: str, child: Path, root: Path | None) -> Path:
         p = Path(parent).expanduser()
         return (p if p.is_absolute() else child.parent / p).resolve()
     for base in (child.parent, root, paths.profiles_dir()):
-        if base is not None and (base / f"{parent}.yaml").is_file():
-            return base / f"{parent}.yaml"
+        cand = base / f"{parent}.yaml" if base is not None else None
+        if cand is not None and cand.is_file() and cand.resolve() != child.resolve():   # ./default.yaml may extend the shipped default
+            return cand
     return child.parent / f"{parent}.yaml"
 
 

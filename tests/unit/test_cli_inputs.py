@@ -232,3 +232,12 @@ def test_stage_errors_map_to_the_table(d, capsys):
     assert cli.run(["vendor", "--source", f"path:{d}/no-such-tree"]) == ExitCode.BUILD_FAILED   # raised in llamactl.source
     assert "does not exist" in capsys.readouterr().err
     assert cli.exit_code(LlamactlError("plain")) == ExitCode.FAILED
+
+
+def test_a_copy_named_like_a_shipped_profile_extends_it(tmp_path, capsys, monkeypatch):
+    import json
+    monkeypatch.setenv("LLAMACTL_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "default.yaml").write_text("extends: default\nparallel: 2\n")
+    assert cli.run(["profile", "show", str(tmp_path / "default.yaml"), "--json", "--no-env"]) == 0
+    values = {r["key"]: r["value"] for r in json.loads(capsys.readouterr().out)["values"]}
+    assert values["parallel"] == 2 and values["model"] == "gemma3-270m"
