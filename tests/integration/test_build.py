@@ -113,7 +113,7 @@ def test_vendor_is_idempotent(vendored):
 def test_failed_build_names_the_error_and_the_log(built, clean_env):
     cp = subprocess.run([sys.executable, "-m", "llamactl", "build", "-D", "CMAKE_CXX_COMPILER=/nonexistent/c++"],
                         capture_output=True, text=True, env=clean_env, timeout=300)
-    assert cp.returncode == 1
+    assert cp.returncode == 3    # BUILD_FAILED
     assert "configuring failed:" in cp.stderr and "CMake Error" in cp.stderr
     log = cp.stderr.split("full log: ")[1].split(")")[0].strip()
     assert Path(log).is_file() and "CMAKE_CXX_COMPILER" in Path(log).read_text()

@@ -144,5 +144,5 @@ def test_bad_profile_is_one_line(clean_env, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: m\nparallel: lots\n")
     cp = subprocess.run([*LLAMACTL, "run", str(bad)], capture_output=True, text=True, env=clean_env, timeout=60)
-    assert cp.returncode == 1
+    assert cp.returncode == 2    # BAD_INPUT
     assert cp.stderr.startswith("error:") and "key 'parallel'" in cp.stderr and "Traceback" not in cp.stderr
