@@ -5,12 +5,16 @@ Examples:
     llamactl bench tiny-gemma4-bench --json reports/bench.json --plot reports/bench.png
     llamactl bench tiny-gemma4-mtp --cell parallel=2 --n-predict 128 --prompts prompts.txt
     llamactl bench --compare before.json after.json
+    llamactl bench tiny-gemma4-bench --cell echo --baseline last --html reports/bench.html
+    llamactl bench tiny-gemma4-bench --baseline 12 --warn-below 0.95 --fail-below 0.85
+    llamactl bench tiny-gemma4-bench --cell echo --build no-series --build series
 """
 
 from __future__ import annotations
 
 import json as jsonlib
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -21,12 +25,14 @@ from rich.table import Table
 
 from llamactl.judge import bench as bench_lib
 from llamactl.serve import launcher
-from llamactl.cli import options as o
+from llamactl.cli import options as o, report_cmd
 from llamactl.cli.profile_cmd import resolve_from_cli
 from llamactl.cli.run_cmd import stop_on_signals
 from llamactl.core.console import Output, console, progress_bar
-from llamactl.core.errors import BadInput, LlamactlError
+from llamactl.core.errors import BadInput, ExitCode, LlamactlError
 from llamactl.core.files import check_writable, read_text
+from llamactl.report import fingerprint, gate, publish, view
+from llamactl.report.history import History
 from llamactl.judge.matrix import expand, load_matrix_file, select
 
 
@@ -57,21 +63,7 @@ def _table(data: dict) -> Table:
 
 
 def _verdicts(data: dict) -> list[str]:
-    lines = []
-    for c in data["cells"]:
-        sp = c["speedup"]
-        on = c["variants"].get("mtp-on")
-        if sp is None or on is None:
-            continue
-        acc = on["summary"]["acceptance"]
-        acc_s = "n/a" if acc is None else f"{acc:.0%}"
-        if sp >= 1.05:
-            lines.append(f"{c['cell']}: MTP pays off here: {sp:.2f}x decode speed at {acc_s} draft acceptance")
-        elif sp <= 0.95:
-            lines.append(f"{c['cell']}: MTP costs time here: {sp:.2f}x decode speed (acceptance {acc_s}); leave it off")
-        else:
-            lines.append(f"{c['cell']}: MTP makes no measurable difference ({sp:.2f}x, acceptance {acc_s})")
-    return lines
+    return view.mtp_verdicts(data)
 
 
 def bench(
@@ -85,6 +77,15 @@ def bench(
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write every sample as JSON here.")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG bar chart here (needs matplotlib).")] = None,
     compare: Annotated[Optional[tuple[Path, Path]], typer.Option("--compare", help="Compare two saved runs: A.json B.json.")] = None,
+    build: Annotated[Optional[list[str]], typer.Option("--build", help="A/B: two or more builds interleaved in one run, the first is "
+                     "the reference: series | no-series | key=value,... (source=path:/dir, series=NAME, name=LABEL).")] = None,
+    baseline: Annotated[Optional[str], typer.Option("--baseline", help="Gate against: last (same profile, cell, machine), "
+                        "a history run id, or a bench JSON file.")] = None,
+    warn_below: Annotated[float, typer.Option("--warn-below", help="Warn when decode tok/s falls below this ratio of the baseline (TTFT: inverse).")] = 0.95,
+    fail_below: Annotated[float, typer.Option("--fail-below", help=f"Fail (exit {int(ExitCode.REGRESSION)}) below this ratio, outside the noise.")] = 0.85,
+    html: o.Html = None,
+    md: o.Markdown = None,
+    history: o.History = None,
     set_: o.Set = None,
     no_env: o.NoEnv = False,
 ) -> None:
@@ -99,28 +100,39 @@ def bench(
     for path, what in ((json_path, "--json"), (plot, "--plot")):
         if path is not None:
             check_writable(path, what)    # before the build and the run, not after them
+    thresholds = gate.Thresholds(warn_below, fail_below)
     base = resolve_from_cli(name, no_env, sets=set_)
     spec = load_matrix_file(matrix) if matrix else (None if no_matrix else base.profile.matrix)
     unique = bench_lib.without_mtp_axis(select(expand(spec, str(matrix or f"{base.path} matrix")), cell or []))
     texts = bench_lib.load_prompts(prompts)
     out = Output(False)
-    binary = launcher.ensure_binary(base.profile, out)
+    against, lookup = (publish.baseline_lookup(baseline, base.name, fingerprint.machine()["id"], History(history))
+                       if baseline else (None, None))
+    arms, builds = _build_arms(base, build or [], out)
+    binary = arms[0].binary if arms else launcher.ensure_binary(base.profile, out)
     run_dir = launcher.new_run_dir(f"bench-{base.name}")
     stop_on_signals()
     t0 = time.monotonic()
     results = []
-    total = len(unique) * repeat * len(texts) * 2
+    total = len(unique) * repeat * len(texts) * (len(arms) or 2)
     with progress_bar("benchmarking", total=total) as (progress, task):
         for c in unique:
             results.append(bench_lib.bench_cell(base, c, binary, run_dir, texts, n_predict, repeat,
-                                                progress=lambda _msg: progress.advance(task)))
+                                                progress=lambda _msg: progress.advance(task), arms=arms or None))
     meta = {"profile": base.name, "binary": str(binary.path), "version": (binary.manifest or {}).get("version", ""),
             "repeat": repeat, "prompts": len(texts), "n_predict": n_predict, "wall_s": round(time.monotonic() - t0, 1),
             "machine": platform.platform(), "processor": platform.processor(), "run_dir": str(run_dir)}
+    if arms:
+        meta.update(builds=builds, ab=[a.label for a in arms])
     data = bench_lib.to_json(results, meta)
     console.print(_table(data))
     for line in _verdicts(data):
         console.print(line, highlight=False, markup=False)
+    if arms:
+        data["ab"] = view.gate_summary(gate.compare_arms(data, thresholds), f"arm {arms[0].label}", thresholds)
+    if lookup:
+        data["gate"] = view.gate_summary(gate.compare_runs(data, lookup, thresholds), against, thresholds)
+    worst = _print_gates(data)
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(jsonlib.dumps(data, indent=2, default=str) + "\n")
@@ -128,6 +140,47 @@ def bench(
     if plot:
         bench_lib.plot(data, plot)
         console.print(f"chart: {plot}")
+    report_cmd.after_run(data, history, html, md)   # history store + --html/--markdown
+    if worst == gate.REGRESSION:
+        sys.exit(int(ExitCode.REGRESSION))
+
+
+def _build_arms(base, texts: list[str], out: Output) -> tuple[list[bench_lib.Arm], dict]:
+    """``--build A --build B``: one arm per build (built now if needed), MTP as the profile says."""
+    if not texts:
+        return [], {}
+    if len(texts) < 2:
+        raise LlamactlError("--build compares builds: give two or more (e.g. --build no-series --build series)")
+    if base.profile.server_binary:
+        raise LlamactlError("--build cannot compare builds while the profile names server_binary (LLAMA_SERVER)")
+    parsed = [bench_lib.parse_build(t) for t in texts]
+    labels = [label for label, _ in parsed]
+    if len(set(labels)) != len(labels):
+        raise LlamactlError(f"--build labels must differ: {', '.join(labels)} (name=LABEL sets one)")
+    profs = [bench_lib.build_profile(base.profile, upd, label) for label, upd in parsed]   # all checked before any build
+    arms, builds = [], {}
+    for (label, _), prof in zip(parsed, profs):
+        b = launcher.ensure_binary(prof, out)
+        arms.append(bench_lib.Arm(label, None, b))
+        builds[label] = fingerprint.build_identity(b.manifest, str(b.path), (b.manifest or {}).get("version"))
+    return arms, builds
+
+
+def _print_gates(data: dict) -> str:
+    """Print the A/B and baseline verdicts; return the worst of them."""
+    worst = gate.OK
+    for key, title in (("ab", "A/B"), ("gate", "baseline gate")):
+        g = data.get(key)
+        if not g:
+            continue
+        for v in g["verdicts"]:
+            colour = {"regression": "bold red", "warn": "yellow", "faster": "green", "ok": "green"}.get(v["verdict"], "")
+            console.print(f"  [{colour}]{escape(v['line'])}[/]" if colour else f"  {escape(v['line'])}", highlight=False)
+        console.print(f"{title}: {g['worst'].upper()} against {escape(g['against'])}"
+                      + (f" (exit {int(ExitCode.REGRESSION)})" if g["worst"] == gate.REGRESSION else ""), highlight=False)
+        if gate.SEVERITY.get(g["worst"], 0) > gate.SEVERITY.get(worst, 0):
+            worst = g["worst"]
+    return worst
 
 
 def _compare(a: Path, b: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -25,6 +26,9 @@ Model = Annotated[Optional[str], typer.Option("--model", "-m", help="Model path 
 DraftModel = Annotated[Optional[str], typer.Option("--draft-model", help="MTP assistant GGUF (DRAFT_GGUF).")]
 Set = Annotated[Optional[list[str]], typer.Option("--set", help="Any profile key: --set key=value (repeatable; build.backend=cpu).")]
 NoEnv = Annotated[bool, typer.Option("--no-env", help="Ignore CTX/PARALLEL/... environment overrides.")]
+History = Annotated[Optional[Path], typer.Option("--history", help="Run history SQLite file (default: LLAMACTL_HISTORY, else ~/.local/share/llamactl/history.sqlite).", show_default=False)]
+Html = Annotated[Optional[Path], typer.Option("--html", help="Write a self-contained HTML report here.")]
+Markdown = Annotated[Optional[Path], typer.Option("--markdown", help="Write a Markdown report here (fits a CI job summary).")]
 ProfileName = Annotated[str, typer.Argument(help="Profile name (profiles/NAME.yaml) or a path to a YAML file.")]
 
 

@@ -21,7 +21,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from llamactl.report import reports
-from llamactl.cli import options as o
+from llamactl.cli import options as o, report_cmd
 from llamactl.cli.profile_cmd import resolve_from_cli
 from llamactl.cli.run_cmd import stop_on_signals
 from llamactl.core.console import Output, console, quiet_progress
@@ -38,6 +38,9 @@ def validate(
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failing cell.")] = False,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the full report as JSON here.")] = None,
     junit: Annotated[Optional[Path], typer.Option("--junit", help="Write JUnit XML here (one testcase per cell and check).")] = None,
+    html: o.Html = None,
+    md: o.Markdown = None,
+    history: o.History = None,
     set_: o.Set = None,
     no_env: o.NoEnv = False,
 ) -> None:
@@ -82,6 +85,7 @@ def validate(
         reports.write_json(report, json_path)
     if junit:
         reports.write_junit(report, junit)
+    report_cmd.after_run(report.to_dict(), history, html, md)   # history store + --html/--markdown
     if report.interrupted:
         sys.exit(ExitCode.INTERRUPTED)
     if not report.ok:

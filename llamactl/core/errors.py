@@ -16,6 +16,8 @@ code  name              meaning
 3     BUILD_FAILED      vendor, patch, toolchain or compile step failed
 4     UNSUPPORTED       the build cannot run this profile (a value it lacks); refused before launch
 5     SERVER_FAILED     llama-server exited, crashed or never became healthy
+6     REGRESSION        bench --baseline / --build A --build B: slower beyond --fail-below,
+                        outside the noise
 70    INTERNAL_ERROR    a bug in llamactl: an unexpected exception (traceback with --debug)
 130   INTERRUPTED       Ctrl-C or SIGTERM
 ====  ================  =====================================================================
@@ -35,6 +37,7 @@ class ExitCode(IntEnum):
     BUILD_FAILED = 3
     UNSUPPORTED = 4
     SERVER_FAILED = 5
+    REGRESSION = 6
     INTERNAL_ERROR = 70
     INTERRUPTED = 130
 

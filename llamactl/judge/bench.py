@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import httpx
+from pydantic import ValidationError
 
 from llamactl.serve import launcher
 from llamactl.judge import metrics
@@ -173,21 +174,82 @@ def _aggregate(client: httpx.Client, url: str, model: str, slots: int, n_predict
     return sum(r["tokens"] or 0 for r in res) / wall if wall else 0.0
 
 
+@dataclass
+class Arm:
+    """One server per cell: its label, MTP on/off (None: as the cell says) and its binary (None: the run's)."""
+
+    label: str
+    enable_mtp: bool | None = None
+    binary: launcher.Binary | None = None
+
+
+def mtp_arms(profile: profiles.Profile) -> list[Arm]:
+    """The default comparison: MTP off vs on (only off without a draft model)."""
+    return [Arm("mtp-off", False), Arm("mtp-on", True)] if profile.draft_model else [Arm("mtp-off", False)]
+
+
+BUILD_SHORTHAND = {"series": {}, "no-series": {"no_patches": True}}
+
+
+def parse_build(text: str) -> tuple[str, dict[str, Any]]:
+    """``--build`` text -> (label, BuildSpec updates).
+
+    ``series`` (the profile's build, patches applied), ``no-series`` (no patches), or
+    ``key=value,...`` over build keys (source, series, no_patches, backend, gpu_targets,
+    cmake_options as ``a;b``), optionally labelled ``name=LABEL``. Raises LlamactlError.
+    """
+    text = text.strip()
+    if text in BUILD_SHORTHAND:
+        return text, dict(BUILD_SHORTHAND[text])
+    label, updates = text, {}
+    for part in text.split(","):
+        key, eq, value = part.partition("=")
+        key = key.strip().replace("-", "_")
+        if not eq or not key:
+            raise LlamactlError(f"--build {text!r}: expected series, no-series or key=value[,key=value] "
+                                f"(keys: name, {', '.join(profiles.BuildSpec.model_fields)})")
+        if key == "name":
+            label = value.strip()
+        elif key not in profiles.BuildSpec.model_fields:
+            raise LlamactlError(f"--build {text!r}: unknown build key {key!r} (keys: name, {', '.join(profiles.BuildSpec.model_fields)})")
+        elif key == "cmake_options":
+            updates[key] = [o for o in value.split(";") if o]
+        elif key == "no_patches":
+            updates[key] = value.strip().lower() in ("1", "true", "yes", "on")
+        else:
+            updates[key] = value.strip() or None
+    return label, updates
+
+
+def build_profile(base: profiles.Profile, updates: dict[str, Any], label: str) -> profiles.Profile:
+    """The profile with its ``build`` section updated for one ``--build`` arm."""
+    try:
+        spec = profiles.BuildSpec.model_validate({**base.build.model_dump(), **updates})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise LlamactlError(f"--build {label}: {'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from exc
+    return base.model_copy(update={"build": spec})
+
+
 def bench_cell(base: profiles.Resolved, cell: Cell, binary: launcher.Binary, run_dir: Path, prompts: list[str],
                n_predict: int, repeat: int, seed: int = 42,
-               progress: Callable[[str], None] | None = None) -> CellBench:
+               progress: Callable[[str], None] | None = None, arms: list[Arm] | None = None) -> CellBench:
+    """Bench one cell: one server per arm (default MTP off/on), samples interleaved across arms."""
     resolved = cell_profile(base, cell)
     out = CellBench(cell.id, cell.values)
-    variants = ["mtp-off", "mtp-on"] if resolved.profile.draft_model else ["mtp-off"]
+    arms = arms or mtp_arms(resolved.profile)
+    variants = [a.label for a in arms]
     servers: dict[str, ServerProcess] = {}
     try:
-        for v in variants:
-            prof = resolved.profile.model_copy(update={"enable_mtp": v == "mtp-on"})
+        for arm in arms:
+            v = arm.label
+            mtp = resolved.profile.enable_mtp if arm.enable_mtp is None else arm.enable_mtp
+            prof = resolved.profile.model_copy(update={"enable_mtp": bool(mtp and resolved.profile.draft_model)})
             r = profiles.Resolved(resolved.name, prof, resolved.origins, resolved.path)
             vr = VariantResult(v)
             out.variants[v] = vr
             try:
-                plan = launcher.plan(r, binary=binary)
+                plan = launcher.plan(r, binary=arm.binary or binary)
             except LlamactlError as exc:
                 vr.error = str(exc)
                 continue
@@ -205,7 +267,7 @@ def bench_cell(base: profiles.Resolved, cell: Cell, binary: launcher.Binary, run
                 stream_one(client, servers[v].url, model, prompts[0], min(16, n_predict), seed)
             for rep in range(repeat):
                 for pi, prompt in enumerate(prompts):
-                    for v in live:   # interleaved: off, on, off, on ...
+                    for v in live:   # interleaved across arms: off, on, off, on ... (or A, B, A, B ...)
                         url = servers[v].url
                         before = _spec(client, url)
                         res = stream_one(client, url, model, prompt, n_predict, seed)
@@ -265,9 +327,9 @@ def plot(data: dict, path: Path) -> None:
         raise LlamactlError("--plot needs matplotlib", hint="pip install 'llamactl[plot]'") from exc
     cells = data["cells"]
     labels = [c["cell"] for c in cells]
-    variants = ["mtp-off", "mtp-on"]
+    variants = list(dict.fromkeys(v for c in cells for v in c["variants"])) or ["mtp-off", "mtp-on"]
     fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(cells) + 2), 4.5))
-    width = 0.38
+    width = 0.76 / len(variants)
     for i, v in enumerate(variants):
         meds, lo, hi = [], [], []
         for c in cells:
@@ -278,8 +340,9 @@ def plot(data: dict, path: Path) -> None:
             meds.append(m)
             lo.append(m - (s.get("min") or m))
             hi.append((s.get("max") or m) - m)
-        xs = [j + (i - 0.5) * width for j in range(len(cells))]
-        bars = ax.bar(xs, meds, width, yerr=[lo, hi], capsize=4, label=v, color=("#8c8c8c" if v == "mtp-off" else "#2a7ab9"))
+        xs = [j + (i - (len(variants) - 1) / 2) * width for j in range(len(cells))]
+        bars = ax.bar(xs, meds, width, yerr=[lo, hi], capsize=4, label=v,
+                      color=("#8c8c8c" if v == "mtp-off" else "#2a7ab9" if v == "mtp-on" else f"C{i}"))
         for b, c in zip(bars, cells):
             acc = ((c["variants"].get(v) or {}).get("summary") or {}).get("acceptance")
             if v == "mtp-on" and acc is not None:
@@ -287,7 +350,7 @@ def plot(data: dict, path: Path) -> None:
     ax.set_xticks(range(len(cells)))
     ax.set_xticklabels(labels, rotation=15, ha="right", fontsize=8)
     ax.set_ylabel("decode tokens/s (server timings, median; whiskers min-max)")
-    ax.set_title(f"llamactl bench {data['meta'].get('profile', '')}: MTP off vs on")
+    ax.set_title(f"llamactl bench {data['meta'].get('profile', '')}: {' vs '.join(variants)}")
     ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,77 @@
+"""`llamactl history`: the validate and bench runs recorded on this machine (or any history file).
+
+Examples:
+    llamactl history                                   # newest runs first
+    llamactl history tiny-gemma4-bench --cell echo     # one cell's numbers across runs and builds
+    llamactl history --kind bench --json
+    llamactl history --history ci/history.sqlite
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from llamactl.cli import options as o
+from llamactl.core.console import Output, console
+from llamactl.core.errors import LlamactlError
+from llamactl.report import fingerprint
+from llamactl.report.history import History
+
+
+def _f(x: float | None, fmt: str = "{:.1f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def history(
+    profile: Annotated[Optional[str], typer.Argument(help="Only runs of this profile.", show_default=False)] = None,
+    cell: Annotated[Optional[str], typer.Option("--cell", help="One cell's numbers per run (and arm).")] = None,
+    kind: Annotated[Optional[str], typer.Option("--kind", help="validate | bench.")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many runs (or cell rows).")] = 50,
+    json: o.Json = False,
+    history_path: o.History = None,
+) -> None:
+    """List recorded runs: id, time, kind, profile, result, build and machine; --cell for per-cell numbers."""
+    if kind not in (None, "validate", "bench"):
+        raise LlamactlError(f"--kind {kind!r}: expected validate or bench")
+    if limit < 1:
+        raise LlamactlError("--limit must be >= 1")
+    store = History(history_path)
+    out = Output(json)
+    if cell:
+        rows = store.cells(profile=profile, cell=cell, kind=kind, limit=limit)
+        if json:
+            out.result([asdict(r) for r in rows])
+            return
+        if not rows:
+            console.print(f"no runs of cell {escape(cell)}{f' in {escape(profile)}' if profile else ''} in {store.path}")
+            return
+        t = Table(title=f"cell {escape(cell)}: {len(rows)} row(s) from {store.path}", title_justify="left")
+        for col in ("run", "when", "arm", "status", "decode tok/s", "TTFT ms", "acceptance", "all slots tok/s", "build", "machine"):
+            t.add_column(col)
+        for r in rows:
+            t.add_row(f"#{r.run_id}", r.started_at, escape(r.variant or "-"), r.status, _f(r.decode_tps),
+                      _f(None if r.ttft_s is None else 1000 * r.ttft_s, "{:.0f}"), _f(r.acceptance, "{:.0%}"),
+                      _f(r.tokens_per_s), escape(fingerprint.build_label(r.build)), r.machine_id[:8])
+        console.print(t)
+        return
+    run_rows = store.runs(profile=profile, kind=kind, limit=limit)
+    if json:
+        out.result([asdict(r) for r in run_rows])
+        return
+    if not run_rows:
+        console.print(f"no runs{f' of {escape(profile)}' if profile else ''} recorded in {store.path}")
+        return
+    here = fingerprint.machine()["id"]
+    t = Table(title=f"{len(run_rows)} run(s), newest first, from {store.path}", title_justify="left")
+    for col in ("run", "when", "kind", "profile", "result", "build", "machine"):
+        t.add_column(col)
+    for r in run_rows:
+        result = ("[green]ok[/]" if r.ok else "[red]not ok[/]") if r.ok is not None else "-"
+        t.add_row(f"#{r.id}", r.started_at, r.kind, escape(r.profile), f"{result} {escape(r.summary)}",
+                  escape(fingerprint.build_label(r.build)), r.machine_id[:8] + (" (this)" if r.machine_id == here else ""))
+    console.print(t)

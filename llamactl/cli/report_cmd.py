@@ -1,0 +1,89 @@
+"""`llamactl report`: HTML and Markdown reports of validate/bench runs, and trends from the history.
+
+Examples:
+    llamactl report reports/validate.json                       # Markdown on stdout
+    llamactl report reports/validate.json --markdown "$GITHUB_STEP_SUMMARY" --html reports/validate.html
+    llamactl report reports/bench.json reports/validate.json --html reports/all.html
+    llamactl report 12 --html run12.html                        # a run from the history, by id
+    llamactl report reports/bench.json --trend --html reports/bench.html
+    llamactl report --trend --profile tiny-gemma4-bench --png reports/trend.png
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.markup import escape
+
+from llamactl.cli import options as o
+from llamactl.core.console import err_console
+from llamactl.core.errors import LlamactlError
+from llamactl.report import fingerprint, markdown, publish, runs, view
+from llamactl.report.history import History
+
+
+def after_run(run: dict[str, Any], history: Path | None, html: Path | None, md: Path | None) -> dict[str, Any]:
+    """Record a finished validate/bench run in the history and write its reports; notes go to stderr."""
+    enriched = publish.enrich(run)
+    store = History(history)
+    pub = publish.record(enriched, store)
+    if pub.history_error:
+        err_console.print(f"[yellow]warning:[/] run not recorded in the history: {escape(pub.history_error)}", highlight=False)
+    else:
+        enriched["history"] = {"id": pub.history_id, "machine": enriched["machine"], "build": enriched["build"]}
+        err_console.print(f"history: run #{pub.history_id} in {store.path}", highlight=False, markup=False)
+    for p in publish.render([enriched], html, md, store):
+        err_console.print(f"report: {p}", highlight=False, markup=False)
+    return enriched
+
+
+def _load(arg: str, store: History) -> list[dict[str, Any]]:
+    path = Path(arg).expanduser()
+    if not path.exists() and arg.isdigit():
+        data = store.get(int(arg))
+        return runs.split_runs(data)
+    return runs.load(path)
+
+
+def report(
+    files: Annotated[Optional[list[str]], typer.Argument(help="Run JSON files (validate, bench or merged), or history run ids.",
+                                                         show_default=False)] = None,
+    html: o.Html = None,
+    md: o.Markdown = None,
+    trend: Annotated[bool, typer.Option("--trend", help="Add decode tok/s and acceptance per cell across builds, from the history.")] = False,
+    profile: Annotated[Optional[str], typer.Option("--profile", help="Profile for --trend (default: the first run's).")] = None,
+    cell: Annotated[Optional[str], typer.Option("--cell", help="Only this cell in --trend.")] = None,
+    png: Annotated[Optional[Path], typer.Option("--png", help="Write the --trend chart as a PNG (needs matplotlib).")] = None,
+    history: o.History = None,
+) -> None:
+    """Render runs as one self-contained HTML page and/or Markdown; Markdown on stdout when no file is named."""
+    store = History(history)
+    run_list = [r for f in files or [] for r in _load(f, store)]
+    if png and not trend:
+        raise LlamactlError("--png draws the trend: add --trend")
+    if not run_list and not trend:
+        raise LlamactlError("name a run JSON file (or a history run id), or use --trend --profile NAME")
+    trend_data = None
+    rows = []
+    if trend:
+        profile = profile or (runs.profile_of(run_list[0]) if run_list else None)
+        if not profile:
+            raise LlamactlError("--trend needs a profile: --profile NAME, or a run file")
+        machine = next((m for m in (view.context(r, store)[0] for r in run_list) if m), None) or fingerprint.machine()
+        rows = store.cells(profile=profile, cell=cell, kind=runs.BENCH, machine_id=machine.get("id"))
+        if not rows:
+            raise LlamactlError(f"no bench runs of {profile}{f' cell {cell}' if cell else ''} on this machine in {store.path}",
+                                hint="llamactl history lists what is recorded")
+        trend_data = view.trend_view(rows, profile)
+    if png:
+        from llamactl.report.png import trend_png
+        trend_png(rows, png, profile)
+        err_console.print(f"trend: {png}", highlight=False, markup=False)
+    written = publish.render(run_list, html, md, store, trend_data)
+    for p in written:
+        err_console.print(f"report: {p}", highlight=False, markup=False)
+    if not written and not png:
+        sys.stdout.write(markdown.render(view.report_view(run_list, store, trend_data)))

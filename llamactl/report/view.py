@@ -1,0 +1,206 @@
+"""What a report shows, computed once for the HTML and the Markdown templates.
+
+Everything here is plain data (dicts, lists, strings); templates only lay it out. Unknown
+statuses keep their name and get a neutral colour; unknown per-cell fields are listed as
+they are under "other fields".
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from llamactl.report import fingerprint, gate as gate_lib, runs, svg
+from llamactl.report.history import CellRow, History
+
+KNOWN_STATUSES = {"pass", "fail", "error", "skip", "xfail", "xpass", "not_run", "interrupted", "running", "ok", "warn",
+                  "regression", "faster", "no change", "no baseline"}
+VALIDATE_KEYS = {"cell", "overrides", "status", "reason", "checks", "start_s", "requests_s", "seconds", "tokens_per_s",
+                 "acceptance", "spec", "crash", "log", "repro", "argv"}
+LOG_TAIL_LINES = 40
+
+
+def css(status: str) -> str:
+    """The CSS class of a status: its own for known ones, ``unknown`` otherwise."""
+    s = status.lower()
+    return "st-" + s.replace(" ", "-").replace("_", "-") if s in KNOWN_STATUSES else "st-unknown"
+
+
+def _short(v: Any, limit: int = 300) -> str:
+    s = v if isinstance(v, str) else json.dumps(v, default=str)
+    return s if len(s) <= limit else s[:limit] + " ..."
+
+
+def log_tail(path: str | None, fallback: list[str] | None) -> list[str]:
+    """The last lines of a server log when the file is still there, else what the run JSON kept."""
+    if path:
+        try:
+            with open(path, errors="replace") as f:
+                return [ln.rstrip("\n") for ln in deque(f, maxlen=LOG_TAIL_LINES)]
+        except OSError:
+            pass
+    return list(fallback or [])
+
+
+def context(run: dict[str, Any], history: History | None = None) -> tuple[dict | None, dict | None, int | None]:
+    """(machine fingerprint, build identity, history id) of a run, from the file, else the history, else the manifest."""
+    stored = run.get("history") or {}
+    machine, build = run.get("machine") if isinstance(run.get("machine"), dict) else None, run.get("build")
+    if (machine is None or build is None) and not stored and history is not None and runs.run_dir_of(run):
+        try:
+            stored = (history.find_by_run_dir(runs.run_dir_of(run)) or {}).get("history") or {}
+        except Exception:   # a report still renders without the history store
+            stored = {}
+    machine = machine or stored.get("machine")
+    build = build or stored.get("build")
+    if build is None:
+        manifest = fingerprint.manifest_for_binary(runs.binary_of(run))
+        if manifest:
+            build = fingerprint.build_identity(manifest)
+    return machine, build, stored.get("id")
+
+
+def _pct(x: Any) -> str:
+    return "-" if not isinstance(x, (int, float)) else f"{100 * x:.0f}%"
+
+
+def _num(x: Any, fmt: str = "{:.1f}") -> str:
+    return "-" if not isinstance(x, (int, float)) or isinstance(x, bool) else fmt.format(x)
+
+
+def validate_view(run: dict[str, Any]) -> dict[str, Any]:
+    cells = []
+    for c in run.get("cells") or []:
+        st = runs.status_of(c)
+        crash = c.get("crash") if isinstance(c.get("crash"), dict) else None
+        checks = [{"name": k.get("name", "?"), "status": runs.status_of(k), "css": css(runs.status_of(k)),
+                   "seconds": _num(k.get("seconds"), "{:.2f}"), "detail": str(k.get("detail") or "")}
+                  for k in c.get("checks") or [] if isinstance(k, dict)]
+        cells.append({
+            "id": str(c.get("cell", "?")), "status": st, "css": css(st), "reason": str(c.get("reason") or ""),
+            "start_s": _num(c.get("start_s"), "{:.2f}"), "seconds": _num(c.get("seconds")),
+            "tokens_per_s": _num(c.get("tokens_per_s")), "acceptance": _pct(c.get("acceptance")),
+            "checks": checks, "crash": crash, "log": c.get("log"),
+            "log_tail": log_tail(c.get("log"), (crash or {}).get("last_lines")) if runs.is_problem(c) or crash else [],
+            "repro": str(c.get("repro") or ""), "argv": " ".join(map(str, c.get("argv") or [])),
+            "problem": runs.is_problem(c),
+            "extra": {k: _short(v) for k, v in c.items() if k not in VALIDATE_KEYS and v not in (None, "", [], {})},
+        })
+    counts: dict[str, int] = {}
+    for c in cells:
+        counts[c["status"]] = counts.get(c["status"], 0) + 1
+    ok = run.get("ok")
+    if ok is None:
+        ok = bool(cells) and not any(c["problem"] for c in cells)
+    return {"cells": cells, "problems": [c for c in cells if c["problem"]], "counts": counts, "ok": bool(ok),
+            "wall_s": _num(run.get("wall_s")), "binary": run.get("binary"), "version": run.get("version"),
+            "interrupted": bool(run.get("interrupted"))}
+
+
+def mtp_verdicts(data: dict[str, Any]) -> list[str]:
+    """One plain sentence per cell: does MTP pay off here (decode speed-up and acceptance)?"""
+    lines = []
+    for c in data.get("cells") or []:
+        sp = c.get("speedup")
+        on = (c.get("variants") or {}).get("mtp-on")
+        if not isinstance(sp, (int, float)) or on is None:
+            continue
+        acc = runs.acceptance_of(on)
+        acc_s = "n/a" if acc is None else f"{acc:.0%}"
+        if sp >= 1.05:
+            lines.append(f"{c['cell']}: MTP pays off here: {sp:.2f}x decode speed at {acc_s} draft acceptance")
+        elif sp <= 0.95:
+            lines.append(f"{c['cell']}: MTP costs time here: {sp:.2f}x decode speed (acceptance {acc_s}); leave it off")
+        else:
+            lines.append(f"{c['cell']}: MTP makes no measurable difference ({sp:.2f}x, acceptance {acc_s})")
+    return lines
+
+
+def bench_view(run: dict[str, Any]) -> dict[str, Any]:
+    cells, groups = [], []
+    for c in run.get("cells") or []:
+        variants, bars = [], []
+        for name, r in (c.get("variants") or {}).items():
+            dec, ttft = runs.decode_samples(r), runs.ttft_samples(r)
+            med = runs.median(dec)
+            lo, hi = gate_lib.band(dec) if dec else (None, None)
+            acc = runs.acceptance_of(r)
+            agg = runs.median([x for x in r.get("aggregate_tps") or [] if isinstance(x, (int, float))])
+            variants.append({"name": name, "decode": _num(med), "band": "-" if lo is None else f"{lo:.1f}..{hi:.1f}",
+                             "n": len(dec), "ttft_ms": _num(None if not ttft else 1000 * runs.median(ttft), "{:.0f}"),
+                             "acceptance": _pct(acc), "aggregate": _num(agg), "rss": _num(r.get("peak_rss_mb"), "{:.0f}"),
+                             "error": str(r.get("error") or "")})
+            bars.append(svg.Bar(name, med, lo, hi, "" if acc is None or name == "mtp-off" else f"acc {acc:.0%}"))
+        cells.append({"id": str(c.get("cell", "?")), "variants": variants,
+                      "speedup": _num(c.get("speedup"), "{:.2f}x") if c.get("speedup") is not None else ""})
+        groups.append((str(c.get("cell", "?")), bars))
+    meta = run.get("meta") or {}
+    chart = svg.bars(groups, f"bench {meta.get('profile', '')}: decode tok/s (median; whiskers: interquartile range, min..max below 4 samples)",
+                     "decode tok/s") if groups else ""
+    gate = run.get("gate") if isinstance(run.get("gate"), dict) else None
+    return {"cells": cells, "chart": chart, "meta": {k: _short(v, 200) for k, v in meta.items() if k not in ("builds",)},
+            "builds": meta.get("builds") or {}, "verdicts": mtp_verdicts(run), "gate": gate,
+            "ab": run.get("ab") if isinstance(run.get("ab"), dict) else None}
+
+
+def run_view(run: dict[str, Any], history: History | None = None) -> dict[str, Any]:
+    machine, build, hid = context(run, history)
+    base = {"kind": run["kind"], "profile": runs.profile_of(run), "machine": machine, "build": build,
+            "build_label": fingerprint.build_label(build) if build else None, "history_id": hid,
+            "run_dir": runs.run_dir_of(run)}
+    base.update(validate_view(run) if run["kind"] == runs.VALIDATE else bench_view(run))
+    return base
+
+
+def trend_view(rows: list[CellRow], profile: str | None) -> dict[str, Any] | None:
+    """tok/s and acceptance per (cell, variant) across bench runs (x: run id and build)."""
+    rows = [r for r in rows if r.decode_tps is not None or r.acceptance is not None]
+    if not rows:
+        return None
+    run_ids = sorted({r.run_id for r in rows})
+    label_of = {r.run_id: f"#{r.run_id} {str(r.build.get('commit') or r.build_key)[:9]} {r.build_key[:6]}" for r in rows}
+    x_labels = [label_of[i] for i in run_ids]
+    decode: dict[str, list[tuple[int, float]]] = {}
+    acc: dict[str, list[tuple[int, float]]] = {}
+    for r in rows:
+        name = f"{r.cell} {r.variant}".strip()
+        if r.decode_tps is not None:
+            decode.setdefault(name, []).append((run_ids.index(r.run_id), r.decode_tps))
+        if r.acceptance is not None and r.variant != "mtp-off":
+            acc.setdefault(name, []).append((run_ids.index(r.run_id), r.acceptance))
+    return {
+        "profile": profile, "runs": len(run_ids),
+        "decode_svg": svg.lines(decode, x_labels, f"trend {profile or ''}: decode tok/s per cell (median per run)", "decode tok/s") if decode else "",
+        "acceptance_svg": svg.lines(acc, x_labels, f"trend {profile or ''}: draft acceptance per cell", "acceptance", percent=True) if acc else "",
+        "rows": [{"run": r.run_id, "when": r.started_at, "cell": r.cell, "variant": r.variant, "build": fingerprint.build_label(r.build),
+                  "decode": _num(r.decode_tps), "acceptance": _pct(r.acceptance)} for r in rows],
+    }
+
+
+def report_view(run_list: list[dict[str, Any]], history: History | None = None, trend: dict[str, Any] | None = None,
+                title: str | None = None) -> dict[str, Any]:
+    views = [run_view(r, history) for r in run_list]
+    if title is None:
+        title = "llamactl " + " + ".join(f"{v['kind']} {v['profile']}" for v in views) if views else "llamactl trend"
+    return {"title": title, "runs": views, "trend": trend, "generated_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+
+
+def gate_summary(verdicts: list[gate_lib.Verdict], against: str, th: gate_lib.Thresholds) -> dict[str, Any]:
+    """What a bench JSON keeps of a gate (``gate`` or ``ab``), and what the templates render."""
+    return {"against": against, "warn_below": th.warn_below, "fail_below": th.fail_below, "worst": gate_lib.worst(verdicts),
+            "verdicts": [dict(v.to_dict(), line=v.line(), css=css(v.verdict), ratio_s=_num(v.ratio, "{:.2f}x"),
+                              current_s=_gate_num(v.metric, v.current), baseline_s=_gate_num(v.metric, v.baseline))
+                         for v in verdicts]}
+
+
+def _gate_num(metric: str, x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{1000 * x:.0f} ms" if metric == gate_lib.TTFT else f"{x:.1f} tok/s"
+
+
+def is_file(p: str) -> bool:
+    return Path(p).expanduser().is_file()
