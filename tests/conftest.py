@@ -10,6 +10,14 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_history(tmp_path_factory) -> Path:
+    """Runs made by tests (and the llamactl subprocesses they start) go to a private history store."""
+    path = tmp_path_factory.mktemp("history") / "history.sqlite"
+    os.environ["LLAMACTL_HISTORY"] = str(path)
+    return path
+
+
 @pytest.fixture
 def fixtures() -> Path:
     return FIXTURES

@@ -133,6 +133,7 @@ def bench(
     if lookup:
         data["gate"] = view.gate_summary(gate.compare_runs(data, lookup, thresholds), against, thresholds)
     worst = _print_gates(data)
+    data = report_cmd.after_run(data, history, html, md)   # history store (+ machine, build) and --html/--markdown
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(jsonlib.dumps(data, indent=2, default=str) + "\n")
@@ -140,7 +141,6 @@ def bench(
     if plot:
         bench_lib.plot(data, plot)
         console.print(f"chart: {plot}")
-    report_cmd.after_run(data, history, html, md)   # history store + --html/--markdown
     if worst == gate.REGRESSION:
         sys.exit(int(ExitCode.REGRESSION))
 

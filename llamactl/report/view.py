@@ -138,7 +138,7 @@ def bench_view(run: dict[str, Any]) -> dict[str, Any]:
                       "speedup": _num(c.get("speedup"), "{:.2f}x") if c.get("speedup") is not None else ""})
         groups.append((str(c.get("cell", "?")), bars))
     meta = run.get("meta") or {}
-    chart = svg.bars(groups, f"bench {meta.get('profile', '')}: decode tok/s (median; whiskers: interquartile range, min..max below 4 samples)",
+    chart = svg.bars(groups, "decode tok/s per cell: median, whiskers = interquartile range",
                      "decode tok/s") if groups else ""
     gate = run.get("gate") if isinstance(run.get("gate"), dict) else None
     return {"cells": cells, "chart": chart, "meta": {k: _short(v, 200) for k, v in meta.items() if k not in ("builds",)},

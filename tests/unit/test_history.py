@@ -117,3 +117,27 @@ def test_fingerprint_and_build_identity(tmp_path):
     nob = fingerprint.build_identity(None, "/usr/bin/llama-server", "version: 1")
     assert nob["key"].startswith("binary-") and nob["source"] == "server_binary"
     assert fingerprint.manifest_for_binary(tmp_path / "nothing" / "bin" / "x") is None
+
+
+def test_cli_history_lists_runs_and_cells(tmp_path):
+    import subprocess
+    import sys
+
+    store = tmp_path / "h.sqlite"
+    h = History(store)
+    h.record(json.loads((FIX / "validate.json").read_text()), M1, B1)
+    h.record(bench(), M1, B2)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "llamactl", "history", *args, "--history", str(store)],
+                              capture_output=True, text=True, timeout=60, env={**__import__("os").environ, "COLUMNS": "250"})
+    cp = run()
+    assert cp.returncode == 0, cp.stderr
+    assert "#2" in cp.stdout and "#1" in cp.stdout and "tiny-gemma4-bench" in cp.stdout and "upstream@0c1e57098 no patches cpu [k2]" in cp.stdout
+    cp = run("tiny-gemma4-bench", "--cell", "echo", "--json")
+    rows = json.loads(cp.stdout)
+    assert [(r["run_id"], r["variant"]) for r in rows] == [(2, "mtp-off"), (2, "mtp-on")] and rows[1]["acceptance"] == 1.0
+    cp = run("--kind", "nonsense")
+    assert cp.returncode == 1 and "--kind 'nonsense': expected validate or bench" in cp.stderr
+    cp = run("nobody")
+    assert cp.returncode == 0 and "no runs of nobody recorded" in cp.stdout
