@@ -56,10 +56,11 @@ def _frame(title: str, ylabel: str, ymax: float, yfmt=_fmt) -> tuple[ET.Element,
     return svg, y
 
 
-def _legend(svg: ET.Element, names: list[str]) -> None:
+def _legend(svg: ET.Element, names: list[str], colour_of=None) -> None:
     for i, name in enumerate(names):
         yy = TOP + 16 * i
-        ET.SubElement(svg, "rect", x=str(W - RIGHT + 12), y=str(yy), width="10", height="10", fill=PALETTE[i % len(PALETTE)])
+        fill = colour_of(name) if colour_of else PALETTE[i % len(PALETTE)]
+        ET.SubElement(svg, "rect", x=str(W - RIGHT + 12), y=str(yy), width="10", height="10", fill=fill)
         ET.SubElement(svg, "text", x=str(W - RIGHT + 26), y=str(yy + 9), **{"font-size": "10"}).text = name[:24]
 
 
@@ -99,8 +100,15 @@ def bars(groups: list[tuple[str, list[Bar]]], title: str, ylabel: str) -> str:
 
 
 def lines(series: dict[str, list[tuple[int, float]]], x_labels: list[str], title: str, ylabel: str,
-          percent: bool = False) -> str:
-    """One polyline per series over x positions 0..len(x_labels)-1; returns SVG markup."""
+          percent: bool = False, names: list[str] | None = None) -> str:
+    """One polyline per series over x positions 0..len(x_labels)-1; returns SVG markup.
+
+    ``names`` fixes each series' colour by its position there, so that charts side by side agree.
+    """
+    names = names or list(series)
+
+    def colour_of(name: str) -> str:
+        return PALETTE[(names.index(name) if name in names else len(names)) % len(PALETTE)]
     top = max([v for pts in series.values() for _, v in pts] or [1.0])
     ymax = 1.0 if percent else _nice_max(top * 1.1)
     svg, y = _frame(title, ylabel, ymax, (lambda v: f"{100 * v:.0f}%") if percent else _fmt)
@@ -112,13 +120,13 @@ def lines(series: dict[str, list[tuple[int, float]]], x_labels: list[str], title
     for i, lab in enumerate(x_labels):
         ET.SubElement(svg, "text", x=f"{x(i):.1f}", y=str(H - BOTTOM + 14), transform=f"rotate(30 {x(i):.1f} {H - BOTTOM + 14})",
                       **{"font-size": "9"}).text = lab[:28]
-    for si, (name, pts) in enumerate(series.items()):
-        colour = PALETTE[si % len(PALETTE)]
+    for name, pts in series.items():
+        colour = colour_of(name)
         if len(pts) > 1:
             ET.SubElement(svg, "polyline", points=" ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in pts), fill="none",
                           stroke=colour, **{"stroke-width": "2"})
         for i, v in pts:
             dot = ET.SubElement(svg, "circle", cx=f"{x(i):.1f}", cy=f"{y(v):.1f}", r="3.5", fill=colour)
             ET.SubElement(dot, "title").text = f"{name} @ {x_labels[i]}: " + (f"{100 * v:.0f}%" if percent else f"{v:.1f}")
-    _legend(svg, list(series))
+    _legend(svg, list(series), colour_of)
     return ET.tostring(svg, encoding="unicode")

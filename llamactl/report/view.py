@@ -13,6 +13,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from llamactl.core.errors import LlamactlError
 from llamactl.report import fingerprint, gate as gate_lib, runs, svg
 from llamactl.report.history import CellRow, History
 
@@ -52,7 +53,7 @@ def context(run: dict[str, Any], history: History | None = None) -> tuple[dict |
     if (machine is None or build is None) and not stored and history is not None and runs.run_dir_of(run):
         try:
             stored = (history.find_by_run_dir(runs.run_dir_of(run)) or {}).get("history") or {}
-        except Exception:   # a report still renders without the history store
+        except LlamactlError:   # a report still renders without the history store
             stored = {}
     machine = machine or stored.get("machine")
     build = build or stored.get("build")
@@ -171,10 +172,11 @@ def trend_view(rows: list[CellRow], profile: str | None) -> dict[str, Any] | Non
             decode.setdefault(name, []).append((run_ids.index(r.run_id), r.decode_tps))
         if r.acceptance is not None and r.variant != "mtp-off":
             acc.setdefault(name, []).append((run_ids.index(r.run_id), r.acceptance))
+    names = list(dict.fromkeys([*decode, *acc]))
     return {
         "profile": profile, "runs": len(run_ids),
-        "decode_svg": svg.lines(decode, x_labels, f"trend {profile or ''}: decode tok/s per cell (median per run)", "decode tok/s") if decode else "",
-        "acceptance_svg": svg.lines(acc, x_labels, f"trend {profile or ''}: draft acceptance per cell", "acceptance", percent=True) if acc else "",
+        "decode_svg": svg.lines(decode, x_labels, f"trend {profile or ''}: decode tok/s per cell (median per run)", "decode tok/s", names=names) if decode else "",
+        "acceptance_svg": svg.lines(acc, x_labels, f"trend {profile or ''}: draft acceptance per cell", "acceptance", percent=True, names=names) if acc else "",
         "rows": [{"run": r.run_id, "when": r.started_at, "cell": r.cell, "variant": r.variant, "build": fingerprint.build_label(r.build),
                   "decode": _num(r.decode_tps), "acceptance": _pct(r.acceptance)} for r in rows],
     }

@@ -141,3 +141,19 @@ def test_cli_history_lists_runs_and_cells(tmp_path):
     assert cp.returncode == 1 and "--kind 'nonsense': expected validate or bench" in cp.stderr
     cp = run("nobody")
     assert cp.returncode == 0 and "no runs of nobody recorded" in cp.stdout
+
+
+def test_after_run_records_enriches_and_renders(tmp_path, capsys):
+    from llamactl.cli.report_cmd import after_run
+
+    run = json.loads((FIX / "validate.json").read_text())
+    out = after_run(run, tmp_path / "h.sqlite", tmp_path / "v.html", tmp_path / "v.md")
+    assert out["kind"] == "validate" and out["machine"]["id"] == fingerprint.machine()["id"]
+    assert out["build"]["source"] == "server_binary"          # no manifest next to /b/llama-server
+    assert out["history"]["id"] == 1 and History(tmp_path / "h.sqlite").get(1)["machine"]["id"] == out["machine"]["id"]
+    assert "History run #1" in (tmp_path / "v.html").read_text()
+    assert "history: run #1" in capsys.readouterr().err
+    bad = tmp_path / "not-a-dir"
+    bad.write_text("")
+    out = after_run(run, bad / "h.sqlite", None, None)        # an unwritable history is a warning, not a failure
+    assert "history" not in out and "run not recorded in the history" in capsys.readouterr().err
