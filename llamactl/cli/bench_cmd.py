@@ -78,7 +78,7 @@ def bench(
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG bar chart here (needs matplotlib).")] = None,
     compare: Annotated[Optional[tuple[Path, Path]], typer.Option("--compare", help="Compare two saved runs: A.json B.json.")] = None,
     build: Annotated[Optional[list[str]], typer.Option("--build", help="A/B: two or more builds interleaved in one run, the first is "
-                     "the reference: series | no-series | key=value,... (source=path:/dir, series=NAME, name=LABEL).")] = None,
+                     "the reference: series | no-series | key=value,... (source=path:/dir, series=NAME, binary=PATH, name=LABEL).")] = None,
     baseline: Annotated[Optional[str], typer.Option("--baseline", help="Gate against: last (same profile, cell, machine), "
                         "a history run id, or a bench JSON file.")] = None,
     warn_below: Annotated[float, typer.Option("--warn-below", help="Warn when decode tok/s falls below this ratio of the baseline (TTFT: inverse).")] = 0.95,
@@ -151,8 +151,6 @@ def _build_arms(base, texts: list[str], out: Output) -> tuple[list[bench_lib.Arm
         return [], {}
     if len(texts) < 2:
         raise LlamactlError("--build compares builds: give two or more (e.g. --build no-series --build series)")
-    if base.profile.server_binary:
-        raise LlamactlError("--build cannot compare builds while the profile names server_binary (LLAMA_SERVER)")
     parsed = [bench_lib.parse_build(t) for t in texts]
     labels = [label for label, _ in parsed]
     if len(set(labels)) != len(labels):

@@ -196,7 +196,8 @@ def parse_build(text: str) -> tuple[str, dict[str, Any]]:
 
     ``series`` (the profile's build, patches applied), ``no-series`` (no patches), or
     ``key=value,...`` over build keys (source, series, no_patches, backend, gpu_targets,
-    cmake_options as ``a;b``), optionally labelled ``name=LABEL``. Raises LlamactlError.
+    cmake_options as ``a;b``), or ``binary=PATH`` (a llama-server built elsewhere),
+    optionally labelled ``name=LABEL``. Raises LlamactlError.
     """
     text = text.strip()
     if text in BUILD_SHORTHAND:
@@ -207,11 +208,13 @@ def parse_build(text: str) -> tuple[str, dict[str, Any]]:
         key = key.strip().replace("-", "_")
         if not eq or not key:
             raise LlamactlError(f"--build {text!r}: expected series, no-series or key=value[,key=value] "
-                                f"(keys: name, {', '.join(profiles.BuildSpec.model_fields)})")
+                                f"(keys: name, binary, {', '.join(profiles.BuildSpec.model_fields)})")
         if key == "name":
             label = value.strip()
+        elif key in ("binary", "server_binary"):
+            updates["server_binary"] = value.strip()
         elif key not in profiles.BuildSpec.model_fields:
-            raise LlamactlError(f"--build {text!r}: unknown build key {key!r} (keys: name, {', '.join(profiles.BuildSpec.model_fields)})")
+            raise LlamactlError(f"--build {text!r}: unknown build key {key!r} (keys: name, binary, {', '.join(profiles.BuildSpec.model_fields)})")
         elif key == "cmake_options":
             updates[key] = [o for o in value.split(";") if o]
         elif key == "no_patches":
@@ -222,13 +225,15 @@ def parse_build(text: str) -> tuple[str, dict[str, Any]]:
 
 
 def build_profile(base: profiles.Profile, updates: dict[str, Any], label: str) -> profiles.Profile:
-    """The profile with its ``build`` section updated for one ``--build`` arm."""
+    """The profile for one ``--build`` arm: its ``build`` section updated, ``server_binary`` only when given."""
+    updates = dict(updates)
+    binary = updates.pop("server_binary", None)
     try:
         spec = profiles.BuildSpec.model_validate({**base.build.model_dump(), **updates})
     except ValidationError as exc:
         err = exc.errors()[0]
         raise LlamactlError(f"--build {label}: {'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from exc
-    return base.model_copy(update={"build": spec})
+    return base.model_copy(update={"build": spec, "server_binary": Path(binary).expanduser() if binary else None})
 
 
 def bench_cell(base: profiles.Resolved, cell: Cell, binary: launcher.Binary, run_dir: Path, prompts: list[str],

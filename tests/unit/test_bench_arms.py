@@ -29,9 +29,12 @@ def test_parse_build_errors(text, message):
 
 
 def test_build_profile_validates_the_build_section():
-    base = profiles.Profile(model="m.gguf")
-    assert bench.build_profile(base, {"no_patches": True}, "no-series").build.no_patches is True
+    base = profiles.Profile(model="m.gguf", server_binary="/opt/llama-server")
+    arm = bench.build_profile(base, {"no_patches": True}, "no-series")
+    assert arm.build.no_patches is True and arm.server_binary is None      # --build means: build it
     assert base.build.no_patches is False                       # the base profile is untouched
+    label, upd = bench.parse_build("name=old,binary=/opt/old/llama-server")
+    assert label == "old" and str(bench.build_profile(base, upd, label).server_binary) == "/opt/old/llama-server"
     with pytest.raises(LlamactlError, match="--build b: backend"):
         bench.build_profile(base, {"backend": "tpu"}, "b")
 
