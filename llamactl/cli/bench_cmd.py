@@ -97,7 +97,7 @@ def bench(
         raise BadInput("name a profile to benchmark (or use --compare A.json B.json)")
     if repeat < 1 or n_predict < 2:
         raise BadInput("--repeat must be >= 1 and --n-predict >= 2")
-    for path, what in ((json_path, "--json"), (plot, "--plot")):
+    for path, what in ((json_path, "--json"), (plot, "--plot"), (html, "--html"), (md, "--markdown")):
         if path is not None:
             check_writable(path, what)    # before the build and the run, not after them
     thresholds = gate.Thresholds(warn_below, fail_below)
@@ -150,11 +150,11 @@ def _build_arms(base, texts: list[str], out: Output) -> tuple[list[bench_lib.Arm
     if not texts:
         return [], {}
     if len(texts) < 2:
-        raise LlamactlError("--build compares builds: give two or more (e.g. --build no-series --build series)")
+        raise BadInput("--build compares builds: give two or more (e.g. --build no-series --build series)")
     parsed = [bench_lib.parse_build(t) for t in texts]
     labels = [label for label, _ in parsed]
     if len(set(labels)) != len(labels):
-        raise LlamactlError(f"--build labels must differ: {', '.join(labels)} (name=LABEL sets one)")
+        raise BadInput(f"--build labels must differ: {', '.join(labels)} (name=LABEL sets one)")
     profs = [bench_lib.build_profile(base.profile, upd, label) for label, upd in parsed]   # all checked before any build
     arms, builds = [], {}
     for (label, _), prof in zip(parsed, profs):

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from llamactl.cli import options as o
 from llamactl.core.console import Output, console
-from llamactl.core.errors import LlamactlError
+from llamactl.core.errors import BadInput
 from llamactl.report import fingerprint
 from llamactl.report.history import History
 
@@ -37,9 +37,9 @@ def history(
 ) -> None:
     """List recorded runs: id, time, kind, profile, result, build and machine; --cell for per-cell numbers."""
     if kind not in (None, "validate", "bench"):
-        raise LlamactlError(f"--kind {kind!r}: expected validate or bench")
+        raise BadInput(f"--kind {kind!r}: expected validate or bench")
     if limit < 1:
-        raise LlamactlError("--limit must be >= 1")
+        raise BadInput("--limit must be >= 1")
     store = History(history_path)
     out = Output(json)
     if cell:

@@ -20,7 +20,8 @@ from rich.markup import escape
 
 from llamactl.cli import options as o
 from llamactl.core.console import err_console
-from llamactl.core.errors import LlamactlError
+from llamactl.core.errors import BadInput, LlamactlError
+from llamactl.core.files import check_writable
 from llamactl.report import fingerprint, markdown, publish, runs, view
 from llamactl.report.history import History
 
@@ -60,18 +61,21 @@ def report(
     history: o.History = None,
 ) -> None:
     """Render runs as one self-contained HTML page and/or Markdown; Markdown on stdout when no file is named."""
+    for path, what in ((html, "--html"), (md, "--markdown"), (png, "--png")):
+        if path is not None:
+            check_writable(path, what)
     store = History(history)
     run_list = [r for f in files or [] for r in _load(f, store)]
     if png and not trend:
-        raise LlamactlError("--png draws the trend: add --trend")
+        raise BadInput("--png draws the trend: add --trend")
     if not run_list and not trend:
-        raise LlamactlError("name a run JSON file (or a history run id), or use --trend --profile NAME")
+        raise BadInput("name a run JSON file (or a history run id), or use --trend --profile NAME")
     trend_data = None
     rows = []
     if trend:
         profile = profile or (runs.profile_of(run_list[0]) if run_list else None)
         if not profile:
-            raise LlamactlError("--trend needs a profile: --profile NAME, or a run file")
+            raise BadInput("--trend needs a profile: --profile NAME, or a run file")
         machine = next((m for m in (view.context(r, store)[0] for r in run_list) if m), None) or fingerprint.machine()
         rows = store.cells(profile=profile, cell=cell, kind=runs.BENCH, machine_id=machine.get("id"))
         if not rows:

@@ -45,7 +45,7 @@ def validate(
     no_env: o.NoEnv = False,
 ) -> None:
     """Start the server for each matrix cell, run the HTTP checks, report; exit 0 only if all ran cells pass."""
-    for path, what in ((json_path, "--json"), (junit, "--junit")):
+    for path, what in ((json_path, "--json"), (junit, "--junit"), (html, "--html"), (md, "--markdown")):
         if path is not None:
             check_writable(path, what)    # before the build and the run, not after them
     base = resolve_from_cli(name, no_env, sets=set_)

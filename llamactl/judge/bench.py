@@ -207,14 +207,14 @@ def parse_build(text: str) -> tuple[str, dict[str, Any]]:
         key, eq, value = part.partition("=")
         key = key.strip().replace("-", "_")
         if not eq or not key:
-            raise LlamactlError(f"--build {text!r}: expected series, no-series or key=value[,key=value] "
+            raise BadInput(f"--build {text!r}: expected series, no-series or key=value[,key=value] "
                                 f"(keys: name, binary, {', '.join(profiles.BuildSpec.model_fields)})")
         if key == "name":
             label = value.strip()
         elif key in ("binary", "server_binary"):
             updates["server_binary"] = value.strip()
         elif key not in profiles.BuildSpec.model_fields:
-            raise LlamactlError(f"--build {text!r}: unknown build key {key!r} (keys: name, binary, {', '.join(profiles.BuildSpec.model_fields)})")
+            raise BadInput(f"--build {text!r}: unknown build key {key!r} (keys: name, binary, {', '.join(profiles.BuildSpec.model_fields)})")
         elif key == "cmake_options":
             updates[key] = [o for o in value.split(";") if o]
         elif key == "no_patches":
@@ -232,7 +232,7 @@ def build_profile(base: profiles.Profile, updates: dict[str, Any], label: str) -
         spec = profiles.BuildSpec.model_validate({**base.build.model_dump(), **updates})
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise LlamactlError(f"--build {label}: {'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from exc
+        raise BadInput(f"--build {label}: {'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from exc
     return base.model_copy(update={"build": spec, "server_binary": Path(binary).expanduser() if binary else None})
 
 

@@ -17,7 +17,7 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
-from llamactl.core.errors import LlamactlError
+from llamactl.core.errors import BadInput
 from llamactl.report import runs
 
 OK, FASTER, NO_CHANGE, WARN, REGRESSION, NO_BASELINE = "ok", "faster", "no change", "warn", "regression", "no baseline"
@@ -34,7 +34,7 @@ class Thresholds:
 
     def __post_init__(self) -> None:
         if not (0 < self.fail_below <= self.warn_below <= 1):
-            raise LlamactlError(f"--fail-below {self.fail_below} and --warn-below {self.warn_below} must satisfy "
+            raise BadInput(f"--fail-below {self.fail_below} and --warn-below {self.warn_below} must satisfy "
                                 "0 < fail-below <= warn-below <= 1 (ratios of decode tok/s to the baseline)")
 
 

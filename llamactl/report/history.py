@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from llamactl.core.errors import LlamactlError
+from llamactl.core.errors import BadInput, LlamactlError
 from llamactl.report import runs
 
 SCHEMA_VERSION = 1
@@ -232,7 +232,7 @@ class History:
         """A stored run's JSON plus ``history`` (id, machine, build). LlamactlError when there is none."""
         row = self._run(lambda db: db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone(), read_only=True)
         if row is None:
-            raise LlamactlError(f"no run {run_id} in the history store {self.path}", hint="llamactl history lists them")
+            raise BadInput(f"no run {run_id} in the history store {self.path}", hint="llamactl history lists them")
         data = json.loads(row["data"])
         data["history"] = {"id": row["id"], "started_at": row["started_at"], "machine": json.loads(row["machine"]),
                            "build": json.loads(row["build"])}

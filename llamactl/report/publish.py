@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llamactl.core.errors import LlamactlError
+from llamactl.core.errors import BadInput, LlamactlError
 from llamactl.report import fingerprint, gate as gate_lib, html, markdown, runs, view
 from llamactl.report.history import History
 
@@ -72,13 +72,13 @@ def baseline_lookup(spec: str, profile: str, machine_id: str, history: History) 
     if spec.isdigit():
         data = history.get(int(spec))
         if runs.kind_of(data) != runs.BENCH:
-            raise LlamactlError(f"--baseline {spec}: history run {spec} is a validate run, not a bench run")
+            raise BadInput(f"--baseline {spec}: history run {spec} is a validate run, not a bench run")
         return f"run {spec}", gate_lib.file_lookup(data, f"run {spec}")
     path = Path(spec).expanduser()
     if not path.is_file():
-        raise LlamactlError(f"--baseline {spec!r}: not 'last', a history run id, or a bench JSON file",
+        raise BadInput(f"--baseline {spec!r}: not 'last', a history run id, or a bench JSON file",
                             hint="llamactl history --kind bench lists run ids")
     loaded = runs.load(path)
     if len(loaded) != 1 or loaded[0]["kind"] != runs.BENCH:
-        raise LlamactlError(f"--baseline {spec}: not a single bench run (a validate or merged file?)")
+        raise BadInput(f"--baseline {spec}: not a single bench run (a validate or merged file?)")
     return f"file {path.name}", gate_lib.file_lookup(loaded[0], f"file {path.name}")

@@ -11,7 +11,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from llamactl.core.errors import LlamactlError
+from llamactl.core.errors import BadInput, LlamactlError
+from llamactl.core.files import read_text
 
 VALIDATE, BENCH = "validate", "bench"
 # statuses that are not a problem; anything else (fail, error, xpass, interrupted, unknown) is listed as one
@@ -31,12 +32,12 @@ def is_problem(cell: dict[str, Any]) -> bool:
 def kind_of(run: Any) -> str:
     """``validate`` or ``bench``; LlamactlError when ``run`` is neither."""
     if not isinstance(run, dict):
-        raise LlamactlError("not a llamactl run: expected a JSON object with 'cells'")
+        raise BadInput("not a llamactl run: expected a JSON object with 'cells'")
     if run.get("kind") in (VALIDATE, BENCH):
         return run["kind"]
     cells = run.get("cells")
     if not isinstance(cells, list):
-        raise LlamactlError("not a llamactl validate or bench run: no 'cells' list")
+        raise BadInput("not a llamactl validate or bench run: no 'cells' list")
     if "meta" in run or any(isinstance(c, dict) and "variants" in c for c in cells):
         return BENCH
     return VALIDATE
@@ -55,29 +56,26 @@ def split_runs(data: Any) -> list[dict[str, Any]]:
         try:
             kind = kind_of(run)
         except LlamactlError as exc:
-            raise LlamactlError(f"run {i + 1}: {exc.message}" if len(items) > 1 else exc.message) from exc
+            raise BadInput(f"run {i + 1}: {exc.message}" if len(items) > 1 else exc.message) from exc
         if not all(isinstance(c, dict) for c in run["cells"]):
-            raise LlamactlError(f"{kind} run: every entry of 'cells' must be an object")
+            raise BadInput(f"{kind} run: every entry of 'cells' must be an object")
         out.append({**run, "kind": kind})
     if not out:
-        raise LlamactlError("no runs in the file")
+        raise BadInput("no runs in the file")
     return out
 
 
 def load(path: Path) -> list[dict[str, Any]]:
     """Read a run file. Raises LlamactlError (one line) when it is missing, not JSON, or not a run."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise LlamactlError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    text = read_text(path, "run file", max_bytes=512 * 1024 * 1024)
     try:
         data = json.loads(text)
     except ValueError as exc:
-        raise LlamactlError(f"{path} is not JSON: {exc}") from exc
+        raise BadInput(f"{path} is not JSON: {exc}") from exc
     try:
         return split_runs(data)
     except LlamactlError as exc:
-        raise LlamactlError(f"{path}: {exc.message}") from exc
+        raise BadInput(f"{path}: {exc.message}") from exc
 
 
 def profile_of(run: dict[str, Any]) -> str:

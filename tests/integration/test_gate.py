@@ -10,7 +10,9 @@ import json
 import subprocess
 import sys
 
-from llamactl.core.errors import EXIT_REGRESSION
+from llamactl.core.errors import ExitCode
+
+EXIT_REGRESSION = int(ExitCode.REGRESSION)
 
 BENCH = ["bench", "tiny-gemma4-bench", "--no-env", "--no-matrix", "--repeat", "2", "--n-predict", "16"]
 RANDOM = "draft_model=tiny-gemma4/upstream-random-bench/drafter"

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from llamactl.core.errors import EXIT_REGRESSION, LlamactlError
+from llamactl.core.errors import ExitCode, LlamactlError
 from llamactl.judge import bench
 from llamactl.serve import profiles
 
@@ -45,7 +45,8 @@ def test_default_arms_are_mtp_off_and_on():
 
 
 def test_exit_code_for_a_regression_is_distinct():
-    assert EXIT_REGRESSION not in (0, 1, 2, 3, 130)
+    assert int(ExitCode.REGRESSION) == 6
+    assert list(ExitCode).count(ExitCode.REGRESSION) == 1 and len({int(c) for c in ExitCode}) == len(list(ExitCode))
 
 
 @pytest.mark.parametrize("args, message", [
@@ -59,5 +60,5 @@ def test_exit_code_for_a_regression_is_distinct():
 def test_cli_bench_gate_options_fail_before_any_work(args, message, tmp_path):
     cp = subprocess.run([sys.executable, "-m", "llamactl", "bench", "tiny-gemma4-mtp", "--no-env",
                          "--history", str(tmp_path / "h.sqlite"), *args], capture_output=True, text=True, timeout=60)
-    assert cp.returncode == 1, cp.stdout + cp.stderr
+    assert cp.returncode == 2, cp.stdout + cp.stderr
     assert message in cp.stderr and "Traceback" not in cp.stderr and len(cp.stderr.strip().splitlines()) == 1

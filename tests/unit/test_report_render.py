@@ -155,7 +155,7 @@ def test_cli_report_markdown_on_stdout_and_errors(tmp_path):
     assert cp.stdout.startswith("## llamactl validate `x`") and "| parallel=1 | ✅ PASS |" in cp.stdout
     cp = subprocess.run([sys.executable, "-m", "llamactl", "report", str(tmp_path / "missing.json"), *env_args],
                         capture_output=True, text=True, timeout=60)
-    assert cp.returncode == 1 and "Traceback" not in cp.stderr and "cannot read" in cp.stderr
+    assert cp.returncode == 2 and "Traceback" not in cp.stderr and "run file" in cp.stderr and "not found" in cp.stderr
     assert len(cp.stderr.strip().splitlines()) == 1
     cp = subprocess.run([sys.executable, "-m", "llamactl", "report", "7", *env_args], capture_output=True, text=True, timeout=60)
-    assert cp.returncode == 1 and "no run 7 in the history store" in cp.stderr and "Traceback" not in cp.stderr
+    assert cp.returncode == 2 and "no run 7 in the history store" in cp.stderr and "Traceback" not in cp.stderr
