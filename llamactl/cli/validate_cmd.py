@@ -24,11 +24,12 @@ from llamactl.report import reports
 from llamactl.cli import options as o, report_cmd
 from llamactl.cli.profile_cmd import resolve_from_cli
 from llamactl.cli.run_cmd import stop_on_signals
-from llamactl.core.console import Output, console, quiet_progress
-from llamactl.core.errors import ExitCode, LlamactlError
+from llamactl.core.console import Output, console, err_console, quiet_progress
+from llamactl.core.errors import BadInput, ExitCode, LlamactlError
 from llamactl.core.files import check_writable
 from llamactl.judge.matrix import expand, load_matrix_file, select
-from llamactl.judge.validate import run_matrix
+from llamactl.judge.status import Status
+from llamactl.judge.validate import Report, new_report, run_matrix
 
 
 def validate(
@@ -44,13 +45,19 @@ def validate(
     set_: o.Set = None,
     no_env: o.NoEnv = False,
 ) -> None:
-    """Start the server for each matrix cell, run the HTTP checks, report; exit 0 only if all ran cells pass."""
+    """Start the server for each matrix cell, run the HTTP checks, report; exit 0 only if all ran cells pass.
+
+    The JSON and JUnit reports are written whatever happens (Ctrl-C, SIGTERM, a failed build, an
+    internal error), with every cell listed; their paths are checked before anything runs.
+    """
     for path, what in ((json_path, "--json"), (junit, "--junit"), (html, "--html"), (md, "--markdown")):
         if path is not None:
             check_writable(path, what)    # before the build and the run, not after them
     base = resolve_from_cli(name, no_env, sets=set_)
     spec = load_matrix_file(matrix) if matrix else base.profile.matrix
     cells = select(expand(spec, str(matrix or f"{base.path} matrix")), cell or [])
+    if not cells:
+        raise BadInput(f"the matrix of {base.name} selects no cells", hint="check its axes/include/exclude")
     out = Output(False)
     stop_on_signals()
     console.print(f"validating [bold]{base.name}[/]: {len(cells)} cell(s)")
@@ -58,35 +65,68 @@ def validate(
     bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), console=console)
     task = bar.add_task("cells", total=len(cells))
-    with Live(console=console, refresh_per_second=4, transient=False) if live_enabled else nullcontext() as live:
-        def update(report, running):
-            if live_enabled:
-                bar.update(task, completed=len(report.cells), description=f"cell {escape(running)}" if running else "cells")
-                live.update(Group(reports.table(report, running), bar), refresh=True)
-            elif running is None and report.cells:
-                c = report.cells[-1]
-                console.print(f"  {escape(c.cell)}: {c.status.upper()} {escape(c.reason)}", highlight=False)
-        report = run_matrix(base, cells, out=out, fail_fast=fail_fast, on_update=update)
-    if not live_enabled:
-        console.print(reports.table(report))
-    failed = [c for c in report.cells if c.status == "fail"]
-    for c in failed:
-        console.print(f"[red]FAIL[/] {escape(c.cell)}: {escape(c.reason)}", highlight=False)
-        for ln in (c.crash or {}).get("frames", [])[:8]:
-            console.print(f"    {ln}", highlight=False, markup=False)
-        console.print(f"    log:   {c.log}\n    repro: {c.repro}", highlight=False, markup=False)
-    for c in report.cells:
-        if c.status == "xfail":
-            console.print(f"[yellow]XFAIL[/] {escape(c.cell)}: {escape(c.reason)}", highlight=False)
-            console.print(f"    log:   {c.log}", highlight=False, markup=False)
-    for line in reports.summary_lines(report):
-        console.print(line, highlight=False)
-    if json_path:
-        reports.write_json(report, json_path)
-    if junit:
-        reports.write_junit(report, junit)
+    report = new_report(base, cells)
+    printed = 0
+
+    def update(rep: Report, running: str | None) -> None:
+        nonlocal printed
+        done = sum(1 for c in rep.cells if c.status != Status.NOT_RUN)
+        if live_enabled:
+            bar.update(task, completed=done - (1 if running else 0),
+                       description=f"cell {escape(running)}" if running else "cells")
+            live.update(Group(reports.table(rep, running), bar), refresh=True)
+        elif running is None:
+            for c in rep.cells[printed:done]:
+                console.print(f"  {escape(c.cell)}: {Status(c.status).label} {escape(c.reason)}", highlight=False)
+            printed = done
+
+    try:
+        with Live(console=console, refresh_per_second=4, transient=False) if live_enabled else nullcontext() as live:
+            run_matrix(base, cells, out=out, fail_fast=fail_fast, on_update=update, report=report)
+    except LlamactlError as exc:
+        report.error = str(exc)
+        raise
+    except Exception as exc:            # the CLI's one handler turns it into a line (and --debug)
+        report.error = f"internal error: {type(exc).__name__}: {exc}"
+        raise
+    finally:
+        _write_reports(report, json_path, junit)
+    _print_outcome(report, live_enabled)
     report_cmd.after_run(report.to_dict(), history, html, md)   # history store + --html/--markdown
     if report.interrupted:
         sys.exit(ExitCode.INTERRUPTED)
     if not report.ok:
         sys.exit(ExitCode.FAILED)
+
+
+def _write_reports(report: Report, json_path: Path | None, junit: Path | None) -> None:
+    """Write both reports; a failure to write one is a line on stderr, not the end of the other."""
+    for path, write in ((json_path, reports.write_json), (junit, reports.write_junit)):
+        if path is None:
+            continue
+        try:
+            write(report, path)
+        except OSError as exc:
+            err_console.print(f"[bold red]error:[/] cannot write {escape(str(path))}: {escape(exc.strerror or str(exc))}",
+                              highlight=False)
+
+
+def _print_outcome(report: Report, live_enabled: bool) -> None:
+    if not live_enabled:
+        console.print(reports.table(report))
+    for c in report.cells:
+        st = Status(c.status)
+        if st in (Status.FAIL, Status.ERROR, Status.XPASS, Status.INTERRUPTED):
+            console.print(f"[{reports.STYLE[st]}]{st.label}[/] {escape(c.cell)}: {escape(c.reason)}", highlight=False)
+            for ln in (c.crash or {}).get("frames", [])[:8]:
+                console.print(f"    {ln}", highlight=False, markup=False)
+            if c.log:
+                console.print(f"    log:   {c.log}", highlight=False, markup=False)
+            console.print(f"    repro: {c.repro}", highlight=False, markup=False)
+        elif st == Status.XFAIL:
+            console.print(f"[yellow]XFAIL[/] {escape(c.cell)}: {escape(c.reason)}", highlight=False)
+            console.print(f"    log:   {c.log}", highlight=False, markup=False)
+        for w in c.warnings:
+            console.print(f"[yellow]warning[/] {escape(c.cell)}: {escape(w)}", highlight=False)
+    for line in reports.summary_lines(report):
+        console.print(line, highlight=False)

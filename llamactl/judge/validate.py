@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shlex
 import time
 from dataclasses import asdict, dataclass, field
@@ -12,15 +13,19 @@ import httpx
 
 from llamactl.serve import launcher
 from llamactl.serve import profiles
-from llamactl.judge.checks import CHECKS, FAIL, PASS, SKIP, CellContext, CheckFailed, CheckResult, read_metrics, run_check
+from llamactl.judge.checks import CHECKS, CellContext, CheckFailed, CheckResult, read_metrics, run_check
+from llamactl.judge.status import BAD, Status
 from llamactl.core.console import Output
 from llamactl.core.errors import LlamactlError
 from llamactl.judge.matrix import Cell
 from llamactl.serve.render import Unsupported, check_supported
 from llamactl.serve.server import ServerDied, ServerProcess
 
-INTERRUPTED = "interrupted"
-XFAIL = "xfail"      # a known bug (expect_failure) that failed as expected
+log = logging.getLogger(__name__)
+
+# kept for callers of the old names; Status is the one enum
+PASS, FAIL, ERROR, SKIP = Status.PASS, Status.FAIL, Status.ERROR, Status.SKIP
+XFAIL, XPASS, INTERRUPTED, NOT_RUN = Status.XFAIL, Status.XPASS, Status.INTERRUPTED, Status.NOT_RUN
 REPRO_OPTS = {"parallel": "--parallel", "ctx": "--ctx", "kv_k": "--kv-k", "kv_v": "--kv-v", "batch": "--batch", "ubatch": "--ubatch"}
 
 
@@ -28,7 +33,7 @@ REPRO_OPTS = {"parallel": "--parallel", "ctx": "--ctx", "kv_k": "--kv-k", "kv_v"
 class CellResult:
     cell: str
     overrides: dict[str, Any]
-    status: str = PASS
+    status: Status = Status.PASS
     reason: str = ""
     checks: list[CheckResult] = field(default_factory=list)
     start_s: float | None = None        # process start -> /health 200
@@ -42,6 +47,8 @@ class CellResult:
     repro: str = ""
     argv: list[str] = field(default_factory=list)
     env_dropped: list[str] = field(default_factory=list)   # inherited llama-server variables not passed on
+    server: dict[str, Any] = field(default_factory=dict)   # the server's own view: slots, n_ctx, model, MTP, KV
+    warnings: list[str] = field(default_factory=list)      # rendered vs actual differences that do not fail the cell
 
 
 @dataclass
@@ -53,16 +60,19 @@ class Report:
     wall_s: float = 0.0
     interrupted: bool = False
     run_dir: str = ""
+    error: str | None = None          # why the run stopped before its cells (build failed, internal error)
 
     @property
     def ok(self) -> bool:
-        ran = [c for c in self.cells if c.status not in (SKIP, XFAIL)]
-        return bool(ran) and all(c.status == PASS for c in ran) and not self.interrupted
+        """Every cell passed, was skipped, or failed as a known bug, and at least one passed."""
+        if self.interrupted or self.error:
+            return False
+        return any(c.status == Status.PASS for c in self.cells) and not any(c.status in BAD for c in self.cells)
 
     def counts(self) -> dict[str, int]:
-        out = {PASS: 0, FAIL: 0, SKIP: 0, XFAIL: 0, INTERRUPTED: 0}
+        out = {s.value: 0 for s in Status}
         for c in self.cells:
-            out[c.status] = out.get(c.status, 0) + 1
+            out[Status(c.status).value] += 1
         return out
 
     def to_dict(self) -> dict:
@@ -99,69 +109,99 @@ def cell_profile(base: profiles.Resolved, cell: Cell) -> profiles.Resolved:
 
 
 def run_cell(base: profiles.Resolved, cell: Cell, binary: launcher.Binary, run_dir: Path,
-             out: Output | None = None, after_check: Hook | None = None) -> CellResult:
-    resolved = cell_profile(base, cell)
-    res = _run_cell(base, resolved, cell, binary, run_dir, out, after_check)
+             out: Output | None = None, after_check: Hook | None = None,
+             res: CellResult | None = None) -> CellResult:
+    """Run one cell; whatever goes wrong becomes its status and reason, never an exception.
+
+    ``res`` (filled in place) keeps what was measured if KeyboardInterrupt ends the cell early;
+    KeyboardInterrupt is the one exception that passes (after the server is stopped).
+    """
+    res = res or CellResult(cell.id, cell.values)
+    res.status, res.reason, res.repro = Status.PASS, "", repro_command(base.name, cell)
+    t0 = time.monotonic()
+    try:
+        resolved = cell_profile(base, cell)
+        _run_cell(resolved, binary, run_dir, out, after_check, res, cell)
+    except LlamactlError as exc:       # cell set-up: bad cell value, model missing, port taken, no binary
+        res.status, res.reason = Status.ERROR, str(exc)
+        return res
+    except Exception as exc:           # noqa: BLE001 - llamactl itself broke on this cell: report it, go on
+        log.exception("cell %s", cell.id)
+        res.status, res.reason = Status.ERROR, f"internal error: {type(exc).__name__}: {exc}"
+        return res
+    finally:
+        res.seconds = round(time.monotonic() - t0, 3)
     known = resolved.profile.expect_failure
-    if known and res.status == FAIL:
+    if known and res.status == Status.FAIL:
         evidence = " ".join([res.reason, *(res.crash or {}).get("frames", [])])
         if known in evidence:
-            res.status, res.reason = XFAIL, f"known failure: {res.reason}"
+            res.status, res.reason = Status.XFAIL, f"known failure: {res.reason}"
         else:
             res.reason = f"failed, but not with the known {known!r}: {res.reason}"
-    elif known and res.status == PASS:
-        res.status, res.reason = FAIL, f"expected the known failure {known!r}, but the cell passed (fixed? drop expect_failure)"
+    elif known and res.status == Status.PASS:
+        res.status, res.reason = Status.XPASS, f"expected the known failure {known!r}, but the cell passed (fixed? drop expect_failure)"
     return res
 
 
-def _run_cell(base: profiles.Resolved, resolved: profiles.Resolved, cell: Cell, binary: launcher.Binary, run_dir: Path,
-              out: Output | None, after_check: Hook | None) -> CellResult:
+def _run_cell(resolved: profiles.Resolved, binary: launcher.Binary, run_dir: Path, out: Output | None,
+              after_check: Hook | None, res: CellResult, cell: Cell) -> None:
+    prof = resolved.profile
     t0 = time.monotonic()
-    res = CellResult(cell.id, cell.values, repro=repro_command(base.name, cell))
-    unsupported = check_supported(resolved.profile, binary.help, binary.path.name)
+    deadline = t0 + prof.cell_timeout if prof.cell_timeout else None
+    unsupported = check_supported(prof, binary.help, binary.path.name)
     if unsupported is not None:
-        res.status, res.reason = SKIP, str(unsupported)
-        return res
+        res.status, res.reason = Status.SKIP, str(unsupported)
+        return
     try:
         plan = launcher.plan(resolved, out, binary=binary)
     except Unsupported as exc:
-        res.status, res.reason = SKIP, str(exc)
-        return res
+        res.status, res.reason = Status.SKIP, str(exc)
+        return
     res.argv = plan.argv
     res.env_dropped = plan.env_dropped
-    log = run_dir / f"{slug(cell.id)}.log"
-    res.log = str(log)
-    sp = launcher.start(plan, log)
+    log_path = run_dir / f"{slug(cell.id)}.log"
+    res.log = str(log_path)
+    sp = launcher.start(plan, log_path)
     try:
+        health = prof.health_timeout
+        if deadline is not None and deadline - time.monotonic() < health:
+            health = max(0.0, deadline - time.monotonic())
         try:
-            res.start_s = round(sp.wait_healthy(resolved.profile.health_timeout), 3)
+            res.start_s = round(sp.wait_healthy(health), 3)
         except ServerDied as exc:
             _crashed(res, exc.crash, "before /health")
-            return res
+            return
         except LlamactlError as exc:
-            res.status, res.reason = FAIL, str(exc)
-            return res
+            bound = f"health_timeout {prof.health_timeout:g}s" if health == prof.health_timeout \
+                else f"cell_timeout {prof.cell_timeout:g}s"
+            res.status, res.reason = Status.FAIL, f"{exc.message} ({bound})"
+            return
         t_req = time.monotonic()
         # no keep-alive: llama-server may close an idle connection just as the next request reuses it
         with httpx.Client(headers=sp.headers(), limits=httpx.Limits(max_keepalive_connections=0)) as client:
-            ctx = CellContext(plan.url, resolved.profile, client, alive=sp.alive)
+            ctx = CellContext(plan.url, prof, client, alive=sp.alive, request_timeout=prof.request_timeout,
+                              deadline=deadline, cell_timeout=prof.cell_timeout, log_lines=sp.log_lines,
+                              model_paths=dict(plan.model_paths))
             try:
-                ctx.metrics_before = read_metrics(ctx) if resolved.profile.metrics else []
+                ctx.metrics_before = read_metrics(ctx) if prof.metrics else []
             except (CheckFailed, httpx.HTTPError):
                 ctx.metrics_before = []   # the speculative_metrics check reports what is wrong
-            for name, fn in CHECKS:
-                if not sp.alive():
-                    res.checks.append(CheckResult(name, SKIP, detail="server died"))
-                    continue
-                if name == "speculative_metrics" and not resolved.profile.metrics:
-                    res.checks.append(CheckResult(name, SKIP, detail="metrics: false in the profile"))
-                    continue
-                r = run_check(name, fn, ctx)
-                res.checks.append(r)
-                if after_check:
-                    after_check(cell, name, sp)
+            try:
+                for name, fn in CHECKS:
+                    if not sp.alive():
+                        res.checks.append(CheckResult(name, Status.SKIP, detail="server died"))
+                        continue
+                    if deadline is not None and time.monotonic() >= deadline:
+                        res.checks.append(CheckResult(name, Status.NOT_RUN, detail=f"cell_timeout {prof.cell_timeout:g}s reached"))
+                        continue
+                    r = run_check(name, fn, ctx)
+                    res.checks.append(r)
+                    if after_check:
+                        after_check(cell, name, sp)
+            finally:
+                res.server, res.warnings = dict(ctx.server), list(ctx.warnings)
         res.requests_s = round(time.monotonic() - t_req, 3)
-        conc = next((c for c in res.checks if c.name == "concurrency" and c.status == PASS), None)
+        conc = next((c for c in res.checks if c.name == "concurrency" and c.status == Status.PASS), None)
         res.tokens_per_s = conc.data.get("tokens_per_s") if conc else None
         spec = next((c for c in res.checks if c.name == "speculative_metrics" and c.data), None)
         if spec:
@@ -169,18 +209,29 @@ def _run_cell(base: profiles.Resolved, resolved: profiles.Resolved, cell: Cell, 
             res.acceptance = spec.data.get("acceptance")
         if not sp.alive():
             _crashed(res, sp.crash(), "during the checks")
-        failed = [c for c in res.checks if c.status == FAIL]
-        if failed and res.status == PASS:
-            res.status = FAIL
-            res.reason = f"{failed[0].name}: {failed[0].detail}"
-        return res
+        _verdict(res, prof.cell_timeout)
     finally:
         sp.stop()
-        res.seconds = round(time.monotonic() - t0, 3)
+
+
+def _verdict(res: CellResult, cell_timeout: float | None) -> None:
+    """The cell's status from its checks: the first FAIL, else the first ERROR, else a deadline."""
+    if res.status != Status.PASS:
+        return
+    failed = [c for c in res.checks if c.status == Status.FAIL]
+    errors = [c for c in res.checks if c.status == Status.ERROR]
+    not_run = [c for c in res.checks if c.status == Status.NOT_RUN]
+    if failed:
+        res.status, res.reason = Status.FAIL, f"{failed[0].name}: {failed[0].detail}"
+    elif not_run:
+        res.status = Status.FAIL
+        res.reason = f"cell_timeout {cell_timeout:g}s reached; not run: {', '.join(c.name for c in not_run)}"
+    elif errors:
+        res.status, res.reason = Status.ERROR, f"{errors[0].name}: {errors[0].detail}"
 
 
 def _crashed(res: CellResult, crash, when: str) -> None:
-    res.status = FAIL
+    res.status = Status.FAIL
     res.crash = asdict(crash)
     res.reason = f"{crash.summary()} ({when})"
 
@@ -190,31 +241,72 @@ def slug(s: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_.=" else "_" for ch in s)[:120]
 
 
+def new_report(base: profiles.Resolved, cells: list[Cell]) -> Report:
+    """A report listing every cell as NOT_RUN; :func:`run_matrix` fills it in as cells run."""
+    return Report(base.name, "", "", [CellResult(c.id, c.values, status=Status.NOT_RUN, reason="not reached",
+                                                 repro=repro_command(base.name, c)) for c in cells])
+
+
 def run_matrix(base: profiles.Resolved, cells: list[Cell], *, out: Output | None = None,
                fail_fast: bool = False, on_update: Callable[[Report, str | None], None] | None = None,
-               after_check: Hook | None = None, binary: launcher.Binary | None = None) -> Report:
+               after_check: Hook | None = None, binary: launcher.Binary | None = None,
+               report: Report | None = None) -> Report:
+    """Run every cell (one server each) and return the report; a cell's failure never stops the matrix.
+
+    ``report`` (from :func:`new_report`) is filled in place, so a caller holds every cell, those not
+    reached as NOT_RUN, even when this raises (a failed build). Ctrl-C / SIGTERM (KeyboardInterrupt)
+    mark the running cell INTERRUPTED and return. ``--fail-fast`` leaves the cells after the first
+    FAIL/ERROR/XPASS as NOT_RUN.
+
+    Raises:
+        LlamactlError: no cells, or the llama-server binary cannot be built/found.
+    """
+    if not cells:
+        raise LlamactlError("the matrix selects no cells", hint="check its axes/include/exclude and the --cell filters")
     t0 = time.monotonic()
-    binary = binary or launcher.ensure_binary(base.profile, out)
-    run_dir = launcher.new_run_dir(f"validate-{base.name}")
-    version = (binary.manifest or {}).get("version", "").splitlines()[:1]
-    report = Report(base.name, str(binary.path), version[0] if version else "", run_dir=str(run_dir))
+    if report is None or len(report.cells) != len(cells):
+        fresh = new_report(base, cells)
+        report = fresh if report is None else _refill(report, fresh)
+    running: int | None = None
+
+    def notify(name: str | None) -> None:
+        if on_update is None:
+            return
+        try:
+            on_update(report, name)
+        except KeyboardInterrupt:
+            raise
+        except Exception:   # noqa: BLE001 - a display step must not end the run
+            log.exception("report update failed")
+
     try:
-        for cell in cells:
-            if on_update:
-                on_update(report, cell.id)
-            result = run_cell(base, cell, binary, run_dir, out, after_check)
-            report.cells.append(result)
-            if on_update:
-                on_update(report, None)
-            if fail_fast and result.status == FAIL:
+        binary = binary or launcher.ensure_binary(base.profile, out)
+        version = (binary.manifest or {}).get("version", "").splitlines()[:1]
+        report.binary, report.version = str(binary.path), version[0] if version else ""
+        run_dir = launcher.new_run_dir(f"validate-{base.name}")
+        report.run_dir = str(run_dir)
+        for i, cell in enumerate(cells):
+            running = i
+            res = report.cells[i] = CellResult(cell.id, cell.values, repro=repro_command(base.name, cell))
+            notify(cell.id)
+            run_cell(base, cell, binary, run_dir, out, after_check, res=res)
+            running = None
+            notify(None)
+            if fail_fast and res.status in (Status.FAIL, Status.ERROR, Status.XPASS):
+                for rest in report.cells[i + 1:]:
+                    rest.reason = f"not run: --fail-fast after {cell.id}"
                 break
     except KeyboardInterrupt:
         report.interrupted = True
-        done = {c.cell for c in report.cells}
-        for cell in cells:
-            if cell.id not in done:
-                report.cells.append(CellResult(cell.id, cell.values, status=INTERRUPTED, reason="Ctrl-C",
-                                               repro=repro_command(base.name, cell)))
-                break
-    report.wall_s = round(time.monotonic() - t0, 3)
+        if running is not None:
+            c = report.cells[running]
+            c.status = Status.INTERRUPTED
+            c.reason = "interrupted (Ctrl-C or SIGTERM)" + (f" after {c.reason}" if c.reason else "")
+    finally:
+        report.wall_s = round(time.monotonic() - t0, 3)
+    return report
+
+
+def _refill(report: Report, fresh: Report) -> Report:
+    report.cells = fresh.cells
     return report

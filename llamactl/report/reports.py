@@ -9,80 +9,126 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
-from llamactl.judge.checks import FAIL, PASS, SKIP
-from llamactl.judge.validate import Report
+from llamactl.judge.status import SUMMARY_WORDS, Status
+from llamactl.judge.validate import CellResult, Report
 
-STYLE = {PASS: "green", FAIL: "bold red", SKIP: "yellow", "xfail": "yellow", "interrupted": "magenta", "running": "cyan"}
+STYLE = {Status.PASS: "green", Status.FAIL: "bold red", Status.ERROR: "bold magenta", Status.SKIP: "yellow",
+         Status.XFAIL: "yellow", Status.XPASS: "bold red", Status.INTERRUPTED: "magenta", Status.NOT_RUN: "dim",
+         "running": "cyan"}
+# JUnit element per status: failure, error, skipped, or nothing (passed)
+JUNIT = {Status.FAIL: "failure", Status.XPASS: "failure", Status.ERROR: "error", Status.SKIP: "skipped",
+         Status.NOT_RUN: "skipped", Status.XFAIL: "skipped", Status.INTERRUPTED: "skipped"}
 
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.0f}%"
 
 
+def server_cell(c: CellResult) -> str:
+    """The server's own view in a few characters: ``slots x n_ctx per slot``, ``+mtp``, ``!`` with warnings."""
+    s = c.server or {}
+    if "n_slots" not in s and "n_ctx_slot" not in s:
+        return "-"
+    text = f"{s.get('n_slots', '?')}x{s.get('n_ctx_slot', '?')}"
+    if s.get("speculative") is True:
+        text += " mtp"
+    return text + (" !" if c.warnings else "")
+
+
 def table(report: Report, running: str | None = None) -> Table:
     t = Table(title=f"llamactl validate {report.profile}", title_justify="left")
-    for col in ("cell", "status", "start s", "cell s", "tok/s", "drafts", "acceptance", "reason"):
+    for col in ("cell", "status", "server", "start s", "cell s", "tok/s", "drafts", "acceptance", "reason"):
         t.add_column(col, overflow="fold")
     for c in report.cells:
         spec = (c.spec or {}).get("delta") or {}
         drafts = spec.get("draft_tokens")
-        t.add_row(escape(c.cell), f"[{STYLE.get(c.status, '')}]{c.status.upper()}[/]",
+        st = Status(c.status)
+        label = f"[{STYLE[st]}]{st.label}[/]" if c.cell != running else f"[{STYLE['running']}]RUNNING[/]"
+        t.add_row(escape(c.cell), label, escape(server_cell(c)),
                   "-" if c.start_s is None else f"{c.start_s:.2f}", f"{c.seconds:.1f}",
                   "-" if c.tokens_per_s is None else f"{c.tokens_per_s:.1f}",
-                  "-" if drafts is None else f"{drafts:.0f}", _pct(c.acceptance), escape(c.reason))
-    if running:
-        t.add_row(escape(running), f"[{STYLE['running']}]RUNNING[/]", "", "", "", "", "", "")
+                  "-" if drafts is None else f"{drafts:.0f}", _pct(c.acceptance),
+                  "" if c.cell == running else escape(c.reason))
     return t
 
 
+def closing_line(report: Report) -> str:
+    """``validate: N passed, N failed, N errors, N skipped, ...``: every status counted, this order always."""
+    n = report.counts()
+    return "validate: " + ", ".join(f"{n[s.value]} {word}" for s, word in SUMMARY_WORDS)
+
+
 def summary_lines(report: Report) -> list[str]:
-    """A verdict line, then the plain 'N passed, N failed, N skipped' line CI runners read."""
+    """A verdict line, then the plain closing line CI runners read (it starts "validate: N passed, N failed")."""
     n = report.counts()
     verdict = "[green]PASS[/]" if report.ok else "[bold red]FAIL[/]"
     first = (f"{verdict} {report.profile}: {len(report.cells)} cell(s) in {report.wall_s:.1f}s"
              + (f", {n['xfail']} known failure(s) as expected" if n["xfail"] else "")
-             + (", interrupted" if report.interrupted else "") + f"  (logs: {report.run_dir})")
-    return [first, f"validate: {n[PASS]} passed, {n[FAIL]} failed, {n[SKIP] + n['xfail']} skipped"]
+             + (", interrupted" if report.interrupted else "")
+             + (f", stopped: {escape(report.error)}" if report.error else "")
+             + (f"  (logs: {report.run_dir})" if report.run_dir else ""))
+    return [first, closing_line(report)]
 
 
 def write_json(report: Report, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def _server_out(c: CellResult) -> str:
+    lines = [f"warning: {w}" for w in c.warnings]
+    if c.server:
+        lines.append("server: " + json.dumps(c.server, default=str))
+    return "\n".join(lines)
 
 
 def junit_tree(report: Report) -> ET.ElementTree:
-    """One testcase per (cell, check); cell-level failures (crash, start) as a `server` testcase."""
+    """One testcase per (cell, check), plus a ``server`` testcase per cell for cell-level outcomes.
+
+    FAIL/XPASS -> <failure>, ERROR -> <error>, SKIP/NOT_RUN/XFAIL/INTERRUPTED -> <skipped>.
+    """
     suites = ET.Element("testsuites", name="llamactl validate")
     suite = ET.SubElement(suites, "testsuite", name=f"validate.{report.profile}")
-    tests = failures = skipped = 0
+    counts = {"tests": 0, "failure": 0, "error": 0, "skipped": 0}
+
+    def case(classname: str, name: str, secs: float, status: Status | None, message: str, text: str = "") -> ET.Element:
+        tc = ET.SubElement(suite, "testcase", classname=classname, name=name, time=f"{secs:.3f}")
+        counts["tests"] += 1
+        kind = JUNIT.get(status) if status is not None else None
+        if kind:
+            el = ET.SubElement(tc, kind, message=message or status.value)   # type: ignore[union-attr]
+            if text:
+                el.text = text
+            counts[kind] += 1
+        return tc
+
     for c in report.cells:
         classname = f"{report.profile}.{c.cell}"
-        check_failed = any(chk.status == FAIL for chk in c.checks)
-        server_failure = c.reason if (c.crash is not None or (c.status == FAIL and not check_failed)) else None
-        tc = ET.SubElement(suite, "testcase", classname=classname, name="server", time=f"{c.start_s or 0.0:.3f}")
-        tests += 1
-        if c.status in (SKIP, "interrupted", "xfail"):
-            ET.SubElement(tc, "skipped", message=c.reason or c.status)
-            skipped += 1
-        elif server_failure:
-            f = ET.SubElement(tc, "failure", message=server_failure)
-            crash = c.crash or {}
-            f.text = "\n".join([*crash.get("frames", []), *crash.get("last_lines", []), f"log: {c.log}", f"repro: {c.repro}"])
-            failures += 1
+        st = Status(c.status)
+        by_checks = any(chk.status == st for chk in c.checks) and st in (Status.FAIL, Status.ERROR)
+        cell_level = st if (c.crash is not None or not by_checks) and st != Status.PASS else None
+        if st == Status.XFAIL:
+            cell_level = st
+        crash = c.crash or {}
+        text = "\n".join([*crash.get("frames", []), *crash.get("last_lines", []),
+                          *([f"log: {c.log}"] if c.log else []), f"repro: {c.repro}"])
+        tc = case(classname, "server", c.start_s or 0.0, cell_level, c.reason, text if cell_level else "")
+        out = _server_out(c)
+        if out:
+            ET.SubElement(tc, "system-out").text = out
         for chk in c.checks:
-            tc = ET.SubElement(suite, "testcase", classname=classname, name=chk.name, time=f"{chk.seconds:.3f}")
-            tests += 1
-            if chk.status == FAIL:
-                ET.SubElement(tc, "failure", message=chk.detail).text = f"repro: {c.repro}"
-                failures += 1
-            elif chk.status == SKIP:
-                ET.SubElement(tc, "skipped", message=chk.detail)
-                skipped += 1
+            chk_st = Status(chk.status)
+            case(classname, chk.name, chk.seconds, chk_st if chk_st != Status.PASS else None, chk.detail,
+                 f"repro: {c.repro}" if chk_st in (Status.FAIL, Status.ERROR) else "")
+    if report.error:
+        case(f"{report.profile}", "run", report.wall_s, Status.ERROR, report.error)
     for el in (suite, suites):
-        el.set("tests", str(tests))
-        el.set("failures", str(failures))
-        el.set("errors", "0")
-        el.set("skipped", str(skipped))
+        el.set("tests", str(counts["tests"]))
+        el.set("failures", str(counts["failure"]))
+        el.set("errors", str(counts["error"]))
+        el.set("skipped", str(counts["skipped"]))
     suite.set("time", f"{report.wall_s:.3f}")
     return ET.ElementTree(suites)
 
@@ -91,4 +137,6 @@ def write_junit(report: Report, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tree = junit_tree(report)
     ET.indent(tree)
-    tree.write(path, encoding="utf-8", xml_declaration=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tree.write(tmp, encoding="utf-8", xml_declaration=True)
+    tmp.replace(path)

@@ -127,7 +127,11 @@ class Profile(BaseModel):
     api_key: str | None = Field(None, json_schema_extra=flag("--api-key"))
     extra_args: list[str] = Field(default_factory=list, json_schema_extra=flag(kind="extra"))
     env: dict[str, str] = Field(default_factory=dict)
-    health_timeout: float = Field(120.0, gt=0)
+    health_timeout: float = Field(120.0, gt=0, description="seconds from launch until /health must answer 200")
+    request_timeout: float = Field(
+        120.0, gt=0, description="validate: seconds one HTTP request may take (connect, send, whole answer)")
+    cell_timeout: float | None = Field(
+        900.0, gt=0, description="validate: deadline in seconds for a whole cell (start, /health, every check); null = none")
     concurrent_max_tokens: int = Field(48, ge=1, description="validate: tokens per concurrent request (long enough that all slots decode together)")
     expect_failure: str | None = Field(
         None, description="validate: a known bug; the cell must fail with this text in its reason (reported as XFAIL)")

@@ -44,7 +44,8 @@ def test_json_report_has_every_cell_and_timing_sum(tmp_path):
     path = tmp_path / "r.json"
     write_json(r, path)
     d = json.loads(path.read_text())
-    assert d["ok"] is False and d["counts"] == {"pass": 1, "fail": 1, "skip": 1, "xfail": 0, "interrupted": 0}
+    assert d["ok"] is False and d["counts"] == {"pass": 1, "fail": 1, "error": 0, "skip": 1, "xfail": 0, "xpass": 0,
+                                         "interrupted": 0, "not_run": 0}
     assert d["sum_cell_start_and_requests_s"] == 2.3
     assert d["cells"][1]["crash"]["signal"] == "SIGABRT"
     assert d["cells"][0]["checks"][1]["data"]["tokens_per_s"] == 30.0
@@ -52,7 +53,8 @@ def test_json_report_has_every_cell_and_timing_sum(tmp_path):
 
 def test_summary_has_a_plain_closing_line():
     lines = summary_lines(sample_report())
-    assert lines[-1] == "validate: 1 passed, 1 failed, 1 skipped"
+    assert lines[-1] == ("validate: 1 passed, 1 failed, 0 errors, 1 skipped, 0 xfailed, 0 xpassed, "
+                         "0 interrupted, 0 not run")
     assert "FAIL" in lines[0]
 
 
