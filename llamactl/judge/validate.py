@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import httpx
+from pydantic import ValidationError
 
 from llamactl.serve import launcher
 from llamactl.serve import profiles
@@ -103,8 +104,9 @@ def cell_profile(base: profiles.Resolved, cell: Cell) -> profiles.Resolved:
     data.update(cell.values)
     try:
         prof = profiles.Profile.model_validate(data)
-    except Exception as exc:
-        raise LlamactlError(f"matrix cell {cell.id}: {str(exc).splitlines()[0]}") from exc
+    except ValidationError as exc:
+        what = "; ".join(f"key '{'.'.join(str(x) for x in e['loc'][:2])}': {e['msg']}" for e in exc.errors()[:3])
+        raise LlamactlError(f"matrix cell {cell.id}: {what}") from exc
     return profiles.Resolved(base.name, prof, dict(base.origins), base.path)
 
 
