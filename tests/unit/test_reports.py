@@ -67,3 +67,51 @@ def test_report_ok_rules():
     r.cells = []
     assert not r.ok                               # nothing ran is not a pass
     assert junit_tree(r).getroot().find("testsuite").get("tests") == "0"
+
+
+def test_every_status_in_junit_json_and_the_closing_line(tmp_path):
+    from llamactl.judge.status import Status
+    from llamactl.report.reports import closing_line
+    cells = [
+        CellResult("a", {}, Status.ERROR, reason="server_view: RuntimeError: boom",
+                   checks=[CheckResult("server_view", Status.ERROR, 0.1, "RuntimeError: boom")]),
+        CellResult("b", {}, Status.ERROR, reason="model /x.gguf not found"),          # set-up error: no checks
+        CellResult("c", {}, Status.XPASS, reason="expected the known failure 'X', but the cell passed"),
+        CellResult("d", {}, Status.INTERRUPTED, reason="interrupted (Ctrl-C or SIGTERM)"),
+        CellResult("e", {}, Status.NOT_RUN, reason="not reached"),
+        CellResult("f", {}, Status.PASS, warnings=["ctx=128 rendered (64 per slot), the server runs 256 per slot"],
+                   server={"n_slots": 2, "n_ctx_slot": 256}),
+    ]
+    r = Report("x", "/b", "v", cells, run_dir="/r", error="internal error: KeyError: 'x'")
+    root = junit_tree(r).getroot()
+    suite = root.find("testsuite")
+    server = {c.get("classname").split(".", 1)[1]: c for c in suite.findall("testcase") if c.get("name") == "server"}
+    assert server["a"].find("error") is None                      # the check carries the error
+    assert next(c for c in suite if c.get("name") == "server_view").find("error").get("message") == "RuntimeError: boom"
+    assert server["b"].find("error").get("message") == "model /x.gguf not found"
+    assert server["c"].find("failure") is not None
+    assert server["d"].find("skipped") is not None and server["e"].find("skipped") is not None
+    assert "warning: ctx=128" in server["f"].find("system-out").text and '"n_slots": 2' in server["f"].find("system-out").text
+    run_case = next(c for c in suite if c.get("name") == "run")
+    assert run_case.find("error").get("message") == "internal error: KeyError: 'x'"
+    assert suite.get("errors") == "3" and suite.get("failures") == "1" and suite.get("skipped") == "2"
+    assert closing_line(r) == ("validate: 1 passed, 0 failed, 2 errors, 0 skipped, 0 xfailed, 1 xpassed, "
+                               "1 interrupted, 1 not run")
+    assert not r.ok
+    path = tmp_path / "r.json"
+    write_json(r, path)
+    d = json.loads(path.read_text())
+    assert [c["status"] for c in d["cells"]] == ["error", "error", "xpass", "interrupted", "not_run", "pass"]
+    assert d["error"] == "internal error: KeyError: 'x'" and d["cells"][5]["server"]["n_ctx_slot"] == 256
+
+
+def test_ok_needs_a_pass_and_no_bad_status():
+    from llamactl.judge.status import Status
+    for bad in (Status.FAIL, Status.ERROR, Status.XPASS, Status.INTERRUPTED, Status.NOT_RUN):
+        r = Report("x", "/b", "v", [CellResult("a", {}, Status.PASS), CellResult("b", {}, bad)])
+        assert not r.ok, bad
+    r = Report("x", "/b", "v", [CellResult("a", {}, Status.PASS), CellResult("b", {}, Status.XFAIL),
+                                 CellResult("c", {}, Status.SKIP)])
+    assert r.ok
+    r.error = "build failed"
+    assert not r.ok
