@@ -87,7 +87,7 @@ FAULTS = [
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("fault,status,text,check", FAULTS, ids=[f[0] for f in FAULTS])
 def test_each_fault_is_a_reported_result(tmp_path, fault, status, text, check):
-    profile, token = fake_profile(tmp_path, fault)
+    profile, token = fake_profile(tmp_path, fault, **({"cell_timeout": 8} if fault == "hang" else {}))
     cp, data, junit, took = validate(tmp_path, profile)
     out = cp.stdout + cp.stderr
     assert cp.returncode == 1, out
