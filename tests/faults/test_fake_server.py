@@ -212,3 +212,25 @@ def test_cell_setup_errors_are_that_cells_result(tmp_path):
     assert by["good"].status == Status.PASS, by["good"].reason     # the matrix went on; a broken display step too
     assert not report.ok and report.counts()["error"] == 3
     assert leftovers(token) == []
+
+
+def test_an_internal_error_in_one_cell_is_its_error_and_the_matrix_goes_on(tmp_path, monkeypatch):
+    from llamactl.judge import validate as validate_mod
+    from llamactl.serve import launcher
+    from llamactl.serve.dialect import parse_help
+
+    profile, _ = fake_profile(tmp_path, "ok", matrix={"axes": {"parallel": [1, 2]}})
+    base = profiles.resolve(str(profile), environ={})
+    binary = launcher.Binary(FAKE, parse_help((FAKE.parent / "fixtures/help/upstream-0c1e57098.txt").read_text()))
+    calls: list[str] = []
+
+    def broken(resolved, binary, run_dir, out, after_check, res, cell):
+        calls.append(cell.id)
+        if cell.id == "parallel=1":
+            raise KeyError("usage")
+
+    monkeypatch.setattr(validate_mod, "_run_cell", broken)
+    report = run_matrix(base, expand(base.profile.matrix), binary=binary)
+    first, second = report.cells
+    assert first.status == Status.ERROR and first.reason == "internal error: KeyError: 'usage'"
+    assert second.status == Status.PASS and calls == ["parallel=1", "parallel=2"]
