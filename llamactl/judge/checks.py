@@ -32,6 +32,8 @@ CONCURRENT_PROMPTS = [
 ]
 # llama.cpp logs the KV cache it made, e.g. "llama_kv_cache: size = 8.00 MiB (...), K (f16): 4.00 MiB, V (q8_0): ..."
 _KV_LINE = re.compile(r"llama_kv_cache[^:]*:.*\bK \((?P<k>[\w.]+)\):.*\bV \((?P<v>[\w.]+)\):")
+# ... and the server its slots: "load_model: initializing, n_slots = 2, n_ctx_slot = 256, kv_unified = 'false'"
+_SLOTS_LINE = re.compile(r"n_slots = (?P<n>\d+), n_ctx_slot = (?P<ctx>\d+)(?:, kv_unified = '(?P<unified>\w+)')?")
 
 
 @dataclass
@@ -587,11 +589,19 @@ def server_view(ctx: CellContext) -> dict:
         view["n_ctx_slot"] = ctxs.pop() if len(ctxs) == 1 else sorted(ctxs, key=str)
         spec = [s.get("speculative") for s in slots]
         view["speculative"] = spec[0] if len(set(spec)) == 1 else spec
-    kv = kv_types_from_log(ctx.log_lines())
+    lines = ctx.log_lines()
+    kv = kv_types_from_log(lines)
     if kv:
-        view["sources"].append("log")
         view["kv_k"], view["kv_v"] = kv
-    unified = p.kv_unified or p.parallel == 1
+    m = next((m for m in map(_SLOTS_LINE.search, lines) if m), None)
+    if m:
+        view.setdefault("n_slots", int(m.group("n")))
+        view.setdefault("n_ctx_slot", int(m.group("ctx")))
+        if m.group("unified"):
+            view["kv_unified"] = m.group("unified") == "true"
+    if kv or m:
+        view["sources"].append("log")
+    unified = view.get("kv_unified", bool(p.kv_unified) or p.parallel == 1)
     if isinstance(view.get("n_slots"), int) and isinstance(view.get("n_ctx_slot"), int):
         view["n_ctx_total"] = view["n_ctx_slot"] * (1 if unified else view["n_slots"])
     ctx.server.update(view)

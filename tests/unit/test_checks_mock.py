@@ -340,3 +340,10 @@ def test_still_healthy():
     assert run("still_healthy", mk()).status == Status.PASS
     r = run("still_healthy", mk(health=httpx.Response(503, text="loading")))
     assert r.status == Status.FAIL and r.detail == "/health HTTP 503"
+
+
+def test_server_view_from_the_log_when_props_and_slots_are_off():
+    log = ["0.12.030 I srv    load_model: initializing, n_slots = 1, n_ctx_slot = 2048, kv_unified = 'true'"]
+    r, ctx = run_view({"parallel": 2, "ctx": 4096}, log, props=httpx.Response(404, text="not found"))
+    assert r.status == Status.FAIL and "the server runs 1 slot(s), the cell claims parallel=2" in r.detail
+    assert ctx.server == {"sources": ["log"], "n_slots": 1, "n_ctx_slot": 2048, "kv_unified": True, "n_ctx_total": 2048}
