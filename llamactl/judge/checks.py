@@ -277,8 +277,8 @@ def _overlap(spans: list[tuple[float, float]]) -> float:
 def concurrency(ctx: CellContext) -> dict:
     """As many simultaneous requests as slots, long enough that all slots decode together.
 
-    Evidence that they did, first available: /slots sampled (``is_processing``), /metrics sampled
-    (``llamacpp:requests_processing``), or the server's per-response ``timings`` (the processing
+    Evidence that they did, first available: /slots sampled (``is_processing``), else /metrics sampled
+    (``llamacpp:requests_processing``), else the server's per-response ``timings`` (the processing
     spans of all responses overlap). None available -> ERROR. With MTP, slots must draft meanwhile.
     """
     n = ctx.profile.parallel
@@ -293,7 +293,7 @@ def concurrency(ctx: CellContext) -> dict:
                                if s.get("is_processing"))
                     peak["slot_samples"] += 1
                     peak["slots"] = max(peak["slots"], busy)
-                if ctx.profile.metrics:
+                elif ctx.profile.metrics:   # one endpoint only: each sample is a task in the server's loop
                     r = ctx.client.get(f"{ctx.url}/metrics", timeout=5)
                     v = metrics_lib.value(metrics_lib.parse(r.text), "llamacpp:requests_processing") \
                         if r.status_code == 200 else None
@@ -304,7 +304,7 @@ def concurrency(ctx: CellContext) -> dict:
                 peak["error"] = peak["error"] or str(exc)
             except Exception:   # noqa: BLE001 - a sample that fails is just not a sample
                 pass
-            time.sleep(0.02)
+            time.sleep(0.05)
 
     def one(i: int) -> tuple[int, dict | str, float, float]:
         t = time.monotonic()
