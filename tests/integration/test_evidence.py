@@ -47,7 +47,7 @@ def test_a_server_that_drafts_in_an_mtp_off_cell_fails(built, clean_env, tmp_pat
     """llama-server reads LLAMA_ARG_* for flags llamactl does not render: MTP on behind the cell's back."""
     drafter = catalog.resolve("tiny-gemma4/upstream-echo/drafter")
     cp, data = validate(clean_env, tmp_path, "tiny-gemma4-mtp", "--cell", "parallel=2", "--cell", "enable_mtp=0",
-                        "--set", "env.LLAMA_ARG_SPEC_TYPE=draft-mtp", "--set", f"env.LLAMA_ARG_MODEL_DRAFT={drafter}")
+                        "--set", "env.LLAMA_ARG_SPEC_TYPE=draft-mtp", "--set", f"env.LLAMA_ARG_SPEC_DRAFT_MODEL={drafter}")
     assert cp.returncode == 1, cp.stdout + cp.stderr
     cell = data["cells"][0]
     assert cell["status"] == "fail"
