@@ -176,7 +176,7 @@ def test_report_paths_are_checked_before_the_run(tmp_path):
         cp = subprocess.run([*LLAMACTL, "validate", str(profile), "--no-env", "--json", str(bad)],
                             capture_output=True, text=True, env=env(), timeout=60)
         assert cp.returncode != 0 and "Traceback" not in cp.stderr
-        assert "cannot write the --json report" in cp.stderr and "validating" not in cp.stdout
+        assert "--json path" in cp.stderr and "validating" not in cp.stdout
         assert len(cp.stderr.strip().splitlines()) == 1
 
 
@@ -184,10 +184,11 @@ def test_a_matrix_without_cells_is_an_error_before_any_build(tmp_path):
     profile, _ = fake_profile(tmp_path, "ok", server_binary=None,   # no binary: the build would start
                               build={"source": "path:/nonexistent"})
     empty = tmp_path / "m.yaml"
-    empty.write_text("axes: {}\n")
+    empty.write_text("axes: {parallel: [1, 2]}\nexclude: [{parallel: 1}, {parallel: 2}]\n")
     cp = subprocess.run([*LLAMACTL, "validate", str(profile), "--no-env", "--matrix", str(empty)],
                         capture_output=True, text=True, env=env(), timeout=60)
-    assert cp.returncode != 0 and "selects no cells" in cp.stderr and "Traceback" not in cp.stderr
+    assert cp.returncode == 2 and "no cells" in cp.stderr and "Traceback" not in cp.stderr
+    assert "nonexistent" not in cp.stderr            # refused before the build would look at its source
 
 
 def test_cell_setup_errors_are_that_cells_result(tmp_path):
