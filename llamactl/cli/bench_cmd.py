@@ -160,7 +160,8 @@ def _build_arms(base, texts: list[str], out: Output) -> tuple[list[bench_lib.Arm
     for (label, _), prof in zip(parsed, profs):
         b = launcher.ensure_binary(prof, out)
         arms.append(bench_lib.Arm(label, None, b))
-        builds[label] = fingerprint.build_identity(b.manifest, str(b.path), (b.manifest or {}).get("version"))
+        manifest = b.manifest or fingerprint.manifest_for_binary(b.path)   # binary= may name a llamactl build
+        builds[label] = fingerprint.build_identity(manifest, str(b.path), (manifest or {}).get("version"))
     return arms, builds
 
 

@@ -239,7 +239,7 @@ def build_profile(base: profiles.Profile, updates: dict[str, Any], label: str) -
 def bench_cell(base: profiles.Resolved, cell: Cell, binary: launcher.Binary, run_dir: Path, prompts: list[str],
                n_predict: int, repeat: int, seed: int = 42,
                progress: Callable[[str], None] | None = None, arms: list[Arm] | None = None) -> CellBench:
-    """Bench one cell: one server per arm (default MTP off/on), samples interleaved across arms."""
+    """Bench one cell: one server per arm (default MTP off/on), samples interleaved across arms (ABBA order)."""
     resolved = cell_profile(base, cell)
     out = CellBench(cell.id, cell.values)
     arms = arms or mtp_arms(resolved.profile)
@@ -272,7 +272,9 @@ def bench_cell(base: profiles.Resolved, cell: Cell, binary: launcher.Binary, run
                 stream_one(client, servers[v].url, model, prompts[0], min(16, n_predict), seed)
             for rep in range(repeat):
                 for pi, prompt in enumerate(prompts):
-                    for v in live:   # interleaved across arms: off, on, off, on ... (or A, B, A, B ...)
+                    # interleaved across arms, and the order alternates (A B, B A, A B ...) so that
+                    # going first or second after another server's burst cannot favour one arm
+                    for v in (live if (rep * len(prompts) + pi) % 2 == 0 else live[::-1]):
                         url = servers[v].url
                         before = _spec(client, url)
                         res = stream_one(client, url, model, prompt, n_predict, seed)
