@@ -98,7 +98,7 @@ def validate_view(run: dict[str, Any]) -> dict[str, Any]:
         ok = bool(cells) and not any(c["problem"] for c in cells)
     return {"cells": cells, "problems": [c for c in cells if c["problem"]], "counts": counts, "ok": bool(ok),
             "wall_s": _num(run.get("wall_s")), "binary": run.get("binary"), "version": run.get("version"),
-            "interrupted": bool(run.get("interrupted"))}
+            "interrupted": bool(run.get("interrupted")), "error": str(run.get("error") or "")}
 
 
 def mtp_verdicts(data: dict[str, Any]) -> list[str]:

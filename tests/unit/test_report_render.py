@@ -159,3 +159,24 @@ def test_cli_report_markdown_on_stdout_and_errors(tmp_path):
     assert len(cp.stderr.strip().splitlines()) == 1
     cp = subprocess.run([sys.executable, "-m", "llamactl", "report", "7", *env_args], capture_output=True, text=True, timeout=60)
     assert cp.returncode == 2 and "no run 7 in the history store" in cp.stderr and "Traceback" not in cp.stderr
+
+
+def test_a_report_object_with_status_enums_renders_and_records(tmp_path):
+    """What `validate` hands over in process: the judge's Report, statuses as the Status enum."""
+    from llamactl.cli.report_cmd import after_run
+    from llamactl.judge.status import Status
+    from tests.unit.test_reports import sample_report
+
+    rep = sample_report()
+    for c in rep.cells:
+        c.status = Status(c.status)
+        for k in c.checks:
+            k.status = Status(k.status)
+    rep.error = "build failed: ninja: error"
+    out = after_run(rep.to_dict(), tmp_path / "h.sqlite", tmp_path / "r.html", tmp_path / "r.md")
+    page, md = (tmp_path / "r.html").read_text(), (tmp_path / "r.md").read_text()
+    assert 'data-status="pass"' in page and 'data-status="fail"' in page and "Status." not in page
+    assert "| parallel=1 | ✅ PASS |" in md and "the run stopped: build failed: ninja: error" in md
+    assert "The run stopped: build failed" in page
+    assert [c.status for c in History(tmp_path / "h.sqlite").cells()] == ["pass", "fail", "skip"]
+    assert out["history"]["id"] == 1
