@@ -39,7 +39,7 @@ from llamactl.source.git import Repo
 from llamactl.core.hashing import sha256_bytes, stable_key
 from llamactl.source.patches import apply as apply_series
 from llamactl.source.patches import load_series, revert, series_hashes
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:   # the lock file's pydantic models load only when a build has to look at sources
     from llamactl.source.vendor import Provenance
@@ -194,7 +194,7 @@ class _Flock:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.f = None
+        self.f: IO[str] | None = None
 
     def try_acquire(self) -> bool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
