@@ -21,6 +21,7 @@ import psutil
 import pytest
 import yaml
 
+from llamactl.core.errors import BuildFailed
 from llamactl.judge.matrix import expand
 from llamactl.judge.status import Status
 from llamactl.judge.validate import run_matrix
@@ -235,3 +236,26 @@ def test_an_internal_error_in_one_cell_is_its_error_and_the_matrix_goes_on(tmp_p
     first, second = report.cells
     assert first.status == Status.ERROR and first.reason == "internal error: KeyError: 'usage'"
     assert second.status == Status.PASS and calls == ["parallel=1", "parallel=2"]
+
+
+@pytest.mark.parametrize("exc,code,error", [
+    (RuntimeError("boom"), 70, "internal error: RuntimeError: boom"),
+    (BuildFailed("configure failed: CMake Error"), 3, "configure failed: CMake Error"),
+])
+def test_reports_are_written_when_the_run_itself_breaks(tmp_path, monkeypatch, exc, code, error):
+    """An error before any cell (the build, an internal bug): every cell NOT_RUN, the error in JSON and JUnit."""
+    from llamactl.cli import run as cli_run
+    from llamactl.serve import launcher
+
+    def broken(*a, **kw):
+        raise exc
+    monkeypatch.setattr(launcher, "ensure_binary", broken)
+    monkeypatch.setenv("LLAMACTL_NO_PROGRESS", "1")
+    profile, _ = fake_profile(tmp_path, "ok", matrix={"axes": {"parallel": [1, 2]}})
+    js, junit = tmp_path / "v.json", tmp_path / "v.xml"
+    rc = cli_run(["validate", str(profile), "--no-env", "--json", str(js), "--junit", str(junit)])
+    assert rc == code
+    data = json.loads(js.read_text())
+    assert data["error"] == error and [c["status"] for c in data["cells"]] == ["not_run", "not_run"]
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite.get("errors") == "1" and suite.get("skipped") == "2"
