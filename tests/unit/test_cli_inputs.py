@@ -241,3 +241,16 @@ def test_a_copy_named_like_a_shipped_profile_extends_it(tmp_path, capsys, monkey
     assert cli.run(["profile", "show", str(tmp_path / "default.yaml"), "--json", "--no-env"]) == 0
     values = {r["key"]: r["value"] for r in json.loads(capsys.readouterr().out)["values"]}
     assert values["parallel"] == 2 and values["model"] == "gemma3-270m"
+
+
+def test_corrupt_run_records_are_skipped_with_a_warning(d, capsys):
+    runs = d / "cache" / "runs"
+    for name, body in (("cut", '{"pid": 1, "url": "http://x"'), ("list", "[1]"), ("pid", '{"pid": "x"}'),
+                       ("nopid", "{}"), ("latin", b"\xff\xfe")):
+        (runs / name).mkdir(parents=True)
+        p = runs / name / "run.json"
+        p.write_bytes(body) if isinstance(body, bytes) else p.write_text(body)
+    assert cli.run(["ps", "--all", "--json"]) == 0
+    out = capsys.readouterr()
+    assert out.out.strip() == "[]" and out.err.count("skipping corrupt run record") == 5 and "Traceback" not in out.err
+    assert cli.run(["stop", "--all"]) == 0
