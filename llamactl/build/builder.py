@@ -12,23 +12,28 @@ ninja recompiles only what changed. The finished binaries, ``--help``, ``--versi
 manifest are then published to the content-keyed directory: a key only ever names a build made
 from exactly its inputs. A cache hit is decided from a cheap stamp (provenance, lock and patch
 files, git HEAD and dirty files, compiler binaries) without hashing or snapshotting the tree.
+
+Concurrency: the toolchain is checked before anything is vendored or copied. The source tree
+is vendor/llama.cpp for the current source (under its lock) or, for any other source, a cached
+per-provenance tree that is cloned and patched aside (vendor/llama.cpp untouched). The work
+directory's lock (filelock) is held from the sync through the compile, so a second llamactl
+asking for the same build waits and then finds it cached. cmake/ninja/compilers run in a
+process group of their own that dies with llamactl (Ctrl-C, SIGTERM, SIGKILL).
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
 import shutil
 import subprocess
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from llamactl.build import cmake
-from llamactl.core import paths
+from llamactl.core import locks, paths
 from llamactl.core import proc
 from llamactl.build import srcsync, toolchain
 from rich.markup import escape
@@ -39,7 +44,7 @@ from llamactl.source.git import Repo
 from llamactl.core.hashing import sha256_bytes, stable_key
 from llamactl.source.patches import apply as apply_series
 from llamactl.source.patches import load_series, revert, series_hashes
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:   # the lock file's pydantic models load only when a build has to look at sources
     from llamactl.source.vendor import Provenance
@@ -155,18 +160,6 @@ def dry_run(req: BuildRequest) -> cmake.CMakePlan:
                  tc.tools.get("ccache") is not None)
 
 
-@contextmanager
-def vendor_lock():
-    """One llamactl at a time may switch, patch or snapshot vendor/llama.cpp."""
-    lock = paths.vendor_dir() / ".llamactl.lock"
-    with open(lock, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def work_material(material: dict) -> dict:
     """The key material without the source's content (provenance hash, patches, local edits).
 
@@ -189,75 +182,107 @@ def work_dir_for(backend: str, material: dict) -> Path:
     return work_root() / f"{backend}-{stable_key(work_material(material))}"
 
 
-class _Flock:
-    """An exclusive flock on a file; released by ``release`` or when the process dies."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.f: IO[str] | None = None
-
-    def try_acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(self.path, "w")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.close()
-            return False
-        self.f = f
-        return True
-
-    def wait(self) -> None:
-        """Block until whoever holds the lock lets go (without keeping it)."""
-        with open(self.path, "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-
-    def release(self) -> None:
-        if self.f is not None:
-            self.f.close()
-            self.f = None
-
-
 def build(req: BuildRequest, out: Output | None = None) -> BuildResult:
     """Build (or find cached) the request's binaries; raises LlamactlError on any failure.
 
-    A cache hit costs a stamp lookup (one ``git status``) and a manifest read. A miss compiles
-    in the configuration's work directory, incrementally when it already holds an earlier build.
+    The toolchain is checked first (ToolchainMissing, naming what to install, before anything
+    is vendored or copied). A cache hit costs a stamp lookup (one ``git status``) and a manifest
+    read. A miss compiles in the configuration's work directory, incrementally when it already
+    holds an earlier build, holding that directory's lock through the compile.
     """
     t0 = time.monotonic()
+    toolchain.preflight(req.backend, req.gpu_targets)
+    own_tree = _uses_vendor_tree(req)
+    info = out.info if out else None
     while True:
-        with vendor_lock():
-            hit = _stamp_hit(req)
+        with (locks.vendor_lock(info) if own_tree else _cached_tree_lock(req, info)):
+            tree = paths.vendor_tree() if own_tree else _cached_tree(req)
+            hit = _stamp_hit(req, tree)
             if hit is not None:
                 return BuildResult(hit, True, time.monotonic() - t0)
-            prov, applied, local = prepare_tree(req, out)
+            prov, applied, local, tree = _prepare(req, own_tree, out)
             compilers = toolchain.compiler_ids()
             material = key_material(req, prov.identity, applied, local, compilers)
             key = build_key(material)
-            _record_stamp(req, key)
+            _record_stamp(req, key, tree)
             root = build_root_for(req.backend, key)
             cached = _load_manifest(root)
             if cached is not None:
                 return BuildResult(cached, True, time.monotonic() - t0)
             work = work_dir_for(req.backend, material)
-            lock = _Flock(work.with_name(work.name + ".lock"))
-            if lock.try_acquire():
+            lock = locks.try_hold(work)
+            if lock is not None:
                 try:
-                    tree = paths.vendor_tree()
-                    rev = Repo(tree).out("stash", "create") or "HEAD"
-                    source_tree = Repo(tree).out("rev-parse", f"{rev}^{{tree}}")
-                    synced = srcsync.sync_tree(tree, rev, work / "src", work / "src.index.json")
+                    if own_tree:
+                        rev = Repo(tree).out("stash", "create") or "HEAD"
+                        source_tree = Repo(tree).out("rev-parse", f"{rev}^{{tree}}")
+                        synced = srcsync.sync_tree(tree, rev, work / "src", work / "src.index.json")
+                    else:
+                        series = None if req.no_patches else (req.series if req.series is not None else prov.series)
+                        source_tree, synced = _sync_patched(tree, series, work)
                 except BaseException:
                     lock.release()
                     raise
                 break
-        if out:
-            out.info(f"another llamactl is building in {work}; waiting for it")
-        lock.wait()   # then look again: it may have built this very key
+        # another llamactl is building in this work dir: wait for it, then look again
+        with locks.hold(work, f"the build work dir {work.name}", info):
+            pass
     try:
         return _compile(req, prov, applied, local, material, key, root, work, source_tree, synced, out, t0)
     finally:
         lock.release()
+
+
+def _uses_vendor_tree(req: BuildRequest) -> bool:
+    """True when the request's source is the one in vendor/llama.cpp (read cheaply; no lock file models)."""
+    if req.source is None:
+        return True
+    tree = paths.vendor_tree()
+    prov = _read_json(tree.parent / f"{tree.name}.provenance.json")
+    if isinstance(prov, dict) and (tree / ".git").exists():
+        return prov.get("source") == req.source
+    from llamactl.source.vendor import uses_vendor_tree
+
+    return uses_vendor_tree(req.source)
+
+
+def _cached_tree(req: BuildRequest) -> Path:
+    from llamactl.source.vendor import cached_tree_path
+
+    assert req.source is not None
+    return cached_tree_path(req.source)
+
+
+def _cached_tree_lock(req: BuildRequest, info):
+    return locks.hold(_cached_tree(req), f"the cached tree of {req.source}", info)
+
+
+def _prepare(req: BuildRequest, own_tree: bool, out: Output | None) -> tuple[Provenance, list[dict], str | None, Path]:
+    """(provenance, patch hashes, local-edit hash, tree) of the tree this build reads."""
+    if own_tree:
+        prov, applied, local = prepare_tree(req, out)
+        return prov, applied, local, paths.vendor_tree()
+    from llamactl.source.vendor import ensure_cached_tree
+
+    assert req.source is not None
+    tree, prov = ensure_cached_tree(req.source, out, req.series)
+    series = req.series if req.series is not None else prov.series
+    applied = [] if req.no_patches else series_hashes(load_series(series))
+    return prov, applied, None, tree
+
+
+def _sync_patched(tree: Path, series: str | None, work: Path) -> tuple[str, srcsync.SyncResult]:
+    """Sync a read-only cached tree plus ``series`` into ``work/src``, patching a throwaway clone."""
+    clone = work.with_name(work.name + ".clone")
+    shutil.rmtree(clone, ignore_errors=True)
+    proc.run(["git", "clone", "-q", "--shared", str(tree), str(clone)])
+    try:
+        if series:
+            apply_series(clone, series)
+        source_tree = Repo(clone).out("rev-parse", "HEAD^{tree}")
+        return source_tree, srcsync.sync_tree(clone, "HEAD", work / "src", work / "src.index.json")
+    finally:
+        shutil.rmtree(clone, ignore_errors=True)
 
 
 def _compile(req: BuildRequest, prov: Provenance, applied: list[dict], local: str | None, material: dict,
@@ -463,9 +488,9 @@ def _stamp_file(material: dict) -> Path:
     return work_root() / "stamps" / f"{stable_key(material, 32)}.json"
 
 
-def _stamp_hit(req: BuildRequest) -> dict | None:
+def _stamp_hit(req: BuildRequest, tree: Path | None = None) -> dict | None:
     """The cached manifest that the current stamp names, if that build is still complete."""
-    material = stamp_material(req)
+    material = stamp_material(req, tree)
     if material is None:
         return None
     rec = _read_json(_stamp_file(material))
@@ -474,8 +499,8 @@ def _stamp_hit(req: BuildRequest) -> dict | None:
     return _load_manifest(build_root_for(req.backend, rec["key"]))
 
 
-def _record_stamp(req: BuildRequest, key: str) -> None:
-    material = stamp_material(req)
+def _record_stamp(req: BuildRequest, key: str, tree: Path | None = None) -> None:
+    material = stamp_material(req, tree)
     if material is None:
         return
     f = _stamp_file(material)
@@ -489,26 +514,31 @@ def _run_logged(argv: list[str], env: dict, logf, log: Path, out: Output | None,
     """Run one step, its output into the log; returns how many ninja steps it ran."""
     logf.write("$ " + " ".join(argv) + "\n")
     logf.flush()
-    try:
-        p = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    try:   # own process group, dies with llamactl however llamactl ends
+        p = proc.spawn(argv, whole_group=True, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True, bufsize=1)
     except FileNotFoundError as exc:
         raise LlamactlError(f"{argv[0]} not found", hint=toolchain.INSTALL_HINTS.get(argv[0])) from exc
     tenth = -1
     steps = 0
-    with progress_bar(what, total=None) as (progress, task):
-        assert p.stdout is not None
-        for line in p.stdout:
-            logf.write(line)
-            logf.flush()
-            m = _NINJA.match(line)
-            if m:
-                done, total = int(m.group(1)), int(m.group(2))
-                steps = max(steps, done)
-                progress.update(task, completed=done, total=total)
-                if out and not err_console.is_terminal and done * 10 // total > tenth:
-                    tenth = done * 10 // total   # a plain line every 10% for logs without a bar
-                    out.info(escape(f"{what}: [{done}/{total}]"))
-    rc = p.wait()
+    try:
+        with progress_bar(what, total=None) as (progress, task):
+            assert p.stdout is not None
+            for line in p.stdout:
+                logf.write(line)
+                logf.flush()
+                m = _NINJA.match(line)
+                if m:
+                    done, total = int(m.group(1)), int(m.group(2))
+                    steps = max(steps, done)
+                    progress.update(task, completed=done, total=total)
+                    if out and not err_console.is_terminal and done * 10 // total > tenth:
+                        tenth = done * 10 // total   # a plain line every 10% for logs without a bar
+                        out.info(escape(f"{what}: [{done}/{total}]"))
+        rc = p.wait()
+    except BaseException:   # Ctrl-C, SIGTERM (as KeyboardInterrupt), an error: stop cmake and all below it
+        proc.terminate(p, grace=5)
+        raise
     logf.flush()
     if rc != 0:
         raise LlamactlError(f"{what} failed: {first_error(log)}", hint=f"full log: {log}")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llamactl.core import proc
-from llamactl.core.errors import ToolchainMissing
+from llamactl.core.errors import LlamactlError, ToolchainMissing
 
 BACKENDS = ("cpu", "hip", "cuda", "vulkan")
 
@@ -111,3 +111,28 @@ def _cuda_arch() -> str | None:
     out = proc.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"], check=False).stdout
     caps = sorted(set(c.strip().replace(".", "") for c in out.splitlines() if c.strip()))
     return ";".join(caps) or None
+
+
+BACKEND_TOOLS = {"cuda": ["nvcc"], "vulkan": ["glslc"], "hip": ["hipconfig"]}
+
+
+def preflight(backend: str, gpu_targets: str | None = None) -> None:
+    """Checks that run before anything is vendored, patched or copied.
+
+    Cheap PATH lookups for every backend (no tool is run); for hip also the ROCm layout
+    (rocWMMA headers) and a GPU target. Raises ToolchainMissing naming what to install, or
+    LlamactlError for an unknown backend or a hip build without a GPU target.
+    """
+    if backend not in BACKENDS:
+        raise LlamactlError(f"unknown backend {backend!r}", hint=f"one of {', '.join(BACKENDS)}")
+    cxx = (os.environ.get("CXX") or "c++").split()[0]
+    needed = {"cmake": "cmake", "ninja": "ninja", "c++": cxx}
+    needed.update({t: t for t in BACKEND_TOOLS.get(backend, [])})
+    missing = [name for name, exe in needed.items() if proc.which(exe) is None]
+    if missing:
+        Toolchain(backend=backend, missing=missing).require()
+    if backend == "hip":
+        tc = detect(backend, gpu_targets)
+        tc.require()
+        if not tc.gpu_targets:
+            raise LlamactlError("no AMD GPU target detected", hint="pass --gpu-targets gfx1100 (or set it in the profile)")

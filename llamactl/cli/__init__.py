@@ -31,8 +31,10 @@ COMMANDS: dict[str, tuple[str, str | None, tuple[str, ...], str]] = {
     "build": ("build_cmd", "build", ("build",),
               "Vendor + patch (when needed) and build llama-server with CMake + Ninja, cached by every input."),
     "run": ("run_cmd", "run", ("run",), "Launch llama-server from a profile; Ctrl-C stops it (nothing is left running)."),
-    "ps": ("run_cmd", "ps", ("ps",), "Servers started with `run --detach`."),
-    "stop": ("run_cmd", "stop", ("stop",), "Stop detached servers (SIGTERM, then SIGKILL after 10 s)."),
+    "ps": ("run_cmd", "ps", ("ps",),
+           "Servers started with `run --detach` (each PID checked: start time and argv, not just 'a process exists')."),
+    "stop": ("run_cmd", "stop", ("stop",),
+             "Stop detached servers (SIGTERM, then SIGKILL after 10 s); a stale record is cleaned up, never signalled."),
     "validate": ("validate_cmd", "validate", (),
                  "Start the server for each matrix cell, run the HTTP checks, report; exit 0 only if all ran cells pass."),
     "bench": ("bench_cmd", "bench", (),
@@ -44,6 +46,7 @@ COMMANDS: dict[str, tuple[str, str | None, tuple[str, ...], str]] = {
     "patch": ("patch_cmd", None, (), "Status, apply, check, revert and export the patch series."),
     "profile": ("profile_cmd", None, (), "List, show and render profiles."),
     "models": ("models_cmd", None, (), "Named models: fetch, list, make tiny Gemma 4 pairs."),
+    "cache": ("cache_cmd", None, (), "What the cache holds (builds, downloads, models, trees, runs) and pruning it."),
 }
 
 

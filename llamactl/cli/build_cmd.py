@@ -7,6 +7,7 @@ Examples:
     llamactl build                                # CPU llama-server, cached by its inputs
     llamactl build --backend hip --gpu-targets gfx1100 --dry-run
     llamactl build --json
+    llamactl build --source path:/tmp/llama.cpp   # another source: a cached tree, vendor/llama.cpp untouched
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from llamactl.build import builder as build_lib
 from llamactl.core import paths
 from llamactl.source import vendor as vendor_lib
 from llamactl.cli import options as o
+from llamactl.cli.run_cmd import stop_on_signals
 from llamactl.core.console import Output, console
 
 
@@ -33,7 +35,8 @@ def vendor(
 ) -> None:
     """Materialise a pinned llama.cpp source into vendor/llama.cpp/ (git repo with one base commit)."""
     out = Output(json)
-    prov = vendor_lib.vendor(source, force=force, out=out, series=series)
+    with vendor_lib.vendor_lock(out):
+        prov = vendor_lib.vendor(source, force=force, out=out, series=series)
     out.result(prov, lambda p: console.print(
         f"[green]vendored[/] {p.source} {p.version} (hash {p.hash[:16]}) -> {paths.vendor_tree()}  series: {p.series or '-'}"))
 
@@ -61,6 +64,7 @@ def build(
                    lambda d: [console.print(line, soft_wrap=True, highlight=False) for line in d["shell"]])
         return
     t0 = time.monotonic()
+    stop_on_signals()   # SIGTERM unwinds like Ctrl-C: the compile's process group is stopped
     res = build_lib.build(req, out)
     manifest = dict(res.manifest, cached=res.cached, seconds=round(time.monotonic() - t0, 3))
     out.result(manifest, _show)

@@ -10,9 +10,7 @@ Examples:
 from __future__ import annotations
 
 import json as jsonlib
-import os
 import signal
-import time
 from typing import Annotated, Optional
 
 import typer
@@ -20,12 +18,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from llamactl.serve import launcher
-from llamactl.core import paths
+from llamactl.core import runrecords
 from llamactl.cli import options as o
 from llamactl.cli.profile_cmd import resolve_from_cli
 from llamactl.core.console import Output, console, err_console, progress_bar
 from llamactl.core.errors import LlamactlError
-from llamactl.serve.server import ServerDied, signal_group, pid_alive
+from llamactl.serve.server import ServerDied
 
 
 def _echo(line: str) -> None:
@@ -67,6 +65,12 @@ def run(
     out.info(f"[dim]$ {escape(plan.shell())}[/]")
     stop_on_signals()
     sp = launcher.start(plan, log, echo=None if (quiet or json or detach) else _echo, detach=detach)
+    record: dict | None = None
+    if detach:   # recorded at once, so that `ps`/`stop` find it even while it starts
+        ident = sp.identity.to_json() if sp.identity else {"pid": sp.pid, "argv": plan.argv}
+        record = dict(ident, state="starting", profile=r.name, url=plan.url, log=str(log))
+        runrecords.write(run_dir, record)
+    ready = False
     try:
         with progress_bar(f"waiting for {plan.url}/health", total=None) as (progress, task):
             secs = sp.wait_healthy(r.profile.health_timeout)
@@ -74,8 +78,9 @@ def run(
                 "early_start": sp.adopted,
                 "endpoints": [f"{plan.url}{e}" for e in ("/health", "/v1/messages", "/v1/chat/completions", "/completion")]
                 + ([f"{plan.url}/metrics"] if r.profile.metrics else []) + ([f"{plan.url}/slots"] if r.profile.slots else [])}
-        if detach:
-            (run_dir / "run.json").write_text(jsonlib.dumps(dict(info, argv=plan.argv)))
+        if record is not None:
+            runrecords.write(run_dir, dict(record, **info, state="running"))
+        ready = True
         out.result(info, lambda d: console.print(
             f"[green]ready[/] {d['url']} in {d['ready_s']:.2f}s (pid {d['pid']}, log {d['log']})\n  " + "\n  ".join(d["endpoints"])))
         if detach:
@@ -96,40 +101,33 @@ def run(
         err_console.print("[yellow]stopping llama-server ...[/]")
         raise
     finally:
-        if not detach:
+        if not (detach and ready):   # a detached server that never got ready is stopped too
             sp.stop()
+            if record is not None:
+                runrecords.write(run_dir, dict(record, state="stopped", stopped_why="did not become ready"))
 
 
-def _runs() -> list[dict]:
-    rows = []
-    for d in sorted(paths.runs_dir().glob("*/run.json")):
-        try:   # a corrupt record (cut off, edited, wrong types) is skipped with a warning, never a traceback
-            info = jsonlib.loads(d.read_text(errors="replace"))
-            if not isinstance(info, dict):
-                raise ValueError(f"a JSON object expected, got {type(info).__name__}")
-            pid = info["pid"]
-            if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
-                raise ValueError(f"pid {pid!r} is not a process id")
-            info.setdefault("url", "?")
-            info.setdefault("log", "?")
-        except (OSError, ValueError, KeyError) as exc:
-            err_console.print(f"[yellow]warning:[/] skipping corrupt run record {escape(str(d))}: {escape(str(exc))}",
-                              highlight=False, soft_wrap=True)
-            continue
-        info["id"] = d.parent.name
-        info["alive"] = pid_alive(pid)
-        rows.append(info)
-    return rows
+def _warn(msg: str) -> None:
+    err_console.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False, soft_wrap=True)
+
+
+def _row(rec: runrecords.RunRecord, alive: bool) -> dict:
+    return dict(rec.model_dump(), id=rec.id, alive=alive)
 
 
 def ps(all_: Annotated[bool, typer.Option("--all", "-a", help="Include stopped runs.")] = False, json: o.Json = False) -> None:
-    """Servers started with `run --detach`."""
-    rows = [r for r in _runs() if all_ or r["alive"]]
+    """Servers started with `run --detach` (each PID checked: start time and argv, not just 'a process exists')."""
+    rows = []
+    for rec in runrecords.load_all(_warn):
+        alive = runrecords.verify(rec, _warn)
+        if alive or all_:
+            rows.append(_row(rec, alive))
 
     def human(rs: list[dict]) -> None:
         t = Table("id", "pid", "url", "state", "log")
         for r in rs:
-            t.add_row(r["id"], str(r["pid"]), r["url"], "[green]running[/]" if r["alive"] else "stopped", r["log"])
+            state = f"[green]{r['state']}[/]" if r["alive"] else f"stopped [dim]({escape(r.get('stopped_why') or '')})[/]"
+            t.add_row(r["id"], str(r["pid"]), r["url"] or "-", state, r["log"] or "-")
         console.print(t)
 
     Output(json).result(rows, human)
@@ -140,16 +138,11 @@ def stop(
     all_: Annotated[bool, typer.Option("--all", "-a", help="Stop every detached server.")] = False,
     json: o.Json = False,
 ) -> None:
-    """Stop detached servers (SIGTERM, then SIGKILL after 10 s)."""
-    targets = [r for r in _runs() if r["alive"] and (all_ or (run_id and r["id"].startswith(run_id)))]
-    if not targets and not all_:
-        raise LlamactlError(f"no running server matches {run_id!r}" if run_id else "name a run id or pass --all")
-    for r in targets:
-        pid = int(r["pid"])
-        signal_group(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if pid_alive(pid):
-            signal_group(pid, signal.SIGKILL)
-    Output(json).result([r["id"] for r in targets], lambda ids: console.print(f"stopped {len(ids)} server(s)"))
+    """Stop detached servers (SIGTERM, then SIGKILL after 10 s); a stale record is cleaned up, never signalled."""
+    if not run_id and not all_:
+        raise LlamactlError("name a run id or pass --all")
+    recs = [r for r in runrecords.load_all(_warn) if r.state != "stopped" and (all_ or r.id.startswith(run_id or ""))]
+    stopped = [r.id for r in recs if runrecords.stop(r, on_warning=_warn)]
+    if not stopped and not all_:
+        raise LlamactlError(f"no running server matches {run_id!r}", hint="see `llamactl ps --all`")
+    Output(json).result(stopped, lambda ids: console.print(f"stopped {len(ids)} server(s)"))

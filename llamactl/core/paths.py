@@ -60,6 +60,12 @@ def models_dir() -> Path:
     return _sub("models")
 
 
+def trees_dir() -> Path:
+    """Read-only (by convention) source trees, one per source provenance, for builds of a
+    source other than the one in ``vendor/llama.cpp``."""
+    return _sub("trees")
+
+
 def runs_dir() -> Path:
     """Per-run logs; inside the cache so that a read-only checkout still works."""
     return _sub("runs")

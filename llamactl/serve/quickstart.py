@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -118,7 +117,8 @@ def early_start(args: list[str]) -> None:
         return
     if any(_stat(p) != st for p, st in entry["files"]):
         return
-    from llamactl.serve.server import _pdeathsig, free_port
+    from llamactl.core.proc import spawn
+    from llamactl.serve.server import free_port
 
     argv = list(entry["argv"])
     port = entry["port"]
@@ -133,10 +133,8 @@ def early_start(args: list[str]) -> None:
     env.update(entry["env"])
     started = time.monotonic()
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True,
-                                preexec_fn=_pdeathsig if sys.platform == "linux" else None,
-                                text=True, bufsize=1, errors="replace")
+        proc = spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                     env=env, text=True, bufsize=1, errors="replace")   # dies with llamactl
     except OSError:
         return
     _early = Early(proc, argv, dict(entry["env"]), port, started)

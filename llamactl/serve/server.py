@@ -1,20 +1,19 @@
 """Start, watch and stop one llama-server process.
 
 The server runs in its own process group with an argv list (no shell). On Linux it
-gets PR_SET_PDEATHSIG so it dies if llamactl itself is killed; ``stop`` sends SIGTERM
-to the group, then SIGKILL after a grace period.
+gets PR_SET_PDEATHSIG (armed after exec, see :func:`llamactl.core.proc.spawn`) so it dies
+if llamactl itself is killed, unless detached; ``stop`` sends SIGTERM to the group, then
+SIGKILL after a grace period.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import deque
@@ -23,20 +22,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, TextIO
 
 from llamactl.core.errors import LlamactlError, ServerFailed
+from llamactl.core.proc import ProcessIdentity, identify, pid_alive, signal_group, spawn
+
+__all__ = ["Crash", "ServerDied", "ServerProcess", "describe_exit", "ensure_port_free", "free_port",
+           "pid_alive", "signal_group"]
 
 if TYPE_CHECKING:
     from llamactl.serve.quickstart import Early
 
 _ASSERT = re.compile(r"GGML_ASSERT|GGML_ABORT|\berror:|terminate called|Segmentation fault|Assertion .* failed|fatal error|std::\w+_error|what\(\):")
 _FRAME = re.compile(r"^\s*(#\d+\s|\S*\(.*\+0x[0-9a-f]+\)|.*\bin \w|\s*\d+: )")
-
-
-def _pdeathsig() -> None:  # runs in the child between fork and exec
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -107,6 +102,7 @@ class ServerProcess:
     started_at: float = 0.0
     healthy_at: float | None = None
     adopted: bool = False          # started early by quickstart from the previous run's plan
+    identity: ProcessIdentity | None = None   # pid, start time and argv, for run records
 
     @property
     def url(self) -> str:
@@ -124,14 +120,13 @@ class ServerProcess:
         logf: TextIO = open(self.log_path, "w")
         self.started_at = time.monotonic()
         try:
-            self.proc = subprocess.Popen(
+            self.proc = spawn(
                 self.argv,
+                die_with_parent=not detach,   # a detached server outlives llamactl on purpose
                 stdin=subprocess.DEVNULL,
                 stdout=logf if detach else subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 env=env,
-                start_new_session=True,
-                preexec_fn=None if detach or sys.platform != "linux" else _pdeathsig,
                 text=True,
                 bufsize=1,
                 errors="replace",
@@ -139,7 +134,11 @@ class ServerProcess:
         except FileNotFoundError as exc:
             logf.close()
             raise LlamactlError(f"llama-server binary not found: {self.argv[0]}") from exc
-        if detach:
+        except PermissionError as exc:
+            logf.close()
+            raise LlamactlError(f"llama-server binary is not executable: {self.argv[0]}") from exc
+        if detach:   # what `ps`/`stop` check before they signal it
+            self.identity = identify(self.proc.pid, self.argv)
             logf.close()
             return
         self._reader = threading.Thread(target=self._pump, args=(logf,), daemon=True)
@@ -231,26 +230,3 @@ class ServerDied(ServerFailed):
     def __init__(self, crash: Crash) -> None:
         super().__init__(crash.summary(), hint=f"log: {crash.log}")
         self.crash = crash
-
-
-def signal_group(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
-    except PermissionError:
-        os.kill(pid, sig)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True

@@ -5,18 +5,17 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tarfile
 import tempfile
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from llamactl.core import paths
+from llamactl.core import locks, paths, pipdl
 from llamactl.core import proc
-from llamactl.core.console import Output, progress_bar
+from llamactl.core.console import Output
 from llamactl.core.errors import LlamactlError
 from llamactl.core.hashing import sha256_file
 
@@ -100,39 +99,21 @@ def resolve(name: str | None, lock: Lock | None = None) -> tuple[str, SourceSpec
 
 
 def fetch_sdist(spec: PypiSdistSource, out: Output | None = None) -> Path:
-    """Download the pinned sdist with pip (hash-checked), cached by sha256."""
+    """The pinned sdist (hash-checked), cached by sha256; one download at a time per sha256.
+
+    Raises LlamactlError on a sha256 mismatch or when it cannot be fetched.
+    """
     cache = paths.downloads_dir() / spec.sha256
-    if cache.is_dir():
-        for f in cache.iterdir():
-            if f.name.endswith((".tar.gz", ".zip")) and sha256_file(f) == spec.sha256:
-                return f
-    with tempfile.TemporaryDirectory(dir=paths.downloads_dir()) as tmp:
-        req = Path(tmp) / "req.txt"
-        req.write_text(f"{spec.package}=={spec.version} --hash=sha256:{spec.sha256}\n")
+    with locks.hold(cache, f"the download of {spec.package}=={spec.version}", out.info if out else None):
+        if cache.is_dir():
+            for f in cache.iterdir():
+                if f.name.endswith((".tar.gz", ".zip")) and sha256_file(f) == spec.sha256:
+                    return f
         if out:
-            out.info(f"downloading {spec.package}=={spec.version} (sdist, pinned sha256) with pip ...")
-        argv = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                "--require-hashes", "-r", str(req), "-d", str(Path(tmp) / "dl"), "--quiet"]
-        with progress_bar(f"pip download {spec.package}=={spec.version}"):
-            cp = subprocess.run(argv, capture_output=True, text=True)
-        if cp.returncode != 0:
-            lines = [ln for ln in (cp.stderr or cp.stdout).splitlines() if ln.strip()]
-            if any("DO NOT MATCH THE HASHES" in ln for ln in lines):
-                raise LlamactlError(f"sha256 mismatch: {spec.package}=={spec.version} does not match the pinned {spec.sha256[:16]}...",
-                                    hint="refusing it; the vendored tree is unchanged")
-            why = next((ln for ln in lines if "ERROR" in ln), lines[-1] if lines else "")
-            raise LlamactlError(f"could not fetch {spec.package}=={spec.version}: {why.strip()}")
-        files = list((Path(tmp) / "dl").iterdir())
-        if not files:
-            raise LlamactlError(f"pip downloaded nothing for {spec.package}=={spec.version}")
-        got = files[0]
-        digest = sha256_file(got)
-        if digest != spec.sha256:
-            raise LlamactlError(f"sha256 mismatch for {got.name}: expected {spec.sha256}, got {digest}")
-        cache.mkdir(parents=True, exist_ok=True)
-        final = cache / got.name
-        shutil.move(str(got), final)
-        return final
+            out.info(f"downloading {spec.package}=={spec.version} (sdist, pinned sha256) ...")
+        pin = pipdl.Pin(spec.package, spec.version, spec.sha256)
+        return pipdl.download([pin], cache, "sdist", f"{spec.package}=={spec.version}",
+                              info=out.info if out else None)[pin]
 
 
 def extract_sdist_subtree(archive: Path, subdir: str, dest: Path) -> None:
@@ -159,6 +140,13 @@ def fetch_git(spec: GitSource, out: Output | None = None) -> Path:
     cache = paths.downloads_dir() / f"git-{spec.commit}.tar"
     if cache.exists():
         return cache
+    with locks.hold(cache, f"the fetch of {spec.commit[:12]}", out.info if out else None):
+        if cache.exists():
+            return cache
+        return _fetch_git(spec, cache, out)
+
+
+def _fetch_git(spec: GitSource, cache: Path, out: Output | None) -> Path:
     with tempfile.TemporaryDirectory(dir=paths.downloads_dir()) as tmp:
         if out:
             out.info(f"fetching {spec.url} at {spec.commit[:12]} ...")

@@ -8,13 +8,15 @@ import tarfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ContextManager
 
-from llamactl.core import paths
+from llamactl.core import locks, paths
 from llamactl.core import proc
 from llamactl.core.console import Output
 from llamactl.core.errors import LlamactlError
 from llamactl.source.git import Repo
-from llamactl.source.sources import GitSource, PathSource, PypiSdistSource, SourceSpec, export_path_tree, extract_sdist_subtree, fetch_git, fetch_sdist, resolve
+from llamactl.core.hashing import stable_key
+from llamactl.source.sources import GitSource, PathSource, PypiSdistSource, SourceSpec, export_path_tree, extract_sdist_subtree, fetch_git, fetch_sdist, load_lock, resolve
 
 
 @dataclass
@@ -153,3 +155,53 @@ def require_vendored(tree: Path | None = None) -> Provenance:
     if prov is None or not Repo(tree).exists():
         raise LlamactlError(f"{tree} is not vendored", hint="run `llamactl vendor` first")
     return prov
+
+
+# --- which tree a command works on ---------------------------------------------------------
+#
+# vendor/llama.cpp is the editable tree of the *current* source: the one `llamactl vendor`
+# put there (or the lock's default before anything is vendored). A command that names
+# another source never touches it: it gets one cached tree per source provenance,
+# <cache>/trees/<key>/llama.cpp, written once under a lock and read-only by convention
+# (builds clone it and apply their series to the clone).
+
+
+def vendor_lock(out: Output | None = None) -> ContextManager[None]:
+    """The lock of vendor/llama.cpp: one llamactl at a time may switch, patch or snapshot it."""
+    return locks.vendor_lock(out.info if out else None)
+
+
+def uses_vendor_tree(source: str | None) -> bool:
+    """True when ``source`` (None = the current one) is the source of vendor/llama.cpp."""
+    if source is None:
+        return True
+    prov = read_provenance()
+    if prov is not None and Repo(paths.vendor_tree()).exists():
+        return prov.source == source
+    return source == load_lock().default
+
+
+def tree_key(name: str, spec: SourceSpec) -> str:
+    """Key of the cached tree of a source: its pinned identity (a plain directory: its name)."""
+    if isinstance(spec, PathSource):
+        commit = path_identity(spec)
+        ident = {"source": name, "kind": "path", "version": commit or "worktree"}
+    else:
+        version, digest = identity_of(name, spec) or ("?", "?")
+        ident = {"source": name, "kind": spec.kind, "version": version, "hash": digest}
+    return stable_key(ident)
+
+
+def cached_tree_path(source: str) -> Path:
+    """Where the cached tree of ``source`` lives (it may not exist yet)."""
+    name, spec = resolve(source)
+    return paths.trees_dir() / tree_key(name, spec) / "llama.cpp"
+
+
+def ensure_cached_tree(source: str, out: Output | None = None, series: str | None = None) -> tuple[Path, Provenance]:
+    """Vendor ``source`` into its cached tree (a no-op when it is current). Call it while
+    holding ``locks.hold(tree, ...)``: a plain-directory source is re-exported each time."""
+    tree = cached_tree_path(source)
+    tree.parent.mkdir(parents=True, exist_ok=True)
+    prov = vendor(source, out=out, tree=tree, series=series)
+    return tree, prov

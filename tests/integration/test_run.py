@@ -131,8 +131,9 @@ def test_detach_ps_stop(built, clean_env):
     pid = json.loads(cp.stdout)["pid"]
     try:
         ps = json.loads(subprocess.run([*LLAMACTL, "ps", "--json"], capture_output=True, text=True, env=clean_env).stdout)
-        assert pid in [r["pid"] for r in ps]
-        stop = subprocess.run([*LLAMACTL, "stop", "--all"], capture_output=True, text=True, env=clean_env, timeout=60)
+        run_id = next(r["id"] for r in ps if r["pid"] == pid)
+        # by id, not --all: the cache is shared, other detached servers are not ours to stop
+        stop = subprocess.run([*LLAMACTL, "stop", run_id], capture_output=True, text=True, env=clean_env, timeout=60)
         assert stop.returncode == 0
         assert wait_gone(pid, 15)
     finally:

