@@ -90,7 +90,7 @@ def test_build_processes_die_with_llamactl(tmp_path, clean_env, sig):
 
 
 def runs_with_record() -> set[str]:
-    return {d.name for d in paths.runs_dir().glob("*/run.json")}
+    return {d.parent.name for d in paths.runs_dir().glob("*/run.json")}
 
 
 def test_detach_that_never_gets_healthy_is_stopped(built, clean_env):
