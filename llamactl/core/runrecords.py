@@ -76,7 +76,7 @@ def load(path: Path, on_warning: Warn | None = None) -> RunRecord | None:
         except OSError:
             moved = "left in place"
         if on_warning:
-            on_warning(f"corrupt run record {path} ({why}); {moved}")
+            on_warning(f"skipping corrupt run record {path} ({why}); {moved}")
         return None
     except OSError as exc:
         if on_warning:

@@ -88,7 +88,7 @@ def test_corrupt_records_are_one_warning_each_not_a_traceback(cache):
     assert cp.returncode == 0, cp.stderr
     assert "Traceback" not in cp.stderr
     warn = [ln for ln in cp.stderr.splitlines() if ln.strip()]
-    assert len(warn) == len(texts) and all(w.startswith("warning: corrupt run record") for w in warn), cp.stderr
+    assert len(warn) == len(texts) and all(w.startswith("warning: skipping corrupt run record") for w in warn), cp.stderr
     for name in texts:
         d = cache / "runs" / f"20260101-000000-{name}"
         assert (d / "run.json.corrupt").exists() and not (d / "run.json").exists()
