@@ -27,7 +27,7 @@ from llamactl.judge import bench as bench_lib
 from llamactl.serve import launcher
 from llamactl.cli import options as o, report_cmd
 from llamactl.cli.profile_cmd import resolve_from_cli
-from llamactl.cli.run_cmd import stop_on_signals
+from llamactl.cli.run_cmd import stop_on_signals, warn_exposure
 from llamactl.core.console import Output, console, progress_bar
 from llamactl.core.errors import BadInput, ExitCode, LlamactlError
 from llamactl.core.files import check_writable, read_text
@@ -112,6 +112,7 @@ def bench(
     binary = arms[0].binary if arms else launcher.ensure_binary(base.profile, out)
     run_dir = launcher.new_run_dir(f"bench-{base.name}")
     stop_on_signals()
+    warn_exposure(base.profile.host)
     t0 = time.monotonic()
     results = []
     total = len(unique) * repeat * len(texts) * (len(arms) or 2)

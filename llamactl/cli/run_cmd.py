@@ -23,6 +23,7 @@ from llamactl.cli import options as o
 from llamactl.cli.profile_cmd import resolve_from_cli
 from llamactl.core.console import Output, console, err_console, progress_bar
 from llamactl.core.errors import LlamactlError
+from llamactl.serve.endpoint import Endpoint, exposure_warning
 from llamactl.serve.server import ServerDied
 
 
@@ -63,26 +64,32 @@ def run(
     log = run_dir / "server.log"
     (run_dir / "argv.json").write_text(jsonlib.dumps(plan.argv))
     out.info(f"[dim]$ {escape(plan.shell())}[/]")
+    warn_exposure(r.profile.host)
     stop_on_signals()
     sp = launcher.start(plan, log, echo=None if (quiet or json or detach) else _echo, detach=detach)
     record: dict | None = None
     if detach:   # recorded at once, so that `ps`/`stop` find it even while it starts
         ident = sp.identity.to_json() if sp.identity else {"pid": sp.pid, "argv": plan.argv}
-        record = dict(ident, state="starting", profile=r.name, url=plan.url, log=str(log))
+        record = dict(ident, state="starting", profile=r.name, url=plan.url, log=str(log),
+                      sockets=[str(e.uds) for e in plan.endpoints if e.uds])
         runrecords.write(run_dir, record)
     ready = False
     try:
-        with progress_bar(f"waiting for {plan.url}/health", total=None) as (progress, task):
+        with progress_bar(f"waiting for /health on {plan.url}", total=None) as (progress, task):
             secs = sp.wait_healthy(r.profile.health_timeout)
+        ep, base = plan.endpoint, plan.base_url
         info = {"profile": r.name, "url": plan.url, "pid": sp.pid, "log": str(log), "ready_s": round(secs, 3),
                 "early_start": sp.adopted,
-                "endpoints": [f"{plan.url}{e}" for e in ("/health", "/v1/messages", "/v1/chat/completions", "/completion")]
-                + ([f"{plan.url}/metrics"] if r.profile.metrics else []) + ([f"{plan.url}/slots"] if r.profile.slots else [])}
+                "socket": str(ep.uds) if ep.uds else None, "sockets": [str(e.uds) for e in plan.endpoints if e.uds],
+                "endpoints": [f"{base}{e}" for e in ("/health", "/v1/messages", "/v1/chat/completions", "/completion")]
+                + ([f"{base}/metrics"] if r.profile.metrics else []) + ([f"{base}/slots"] if r.profile.slots else [])}
         if record is not None:
             runrecords.write(run_dir, dict(record, **info, state="running"))
         ready = True
         out.result(info, lambda d: console.print(
-            f"[green]ready[/] {d['url']} in {d['ready_s']:.2f}s (pid {d['pid']}, log {d['log']})\n  " + "\n  ".join(d["endpoints"])))
+            f"[green]ready[/] {escape(d['url'])} in {d['ready_s']:.2f}s (pid {d['pid']}, log {escape(d['log'])})\n  "
+            + "\n  ".join(escape(e) for e in d["endpoints"])
+            + (f"\n  [dim]{escape(ep.curl_hint())}[/]" if ep.uds else ""), highlight=False, soft_wrap=True))
         if detach:
             return
         rc = sp.proc.wait() if sp.proc else None
@@ -115,6 +122,13 @@ def _row(rec: runrecords.RunRecord, alive: bool) -> dict:
     return dict(rec.model_dump(), id=rec.id, alive=alive)
 
 
+def warn_exposure(host: str) -> None:
+    """A yellow warning line when the profile makes llama-server listen beyond loopback."""
+    msg = exposure_warning(host)
+    if msg:
+        err_console.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False, soft_wrap=True)
+
+
 def ps(all_: Annotated[bool, typer.Option("--all", "-a", help="Include stopped runs.")] = False, json: o.Json = False) -> None:
     """Servers started with `run --detach` (each PID checked: start time and argv, not just 'a process exists')."""
     rows = []
@@ -133,6 +147,14 @@ def ps(all_: Annotated[bool, typer.Option("--all", "-a", help="Include stopped r
     Output(json).result(rows, human)
 
 
+def remove_socket_if_stale(path: str) -> None:
+    """Remove a detached server's unix socket file once nobody listens on it."""
+    try:
+        Endpoint.parse(path, None).clear_stale()
+    except LlamactlError:
+        pass
+
+
 def stop(
     run_id: Annotated[Optional[str], typer.Argument(help="Run id from `llamactl ps` (prefix is enough).")] = None,
     all_: Annotated[bool, typer.Option("--all", "-a", help="Stop every detached server.")] = False,
@@ -143,6 +165,10 @@ def stop(
         raise LlamactlError("name a run id or pass --all")
     recs = [r for r in runrecords.load_all(_warn) if r.state != "stopped" and (all_ or r.id.startswith(run_id or ""))]
     stopped = [r.id for r in recs if runrecords.stop(r, on_warning=_warn)]
+    for r in recs:   # llama-server leaves its unix socket file behind; removed once nobody listens
+        extra = r.model_extra or {}
+        for sock in extra.get("sockets") or ([extra["socket"]] if extra.get("socket") else []):
+            remove_socket_if_stale(str(sock))
     if not stopped and not all_:
         raise LlamactlError(f"no running server matches {run_id!r}", hint="see `llamactl ps --all`")
     Output(json).result(stopped, lambda ids: console.print(f"stopped {len(ids)} server(s)"))

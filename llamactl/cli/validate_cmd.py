@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from llamactl.report import reports
 from llamactl.cli import options as o, report_cmd
 from llamactl.cli.profile_cmd import resolve_from_cli
-from llamactl.cli.run_cmd import stop_on_signals
+from llamactl.cli.run_cmd import stop_on_signals, warn_exposure
 from llamactl.core.console import Output, console, err_console, quiet_progress
 from llamactl.core.errors import BadInput, ExitCode, LlamactlError
 from llamactl.core.files import check_writable
@@ -60,6 +60,7 @@ def validate(
         raise BadInput(f"the matrix of {base.name} selects no cells", hint="check its axes/include/exclude")
     out = Output(False)
     stop_on_signals()
+    warn_exposure(base.profile.host)
     console.print(f"validating [bold]{base.name}[/]: {len(cells)} cell(s)")
     live_enabled = console.is_terminal and not quiet_progress()
     bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import ExitStack
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from llamactl.serve import profiles
 from llamactl.core.errors import BadInput, LlamactlError
 from llamactl.core.files import read_text
 from llamactl.judge.matrix import Cell
+from llamactl.serve.endpoint import split_hosts
 from llamactl.serve.server import ServerDied, ServerProcess
 from llamactl.judge.stats import pct_change, ratio, summarize
 from llamactl.judge.validate import cell_profile, slug
@@ -156,6 +158,12 @@ def _spec(client: httpx.Client, url: str) -> metrics.SpecCounters:
         return metrics.SpecCounters()
 
 
+def _beside(prof: profiles.Profile, variant: str) -> profiles.Profile:
+    """``prof`` for a second server running next to the first: a free port, ``NAME-<variant>.sock`` sockets."""
+    hosts = [f"{h[:-len('.sock')]}-{variant}.sock" if h.endswith(".sock") else h for h in split_hosts(prof.host)]
+    return prof.model_copy(update={"host": ",".join(hosts), "port": "auto"})
+
+
 def peak_rss_mb(pid: int) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -250,6 +258,8 @@ def bench_cell(base: profiles.Resolved, cell: Cell, binary: launcher.Binary, run
             v = arm.label
             mtp = resolved.profile.enable_mtp if arm.enable_mtp is None else arm.enable_mtp
             prof = resolved.profile.model_copy(update={"enable_mtp": bool(mtp and resolved.profile.draft_model)})
+            if servers:   # side by side with the first server: not on its fixed port or socket
+                prof = _beside(prof, slug(v))
             r = profiles.Resolved(resolved.name, prof, resolved.origins, resolved.path)
             vr = VariantResult(v)
             out.variants[v] = vr
@@ -267,15 +277,18 @@ def bench_cell(base: profiles.Resolved, cell: Cell, binary: launcher.Binary, run
                 vr.error = str(exc)
         model = resolved.profile.alias or "model"
         live = [v for v in variants if v in servers and servers[v].alive() and not out.variants[v].error]
-        with httpx.Client(limits=httpx.Limits(max_keepalive_connections=0)) as client:
+        # one client per server: each has its own endpoint (a unix socket needs its own transport)
+        with ExitStack() as stack:
+            clients = {v: stack.enter_context(servers[v].client(limits=httpx.Limits(max_keepalive_connections=0)))
+                       for v in live}
             for v in live:   # warm-up, excluded
-                stream_one(client, servers[v].url, model, prompts[0], min(16, n_predict), seed)
+                stream_one(clients[v], servers[v].url, model, prompts[0], min(16, n_predict), seed)
             for rep in range(repeat):
                 for pi, prompt in enumerate(prompts):
                     # interleaved across arms, and the order alternates (A B, B A, A B ...) so that
                     # going first or second after another server's burst cannot favour one arm
                     for v in (live if (rep * len(prompts) + pi) % 2 == 0 else live[::-1]):
-                        url = servers[v].url
+                        url, client = servers[v].url, clients[v]
                         before = _spec(client, url)
                         res = stream_one(client, url, model, prompt, n_predict, seed)
                         d = _spec(client, url).minus(before)
@@ -286,7 +299,7 @@ def bench_cell(base: profiles.Resolved, cell: Cell, binary: launcher.Binary, run
                             progress(f"{cell.id} {v} r{rep} p{pi}")
                 for v in live:
                     out.variants[v].aggregate_tps.append(
-                        _aggregate(client, servers[v].url, model, resolved.profile.parallel, n_predict, seed, prompts))
+                        _aggregate(clients[v], servers[v].url, model, resolved.profile.parallel, n_predict, seed, prompts))
         for v, sp in servers.items():
             out.variants[v].peak_rss_mb = peak_rss_mb(sp.pid) if sp.pid else None
             if not sp.alive() and not out.variants[v].error:

@@ -180,8 +180,8 @@ def _run_cell(resolved: profiles.Resolved, binary: launcher.Binary, run_dir: Pat
             return
         t_req = time.monotonic()
         # no keep-alive: llama-server may close an idle connection just as the next request reuses it
-        with httpx.Client(headers=sp.headers(), limits=httpx.Limits(max_keepalive_connections=0)) as client:
-            ctx = CellContext(plan.url, prof, client, alive=sp.alive, request_timeout=prof.request_timeout,
+        with sp.client(limits=httpx.Limits(max_keepalive_connections=0)) as client:
+            ctx = CellContext(plan.base_url, prof, client, alive=sp.alive, request_timeout=prof.request_timeout,
                               deadline=deadline, cell_timeout=prof.cell_timeout, log_lines=sp.log_lines,
                               model_paths=dict(plan.model_paths))
             try:

@@ -20,7 +20,8 @@ from llamactl.core.hashing import stable_key
 from llamactl.serve import quickstart
 from llamactl.serve.profiles import ENV_VARS, Profile, Resolved
 from llamactl.serve.render import render_argv
-from llamactl.serve.server import ServerProcess, ensure_port_free, free_port
+from llamactl.serve.endpoint import Endpoint, listen_endpoints
+from llamactl.serve.server import ServerProcess
 
 
 @dataclass
@@ -40,10 +41,22 @@ class LaunchPlan:
     env: dict[str, str] = field(default_factory=dict)          # the profile's env: (set on top)
     model_paths: dict[str, Path] = field(default_factory=dict)
     env_dropped: list[str] = field(default_factory=list)       # inherited llama-server variables not passed on
+    endpoints: list[Endpoint] = field(default_factory=list)   # every --host address; [0] is the one llamactl uses
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """Where llamactl reaches the server (the first host of ``--host``)."""
+        return self.endpoints[0] if self.endpoints else Endpoint.parse(self.host, self.port)
 
     @property
     def url(self) -> str:
-        return f"http://{'127.0.0.1' if self.host in ('0.0.0.0', '') else self.host}:{self.port}"
+        """The URL to show: ``http://127.0.0.1:8080``, ``http://[::1]:8080`` or ``unix:///path.sock``."""
+        return self.endpoint.url
+
+    @property
+    def base_url(self) -> str:
+        """The client's base URL (``http://localhost`` for a unix socket, with ``endpoint.client()``)."""
+        return self.endpoint.base_url
 
     def shell(self) -> str:
         return " ".join(shlex.quote(a) for a in self.argv)
@@ -124,16 +137,19 @@ def plan(resolved: Resolved, out: Output | None = None, binary: Binary | None = 
     binary = binary or ensure_binary(p, out, jobs)
     base = paths.project_root()
     model_paths = resolve_models(p, out, base)
+    # bound the way llama-server binds: a port in TIME-WAIT is free, a live listener is named
     early_port = quickstart.pending_port()   # a server `run` started early already holds its port
-    if p.port == "auto":
-        port = early_port or free_port(p.host if p.host not in ("0.0.0.0", "::") else "127.0.0.1")
+    if early_port is not None and p.port in ("auto", early_port):
+        endpoints = listen_endpoints(p.host, early_port, Path.cwd(), probe=False)
     else:
-        port = int(p.port)
-        if port != early_port:
-            ensure_port_free(p.host, port)
-    argv = render_argv(p, binary.help, binary.path, port=port, model_paths=model_paths)
+        endpoints = listen_endpoints(p.host, p.port, Path.cwd())
+    tcp_port = next((e.port for e in endpoints if e.port is not None), None)
+    port = tcp_port if tcp_port is not None else (8080 if p.port == "auto" else int(p.port))  # ignored for .sock
+    host = ",".join(e.host for e in endpoints)   # socket paths made absolute
+    rp = p if host == p.host else p.model_copy(update={"host": host})
+    argv = render_argv(rp, binary.help, binary.path, port=port, model_paths=model_paths)
     _, dropped = server_environment(dict(os.environ), dict(p.env), binary.help)
-    return LaunchPlan(resolved, binary, argv, p.host, port, dict(p.env), model_paths, dropped)
+    return LaunchPlan(resolved, binary, argv, host, port, dict(p.env), model_paths, dropped, endpoints)
 
 
 def new_run_dir(name: str) -> Path:
@@ -149,16 +165,20 @@ def new_run_dir(name: str) -> Path:
 
 def start(plan_: LaunchPlan, log_path: Path, echo: Callable[[str], None] | None = None,
           detach: bool = False) -> ServerProcess:
+    for ep in plan_.endpoints:
+        ep.clear_stale()   # a unix socket file left by an earlier server: llama-server cannot bind over it
     sp = ServerProcess(plan_.argv, plan_.host, plan_.port, log_path, env=plan_.env, echo=echo,
-                       api_key=plan_.resolved.profile.api_key, drop_env=tuple(plan_.env_dropped))
+                       api_key=plan_.resolved.profile.api_key, drop_env=tuple(plan_.env_dropped),
+                       endpoint=plan_.endpoint)
     early = None if detach else quickstart.take(plan_.argv, plan_.env)
     if early is not None:
         sp.adopt(early)
     else:
         quickstart.discard()
         sp.start(detach=detach)
-    quickstart.remember(plan_.argv, plan_.env, plan_.host, plan_.port, plan_.resolved.profile.port == "auto",
-                        _plan_inputs(plan_), [*ENV_VARS, *plan_.env_dropped])
+    if not any(e.uds for e in plan_.endpoints):   # the early start binds TCP ports only
+        quickstart.remember(plan_.argv, plan_.env, plan_.host, plan_.port, plan_.resolved.profile.port == "auto",
+                            _plan_inputs(plan_), [*ENV_VARS, *plan_.env_dropped])
     return sp
 
 

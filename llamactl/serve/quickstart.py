@@ -146,12 +146,13 @@ def early_start(args: list[str]) -> None:
 
 
 def _bindable(host: str, port: int) -> bool:
-    import socket
+    """Whether llama-server could bind ``host:port`` now (judged as it binds: a TIME-WAIT port is free)."""
+    from llamactl.core.errors import LlamactlError
+    from llamactl.serve.endpoint import bind_like_server
 
     try:
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((host, port))
-    except OSError:
+        bind_like_server(host, port).close()
+    except (OSError, LlamactlError):
         return False
     return True
 

@@ -8,26 +8,28 @@ SIGKILL after a grace period.
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import signal
-import socket
 import subprocess
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, TextIO
+from typing import TYPE_CHECKING, Any, Callable, TextIO
 
 from llamactl.core.errors import LlamactlError, ServerFailed
 from llamactl.core.proc import ProcessIdentity, identify, pid_alive, signal_group, spawn
+from llamactl.serve import endpoint as endpoint_lib
+from llamactl.serve.endpoint import Endpoint
 
 __all__ = ["Crash", "ServerDied", "ServerProcess", "describe_exit", "ensure_port_free", "free_port",
            "pid_alive", "signal_group"]
 
 if TYPE_CHECKING:
+    import httpx
+
     from llamactl.serve.quickstart import Early
 
 _ASSERT = re.compile(r"GGML_ASSERT|GGML_ABORT|\berror:|terminate called|Segmentation fault|Assertion .* failed|fatal error|std::\w+_error|what\(\):")
@@ -35,20 +37,20 @@ _FRAME = re.compile(r"^\s*(#\d+\s|\S*\(.*\+0x[0-9a-f]+\)|.*\bin \w|\s*\d+: )")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port llama-server can bind on ``host`` now (IPv4, IPv6, names, a comma list); see ``endpoint.free_port``.
+
+    Raises LlamactlError when ``host`` cannot be bound at all.
+    """
+    tcp = [h for h in endpoint_lib.split_hosts(host) if not h.endswith(".sock")] or ["127.0.0.1"]
+    return endpoint_lib.free_port(tcp[0], tcp[1:], v6only=len(tcp) > 1)
 
 
 def ensure_port_free(host: str, port: int) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((host, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise LlamactlError(f"port {port} on {host} is already in use",
-                                    hint="stop what listens there, pick --port N, or use --port auto") from exc
-            raise LlamactlError(f"cannot bind {host}:{port}: {exc.strerror}") from exc
+    """Raise LlamactlError (naming the holder) unless llama-server could bind ``host:port`` now.
+
+    Judged like llama-server binds (SO_REUSEADDR): a port left in TIME-WAIT is free.
+    """
+    Endpoint.parse(host, port).probe_bind()
 
 
 @dataclass
@@ -103,11 +105,23 @@ class ServerProcess:
     healthy_at: float | None = None
     adopted: bool = False          # started early by quickstart from the previous run's plan
     identity: ProcessIdentity | None = None   # pid, start time and argv, for run records
+    endpoint: Endpoint | None = None   # where the client reaches it; from host/port when not given
+
+    def __post_init__(self) -> None:
+        if self.endpoint is None:
+            self.endpoint = Endpoint.parse(endpoint_lib.split_hosts(self.host)[0], self.port)
 
     @property
     def url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        return f"http://{host}:{self.port}"
+        """The client's base URL (``http://localhost`` for a unix socket: use ``client()``)."""
+        assert self.endpoint is not None
+        return self.endpoint.base_url
+
+    def client(self, **kw: Any) -> httpx.Client:
+        """An httpx client to this server (its endpoint's transport, the API key header); ``kw`` as Endpoint.client."""
+        assert self.endpoint is not None
+        headers = {**self.headers(), **kw.pop("headers", {})}
+        return self.endpoint.client(headers=headers, **kw)
 
     @property
     def pid(self) -> int | None:
@@ -175,7 +189,7 @@ class ServerProcess:
         import httpx   # here, not at import: the early start of `run` (quickstart) needs this module fast
 
         deadline = time.monotonic() + timeout
-        with httpx.Client(timeout=2.0, headers=self.headers()) as client:
+        with self.client(timeout=2.0) as client:
             while True:
                 if not self.alive():
                     crash = self.crash()
@@ -221,6 +235,8 @@ class ServerProcess:
                 self.proc.wait(timeout=10)
         if self._reader is not None:
             self._reader.join(timeout=5)
+        if self.endpoint is not None:
+            self.endpoint.clear_stale()   # llama-server leaves its unix socket file behind
         return self.proc.returncode
 
 
