@@ -358,5 +358,6 @@ def exposure_warning(host: str) -> str | None:
     wide = [e.host for e in eps if not e.is_loopback]
     if not wide:
         return None
-    return (f"llama-server listens on {', '.join(wide)} as the profile says: other machines can reach it"
+    every = " (every interface)" if any(h in WILDCARDS for h in wide) else ""
+    return (f"llama-server listens on {', '.join(wide)}{every}: other machines can reach it"
             " (set api_key, or use host 127.0.0.1)")
