@@ -117,13 +117,17 @@ def early_start(args: list[str]) -> None:
         return
     if any(_stat(p) != st for p, st in entry["files"]):
         return
+    from llamactl.core.errors import LlamactlError
     from llamactl.core.proc import spawn
     from llamactl.serve.server import free_port
 
     argv = list(entry["argv"])
     port = entry["port"]
     if entry["port_index"] is not None:
-        port = free_port(entry["bind_host"])
+        try:
+            port = free_port(entry["bind_host"])
+        except LlamactlError:
+            return      # the host cannot be bound now: the normal path says why in one line
         argv[entry["port_index"]] = str(port)
     elif not _bindable(entry["bind_host"], port):
         return      # a fixed port in use: the normal path says so in one line
