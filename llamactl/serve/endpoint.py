@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from llamactl.core.errors import LlamactlError
+from llamactl.core.errors import BadInput, LlamactlError
 
 if TYPE_CHECKING:   # httpx loads on first use: `run`'s early start imports this module and must stay fast
     import httpx
@@ -45,7 +45,7 @@ def split_hosts(value: str) -> list[str]:
         if h:
             hosts.append(h)
     if not hosts:
-        raise LlamactlError(f"host {value!r} names no address",
+        raise BadInput(f"host {value!r} names no address",
                             hint="use an IP address (127.0.0.1, ::1), a name, or a unix socket path ending in .sock")
     return hosts
 
@@ -82,11 +82,11 @@ class Endpoint:
         if host.startswith("[") and host.endswith("]"):
             host = host[1:-1]
         if not host:
-            raise LlamactlError("host is empty", hint="use 127.0.0.1, ::1, 0.0.0.0, a name, or a path ending in .sock")
+            raise BadInput("host is empty", hint="use 127.0.0.1, ::1, 0.0.0.0, a name, or a path ending in .sock")
         if _kind(host) == "unix":
             path = Path(os.path.abspath(Path(host).expanduser() if base is None else (base / Path(host).expanduser())))
             if len(os.fsencode(str(path))) > _SUN_PATH_MAX:
-                raise LlamactlError(f"unix socket path {path} is {len(os.fsencode(str(path)))} bytes; "
+                raise BadInput(f"unix socket path {path} is {len(os.fsencode(str(path)))} bytes; "
                                     f"the system allows at most {_SUN_PATH_MAX}", hint="use a shorter path")
             return cls(str(path), None, path)
         return cls(host, port, None)
@@ -187,13 +187,13 @@ class Endpoint:
     def _probe_uds(self) -> None:
         assert self.uds is not None
         if not self.uds.parent.is_dir():
-            raise LlamactlError(f"cannot create unix socket {self.uds}: directory {self.uds.parent} does not exist")
+            raise BadInput(f"cannot create unix socket {self.uds}: directory {self.uds.parent} does not exist")
         try:
             st = self.uds.lstat()
         except FileNotFoundError:
             return
         if not stat.S_ISSOCK(st.st_mode):
-            raise LlamactlError(f"{self.uds} exists and is not a unix socket", hint="remove it or pick another .sock path")
+            raise BadInput(f"{self.uds} exists and is not a unix socket", hint="remove it or pick another .sock path")
         if uds_live(self.uds):
             raise LlamactlError(f"unix socket {self.uds} is already in use{held_by_uds(self.uds)}",
                                 hint="stop what listens there or pick another .sock path")
@@ -212,7 +212,7 @@ def _addrinfo(host: str, port: int) -> list[tuple]:
     try:
         return socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise LlamactlError(f"cannot resolve host {host!r}: {exc.strerror}",
+        raise BadInput(f"cannot resolve host {host!r}: {exc.strerror}",
                             hint="use an IP address (127.0.0.1, ::1, 0.0.0.0, ::), a name that resolves, or a path ending in .sock") from exc
 
 
@@ -342,7 +342,7 @@ def listen_endpoints(host: str, port: int | Literal["auto"], base: Path | None =
     for e in eps:
         key = e.host
         if key in seen:
-            raise LlamactlError(f"host {e.host} is listed twice in {host!r}")
+            raise BadInput(f"host {e.host} is listed twice in {host!r}")
         seen.add(key)
         if probe:
             e.probe_bind(v6only)
