@@ -17,7 +17,8 @@ LLAMACTL = [sys.executable, "-m", "llamactl"]
 
 def validate(clean_env: dict[str, str], tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
     js = tmp_path / "v.json"
-    cp = subprocess.run([*LLAMACTL, "validate", *args, "--no-env", "--json", str(js)],
+    # generous per-request time: these judge evidence, not speed, on a shared 2-core machine
+    cp = subprocess.run([*LLAMACTL, "validate", *args, "--no-env", "--set", "request_timeout=900", "--json", str(js)],
                         capture_output=True, text=True, env=clean_env, timeout=900)
     return cp, json.loads(js.read_text())
 
@@ -34,7 +35,7 @@ def test_server_view_is_recorded_and_a_smaller_ctx_is_a_warning(built, clean_env
     cell = data["cells"][0]
     server = cell["server"]
     assert server["n_slots"] == 2 and server["speculative"] is False
-    assert server["kv_k"] == "f16" and server["kv_v"] == "f16"
+    assert "kv_k" not in server          # llama-server logs its KV types only at -lv 4: not claimed when not seen
     assert Path(server["model_path"]).name == "gemma-3-270m-q4_k_m.gguf"
     assert server["n_ctx_slot"] > 64 and server["n_ctx_total"] == 2 * server["n_ctx_slot"]
     want = f"ctx=128 rendered (64 per slot), the server runs {server['n_ctx_slot']} per slot ({server['n_ctx_total']} in all)"
@@ -72,7 +73,7 @@ def test_mtp_without_metrics_is_judged_from_response_timings(built, clean_env, t
 def test_mtp_without_metrics_outside_the_band_fails(built, clean_env, tmp_path):
     """The random drafter accepts ~0%: with /metrics off, the timings still catch a wrong band."""
     cp, data = validate(clean_env, tmp_path, "tiny-gemma4-mtp", "--cell", "parallel=1", "--set", "metrics=false",
-                        "--set", "draft_model=tiny-gemma4/upstream-random/drafter")
+                        "--set", "draft_model=tiny-gemma4/upstream-random/drafter", "--set", "concurrent_max_tokens=64")
     assert cp.returncode == 1
     cell = data["cells"][0]
     assert cell["status"] == "fail" and "outside the expected 90%-100%" in cell["reason"], cell["reason"]
