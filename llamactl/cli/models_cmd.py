@@ -48,13 +48,17 @@ def fetch(name: Annotated[str, typer.Argument(help="A model name from `models li
 
 @app.command()
 def info(name: Annotated[str, typer.Argument(help="A model name or a path to a GGUF file.")], json: o.Json = False) -> None:
-    """Architecture, sizes and tokenizer of a GGUF file, read with the gguf package."""
+    """Architecture, sizes and tokenizer from the GGUF header (every shard of a split model; no tensor data read)."""
     data = gguf_info.info(models.resolve(name))
 
     def human(d: dict) -> None:
         t = Table(show_header=False, box=None)
         for k, v in d.items():
-            t.add_row(k, str(v))
+            if k == "shards":
+                for i, s in enumerate(v, 1):
+                    t.add_row(f"shard {i}", f"{s['path']}  ({s['bytes'] / 2**20:.2f} MiB, {s['tensors']} tensors)")
+            else:
+                t.add_row(k, str(v))
         console.print(t)
 
     Output(json).result(data, human)

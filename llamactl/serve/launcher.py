@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from llamactl.models import catalog as models
+from llamactl.models import gguf_info
 from llamactl.core import paths
 from llamactl.build.builder import BuildRequest, BuildResult, build
 from llamactl.core.console import Output
@@ -125,9 +126,15 @@ def help_for(binary: Path, timeout: float | None = None) -> str:
 
 
 def resolve_models(profile: Profile, out: Output | None = None, base: Path | None = None) -> dict[str, Path]:
+    """Model fields -> local files, each checked as a loadable GGUF (all shards of a split model).
+
+    Raises LlamactlError (ModelFileError) naming the file and what is wrong with it.
+    """
     res = {"model": models.resolve(profile.model, out, base)}
     if profile.enable_mtp and profile.draft_model:
         res["draft_model"] = models.resolve(profile.draft_model, out, base)
+    for path in res.values():
+        gguf_info.check_launchable(path)
     return res
 
 

@@ -39,6 +39,56 @@ class Unsupported(LlamactlError):
         self.value = value
 
 
+class Refused(LlamactlError):
+    """A combination of profile values llama-server is known to reject (or silently change) at start.
+
+    Found before launch; the message names the profile key to change.
+    """
+
+    def __init__(self, message: str, key: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.key = key
+
+
+# ggml types that need flash attention in the V cache: every block-quantized KV type
+# (upstream llama_init_from_model: "quantized V cache requires flash_attn to be enabled";
+# the fork at 0a635dcd9: "V cache quantization requires flash_attn")
+UNQUANTIZED_KV = ("f32", "f16", "bf16")
+# The AtomicBot fork (0a635dcd9, llama_init_from_model): turbo2/turbo3/turbo4 in K *or* V need flash
+# attention, and with flash_attn off the fork turns it on by itself ("turbo cache types require
+# flash_attn - enabling automatically"): the server would not run what the profile says.
+TURBO_KV = ("turbo2", "turbo3", "turbo4")
+
+
+def _fa_off(value: object) -> bool:
+    """flash_attn off, spelled as the word or as YAML 1.1's boolean for an unquoted ``off``."""
+    return value is False or (isinstance(value, str) and value.strip().lower() in ("off", "false", "no", "0"))
+
+
+def prelaunch_rules(profile: Profile) -> None:
+    """Refuse value combinations llama-server rejects at start, naming the key to change.
+
+    Raises:
+        Refused: a quantized V cache (kv_v, or kv_v_draft with MTP) with ``flash_attn: off``;
+            a turbo* K or V cache type with ``flash_attn: off``.
+    """
+    if not _fa_off(profile.flash_attn):
+        return
+    pairs = [("kv_k", profile.kv_k), ("kv_v", profile.kv_v)]
+    if profile.enable_mtp:
+        pairs += [("kv_k_draft", profile.kv_k_draft), ("kv_v_draft", profile.kv_v_draft)]
+    for key, value in pairs:
+        if value in TURBO_KV:
+            raise Refused(f"{key}={value} needs flash attention, but flash_attn=off (the fork would turn it on "
+                          f"by itself, so the server would not run this profile)", "flash_attn",
+                          hint=f"set flash_attn: on (or auto), or a {key} that is not turbo*")
+    for key, value in pairs:
+        if key.startswith("kv_v") and value is not None and value not in UNQUANTIZED_KV:
+            raise Refused(f"{key}={value} (a quantized V cache) needs flash attention, but flash_attn=off: "
+                          f"llama-server refuses to create the context", "flash_attn",
+                          hint=f"set flash_attn: on (or auto), or {key}: f16")
+
+
 def _fmt(v: object) -> str:
     if isinstance(v, float) and v.is_integer():
         return str(int(v))
@@ -100,6 +150,7 @@ def render_argv(
         if allowed is not None and _fmt(value) not in allowed:
             raise Unsupported(fname, value, allowed, name)
         argv += [flag, _fmt(value)]
+    prelaunch_rules(profile)   # after the support checks: a value this build lacks is a SKIP, not a refusal
     return argv
 
 

@@ -8,6 +8,7 @@ SIGKILL after a grace period.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -24,15 +25,15 @@ from llamactl.core.proc import ProcessIdentity, identify, pid_alive, signal_grou
 from llamactl.serve import endpoint as endpoint_lib
 from llamactl.serve.endpoint import Endpoint
 
-__all__ = ["Crash", "ServerDied", "ServerProcess", "describe_exit", "ensure_port_free", "free_port",
-           "pid_alive", "signal_group"]
+__all__ = ["Crash", "LogLine", "ServerDied", "ServerProcess", "describe_exit", "ensure_port_free", "free_port",
+           "parse_log_line", "pid_alive", "root_cause", "signal_group"]
 
 if TYPE_CHECKING:
     import httpx
 
     from llamactl.serve.quickstart import Early
 
-_ASSERT = re.compile(r"GGML_ASSERT|GGML_ABORT|\berror:|terminate called|Segmentation fault|Assertion .* failed|fatal error|std::\w+_error|what\(\):")
+_ASSERT = re.compile(r"GGML_ASSERT|GGML_ABORT|terminate called|Segmentation fault|Assertion .* failed|fatal error|std::\w+_error|what\(\):")
 _FRAME = re.compile(r"^\s*(#\d+\s|\S*\(.*\+0x[0-9a-f]+\)|.*\bin \w|\s*\d+: )")
 
 
@@ -53,6 +54,66 @@ def ensure_port_free(host: str, port: int) -> None:
     Endpoint.parse(host, port).probe_bind()
 
 
+# llama.cpp's common/log: with a prefix (the default since upstream set it in common_init) each line is
+# "[M.SS.mmm.uuu ]L msg" with L one of I W E D; colours may wrap it. Without (the fork at 0a635dcd9,
+# or --no-log-prefix) the level is not written; --log-jsonl writes {"type":"log","level":"error",...}.
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_PREFIXED = re.compile(r"^(?:\d+\.\d{2}\.\d{3}\.\d{3} )?(?P<level>[IWED]) (?P<msg>.*)$")
+_TAG = re.compile(r"^(?:srv|cmn|slot|res|que|log)\s+(?=\S+:)")     # the server's component tag before "func:"
+# without levels: what llama.cpp's error lines say (LLAMA_LOG_ERROR, exceptions caught and printed)
+_ERRORISH = re.compile(
+    r"\berror\b|\bfailed\b|\bfailure\b|\brequires\b|\bunknown\b|\binvalid\b|\billegal\b|\bcannot\b|can't|"
+    r"could not|unable to|not supported|unsupported|no such file|not found|does not|mismatch|out of memory|"
+    r"\bexceeds?\b|\btoo (?:large|small|many|long)\b|\bmissing\b|\bcorrupt", re.I)
+_NOT_ERROR = re.compile(r"^\s*(?:llama_model_loader: - |print_info:|main: build|system_info:)|\bwarning\b|"
+                        r"\benabling automatically\b|\bforcing\b|\bbuild \d+ \(unknown\)|"
+                        r"cannot be used with preferred buffer type|not supported by template|"
+                        r"\bclamping\b|\bwithout it\b|\binstead\b|\bfalling back\b", re.I)   # fallbacks, not fatal
+
+# error-level lines llama.cpp itself calls harmless (the MTP assistant's context during memory fitting)
+_BENIGN = re.compile(r"\bis normal\b", re.I)
+
+
+@dataclass
+class LogLine:
+    """One log line with the level llama.cpp wrote it at (None where the log carries no levels)."""
+
+    level: str | None      # "I", "W", "E", "D"
+    msg: str
+
+
+def parse_log_line(line: str) -> LogLine:
+    """Split a llama.cpp log line into level and message (colour, timestamp and component tag removed)."""
+    ln = _ANSI.sub("", line).rstrip()
+    if ln.startswith("{") and '"level"' in ln:
+        try:
+            obj = json.loads(ln)
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict) and obj.get("type") == "log":
+            lvl = {"error": "E", "warn": "W", "info": "I", "debug": "D"}.get(str(obj.get("level")))
+            return LogLine(lvl, _TAG.sub("", str(obj.get("msg", "")).strip()))
+    m = _PREFIXED.match(ln)
+    if m:
+        return LogLine(m.group("level"), _TAG.sub("", m.group("msg").strip()))
+    return LogLine(None, _TAG.sub("", ln.strip()))
+
+
+def root_cause(log_lines: list[str]) -> str | None:
+    """The first error-level line of a llama.cpp log: what went wrong, not the cascade after it.
+
+    Uses the level prefix (``E ``) or JSONL level where the log has them; in a log without levels,
+    the first line that reads as an error (outside the model-metadata dump). None if nothing does.
+    """
+    parsed = [parse_log_line(ln) for ln in log_lines]
+    first_e = next((p.msg for p in parsed if p.level == "E" and p.msg and not _BENIGN.search(p.msg)), None)
+    if first_e is not None:
+        return first_e
+    # no level (or none at error level): lines written before the logger (argument errors) or a log without prefixes
+    return next((p.msg for p in parsed if p.level is None and p.msg and _ERRORISH.search(p.msg)
+                 and not _NOT_ERROR.search(p.msg) and not _BENIGN.search(p.msg)), None)
+
+
 @dataclass
 class Crash:
     """Why a server stopped on its own, in the words of its log."""
@@ -63,13 +124,16 @@ class Crash:
     frames: list[str]
     last_lines: list[str]
     log: str
+    error_line: str | None = None    # the first error-level log line (the root cause of an early exit)
 
     def summary(self) -> str:
         how = f"killed by {self.signal}" if self.signal else f"exit code {self.returncode}"
-        return f"llama-server {how}" + (f": {self.assert_line}" if self.assert_line else "")
+        why = self.assert_line or self.error_line
+        return f"llama-server {how}" + (f": {why}" if why else "")
 
 
 def describe_exit(returncode: int | None, log_lines: list[str], log: Path) -> Crash:
+    """A crash report from the exit status and the log: the assert and its frames, or the root-cause line."""
     sig = None
     if returncode is not None and returncode < 0:
         try:
@@ -80,12 +144,13 @@ def describe_exit(returncode: int | None, log_lines: list[str], log: Path) -> Cr
     frames: list[str] = []
     for i, ln in enumerate(log_lines):
         if _ASSERT.search(ln) and assert_line is None:
-            assert_line = ln.strip()
+            assert_line = _ANSI.sub("", ln).strip()
             for f in log_lines[i + 1:i + 40]:
                 if _FRAME.match(f) or "llama" in f or "ggml" in f:
-                    frames.append(f.strip())
+                    frames.append(_ANSI.sub("", f).strip())
             break
-    return Crash(returncode, sig, assert_line, frames[:20], [l.rstrip() for l in log_lines[-15:]], str(log))
+    error_line = root_cause(log_lines)
+    return Crash(returncode, sig, assert_line, frames[:20], [l.rstrip() for l in log_lines[-15:]], str(log), error_line)
 
 
 @dataclass

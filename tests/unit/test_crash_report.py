@@ -2,7 +2,9 @@
 
 from pathlib import Path
 
-from llamactl.serve.server import describe_exit
+import pytest
+
+from llamactl.serve.server import LogLine, describe_exit, parse_log_line, root_cause
 from tests.conftest import FIXTURES
 
 
@@ -18,11 +20,79 @@ def test_fork_abort_assert_line_and_frames():
     assert len(crash.last_lines) == 15
 
 
-def test_plain_exit_code_and_error_line():
+def test_plain_exit_names_the_first_error_not_the_cascade():
     lines = ["srv load_model: loading model 'x.gguf'", "gguf_init_from_file_impl: failed to read magic",
              "error: failed to load model 'x.gguf'", "srv main: exiting due to model loading error"]
     crash = describe_exit(1, lines, Path("/l"))
-    assert crash.signal is None and crash.summary() == "llama-server exit code 1: error: failed to load model 'x.gguf'"
+    assert crash.signal is None and crash.assert_line is None
+    assert crash.summary() == "llama-server exit code 1: gguf_init_from_file_impl: failed to read magic"
+
+
+# real logs of the upstream CPU build (0c1e57098), one per way a server exits during load
+ROOT_CAUSES = {
+    "upstream-qv-fa-off.log": "llama_init_from_model: quantized V cache requires flash_attn to be enabled",
+    "upstream-qv-fa-off-noprefix.log": "llama_init_from_model: quantized V cache requires flash_attn to be enabled",
+    "upstream-not-gguf.log": "gguf_init_from_reader: invalid magic characters: 'hell', expected 'GGUF'",
+    "upstream-unknown-arch.log": "llama_model_load: error loading model: unknown model architecture: 'foobar'",
+    "upstream-missing-key.log": "llama_model_load: error loading model: error loading model hyperparameters: "
+                                "key not found in model: llama.context_length",
+    "upstream-missing-file.log": "gguf_init_from_file: failed to open GGUF file '/tmp/cz/nope.gguf' (No such file or directory)",
+    "upstream-bad-arg.log": 'error while handling argument "--spec-type": unknown speculative type: bogus',
+}
+
+
+@pytest.mark.parametrize("name", sorted(ROOT_CAUSES))
+def test_root_cause_of_real_early_exits(name):
+    lines = (FIXTURES / "logs" / name).read_text().splitlines()
+    assert root_cause(lines) == ROOT_CAUSES[name]
+    crash = describe_exit(1, lines, Path("/l"))
+    assert crash.error_line == ROOT_CAUSES[name]
+    assert crash.summary() == f"llama-server exit code 1: {ROOT_CAUSES[name]}"
+
+
+@pytest.mark.parametrize("name", ["upstream-tiny-mtp-healthy.log", "upstream-tiny-mtp-healthy-noprefix.log"])
+def test_healthy_logs_have_no_root_cause(name):
+    """Error-level lines llama.cpp calls normal (the MTP assistant during memory fitting) are no cause."""
+    lines = (FIXTURES / "logs" / name).read_text().splitlines()
+    assert any("is normal" in ln for ln in lines)
+    assert root_cause(lines) is None
+    assert describe_exit(-9, lines, Path("/l")).summary() == "llama-server killed by SIGKILL"
+
+
+def test_level_parsing_prefix_colour_jsonl():
+    assert parse_log_line("0.00.835.950 E llama_init_from_model: boom") == LogLine("E", "llama_init_from_model: boom")
+    assert parse_log_line("\x1b[34m0.01.913.751\x1b[0m \x1b[31mE cmn  common_init_: failed\x1b[0m") == \
+        LogLine("E", "common_init_: failed")
+    assert parse_log_line("W srv  llama_server: security") == LogLine("W", "llama_server: security")
+    assert parse_log_line('{"type":"log","time":5,"level":"error","msg":"llama_model_load: bad\\n"}') == \
+        LogLine("E", "llama_model_load: bad")
+    assert parse_log_line("srv    load_model: loading") == LogLine(None, "load_model: loading")
+
+
+def test_jsonl_log_root_cause():
+    lines = ['{"type":"log","time":1,"level":"info","msg":"load_model: loading model"}',
+             '{"type":"log","time":2,"level":"error","msg":"llama_init_from_model: quantized V cache requires flash_attn"}',
+             '{"type":"log","time":3,"level":"error","msg":"srv    load_model: failed to create context"}']
+    assert root_cause(lines) == "llama_init_from_model: quantized V cache requires flash_attn"
+
+
+def test_fork_style_log_without_levels():
+    """The fork (0a635dcd9) sets no log prefix: its rule's message, then the cascade, no level letters."""
+    lines = ["llama_model_loader: - kv  12: tokenizer.chat_template str = {{ raise_exception('invalid role') }}",
+             "print_info: n_ctx_train = 131072",
+             "llama_init_from_model: turbo cache types require flash_attn - enabling automatically",
+             "llama_init_from_model: V cache quantization requires flash_attn",
+             "common_init_from_params: failed to create context with model 'm.gguf'",
+             "srv    load_model: failed to load model, 'm.gguf'",
+             "srv    operator(): operator(): cleaning up before exit...",
+             "main: exiting due to model loading error"]
+    assert root_cause(lines) == "llama_init_from_model: V cache quantization requires flash_attn"
+
+
+def test_assert_wins_over_error_lines():
+    lines = ["0.00.001.000 E srv  something: failed earlier", "../ggml.c:10: GGML_ASSERT(x) failed", "#0 0x1 in ggml_abort"]
+    crash = describe_exit(-6, lines, Path("/l"))
+    assert crash.summary() == "llama-server killed by SIGABRT: ../ggml.c:10: GGML_ASSERT(x) failed"
 
 
 def test_no_error_line():
