@@ -1,5 +1,4 @@
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -73,19 +72,24 @@ def test_large_arrays_are_summarised_not_decoded(tmp_path):
     assert info(p)["vocab_size"] == 5000
 
 
-def test_gemma3_270m_info_is_fast_when_cached():
-    """The shipped 270M model (236 tensors, 262144-token vocabulary): header only, well under a second."""
-    path = catalog.CATALOG["gemma3-270m"]
-    from llamactl.core import paths
+def test_gemma3_270m_header_only(monkeypatch):
+    """The shipped 270M model (236 tensors, 262144-token vocabulary): the vocabulary is skipped, not decoded.
 
-    f = paths.models_dir() / path.sha256[:16] / path.filename
+    Counted, not timed: only keys, short values and tensor names are decoded into strings.
+    """
+    from llamactl.core import paths
+    from llamactl.models import gguf_info
+
+    spec = catalog.CATALOG["gemma3-270m"]
+    f = paths.models_dir() / spec.sha256[:16] / spec.filename
     if not f.exists():
         pytest.skip("gemma3-270m not fetched (llamactl models fetch gemma3-270m)")
-    read_header(f)   # warm imports and the page cache
-    t0 = time.perf_counter()
+    decoded = []
+    real = gguf_info._Cursor.string
+    monkeypatch.setattr(gguf_info._Cursor, "string", lambda self: decoded.append(1) or real(self))
     d = info(f)
-    assert time.perf_counter() - t0 < 0.5
     assert d["tensors"] == 236 and d["parameters"] == 268098176 and d["vocab_size"] == 262144
+    assert len(decoded) < 600
 
 
 # ------------------------------------------------------------ files llama-server cannot load
