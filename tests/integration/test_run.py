@@ -87,14 +87,16 @@ def test_port_in_use_is_a_clear_error(built, clean_env):
     assert f"port {port} on 127.0.0.1 is already in use" in cp.stderr and "Traceback" not in cp.stderr
 
 
-def test_server_exit_is_reported_with_its_error_line(built, clean_env, tmp_path):
+def test_corrupt_gguf_header_is_refused_before_launch(built, clean_env, tmp_path):
+    """A GGUF whose header is garbage never reaches llama-server (its own load errors: tests/integration/test_causes.py)."""
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + os.urandom(64))
+    before = llama_server_pids()
     cp = subprocess.run([*LLAMACTL, "run", "default", "--model", str(bad), "-q"], capture_output=True, text=True,
                         env=clean_env, timeout=120)
-    assert cp.returncode == 5, cp.stderr
-    assert "llama-server exit code 1" in cp.stderr
-    assert "error" in cp.stderr.lower() and "log:" in cp.stderr and "Traceback" not in cp.stderr
+    assert cp.returncode == 1, cp.stderr
+    assert cp.stderr.startswith(f"error: {bad}:") and "Traceback" not in cp.stderr
+    assert llama_server_pids() == before
 
 
 def test_env_and_cli_overrides_reach_show_and_argv(built, clean_env):
