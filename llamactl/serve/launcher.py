@@ -141,9 +141,9 @@ def resolve_models(profile: Profile, out: Output | None = None, base: Path | Non
 def plan(resolved: Resolved, out: Output | None = None, binary: Binary | None = None, jobs: int | None = None) -> LaunchPlan:
     """Everything up to the process start; raises before launch on anything unsupported."""
     p = resolved.profile
-    binary = binary or ensure_binary(p, out, jobs)
     base = paths.project_root()
-    model_paths = resolve_models(p, out, base)
+    model_paths = resolve_models(p, out, base)   # a bad model file is refused before any build
+    binary = binary or ensure_binary(p, out, jobs)
     # bound the way llama-server binds: a port in TIME-WAIT is free, a live listener is named
     early_port = quickstart.pending_port()   # a server `run` started early already holds its port
     if early_port is not None and p.port in ("auto", early_port):
