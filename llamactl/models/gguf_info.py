@@ -311,18 +311,18 @@ def check_launchable(path: Path) -> list[Header]:
             given by a shard other than the first (naming the first shard) or with shards missing
             (naming them).
     """
-    heads = shards(Path(path))
+    path = Path(path)
+    h = read_header(path)
+    if h.split_count > 1 and h.split_no != 0:
+        first = shard_path(path, 0, h.split_count)
+        gone = "" if first.exists() else " (not there either)"
+        raise ModelFileError(f"{path} is shard {h.split_no + 1} of {h.split_count} of a split model; llama-server loads "
+                             f"a split model from its first shard: model: {first}{gone}")
+    heads = shards(path)
     first = heads[0]
-    if len(heads) > 1 and first.path != Path(path):
-        raise ModelFileError(f"{path} is shard {heads_index(heads, Path(path)) + 1} of {len(heads)} of a split model; "
-                             f"llama-server loads a split model from its first shard: model: {first.path}")
     if not first.kv.get("general.architecture"):
         raise ModelFileError(f"{first.path} has no general.architecture key: llama.cpp cannot tell what model it is")
     return heads
-
-
-def heads_index(heads: list[Header], path: Path) -> int:
-    return next((i for i, h in enumerate(heads) if h.path == path), 0)
 
 
 # ---------------------------------------------------------------- models info

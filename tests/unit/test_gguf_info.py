@@ -190,6 +190,9 @@ def test_split_later_shard_names_the_first(tmp_path):
         check_launchable(parts[2])
     assert str(exc.value) == (f"{parts[2]} is shard 3 of 3 of a split model; llama-server loads a split model "
                               f"from its first shard: model: {parts[0]}")
+    parts[0].unlink()
+    with pytest.raises(ModelFileError, match=r"model: .*m-00001-of-00003.gguf \(not there either\)$"):
+        check_launchable(parts[1])
 
 
 def test_split_missing_shards_are_named(tmp_path):
