@@ -20,7 +20,7 @@ from pathlib import Path
 
 from llamactl.core import locks, paths, pipdl
 from llamactl.core.console import Output
-from llamactl.core.errors import LlamactlError
+from llamactl.core.errors import BadInput, LlamactlError
 from llamactl.core.hashing import sha256_file
 
 
@@ -77,12 +77,12 @@ def resolve(ref: str, out: Output | None = None, base: Path | None = None) -> Pa
     if not p.is_absolute() and base is not None:
         p = base / p
     if p.is_dir():
-        raise LlamactlError(f"model {p} is a directory, not a GGUF file")
+        raise BadInput(f"model {p} is a directory, not a GGUF file")
     if not p.is_file() and (p.exists() or ref.endswith(".gguf") or ref.startswith(("/", ".", "~"))):
-        raise LlamactlError(f"model file {p} does not exist" if not p.exists() else f"model {p} is not a regular file")
+        raise BadInput(f"model file {p} does not exist" if not p.exists() else f"model {p} is not a regular file")
     if not p.is_file():
         names = ", ".join(CATALOG)
-        raise LlamactlError(f"model {ref!r} is neither a file nor a known model",
+        raise BadInput(f"model {ref!r} is neither a file nor a known model",
                             hint=f"known: {names}, tiny-gemma4/<upstream|atomic>-<random|echo|noisy>/<target|drafter>")
     # absolute, but symlinks kept: llama.cpp finds a split model's shards by the name it was given
     # (a hub cache links each shard name to a blob named by its hash)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llamactl.core.errors import LlamactlError
+from llamactl.core.errors import BadInput
 
 SUPPORTED_VERSIONS = (2, 3)          # llama.cpp's gguf reader refuses version 1 and anything newer than 3
 SMALL_ARRAY = 1024                   # numeric arrays up to this many elements are read; longer ones are summarised
@@ -27,7 +27,7 @@ KEY_SPLIT_COUNT = "split.count"
 KEY_SPLIT_TENSORS = "split.tensors.count"
 
 
-class ModelFileError(LlamactlError):
+class ModelFileError(BadInput):
     """A model file llama-server cannot load, found before launch (one line naming the file)."""
 
 

@@ -39,7 +39,7 @@ class Unsupported(LlamactlError):
         self.value = value
 
 
-class Refused(LlamactlError):
+class Refused(BadInput):
     """A combination of profile values llama-server is known to reject (or silently change) at start.
 
     Found before launch; the message names the profile key to change.

@@ -110,7 +110,7 @@ def test_quantized_v_with_fa_off_refused_before_launch(built, clean_env, tmp_pat
     assert "kv_v=q8_0 (a quantized V cache) needs flash attention, but flash_attn=off" in cell["reason"]
     assert "set flash_attn: on" in cell["reason"]
     cp = llamactl(["run", "default", "--kv-k", "q8_0", "--kv-v", "q8_0", "--set", 'flash_attn="off"'], clean_env)
-    assert cp.returncode != 0 and cp.stderr.startswith("error: kv_v=q8_0") and len(cp.stderr.strip().splitlines()) == 1
+    assert cp.returncode == 2 and cp.stderr.startswith("error: kv_v=q8_0") and len(cp.stderr.strip().splitlines()) == 1
     assert llama_server_pids() == before
 
 
@@ -137,7 +137,7 @@ def test_bad_model_files_refused_before_launch(built, gemma3, clean_env, tmp_pat
         p.mkdir()
     before = llama_server_pids()
     cp = llamactl(["run", "default", "--model", str(p), "-q"], clean_env, timeout=300)
-    assert cp.returncode != 0 and cp.returncode != 5
+    assert cp.returncode == 2   # BAD_INPUT: nothing was started
     assert expect in cp.stderr and str(p) in cp.stderr and len(cp.stderr.strip().splitlines()) == 1, cp.stderr
     report = tmp_path / "r.json"
     cp = llamactl(["validate", "default", "--cell", "parallel=1", "--cell", "kv=f16/f16", "--set", f"model={p}",
@@ -164,7 +164,7 @@ def test_models_info_covers_every_shard(split_g3, clean_env):
 def test_later_shard_names_the_first(split_g3, clean_env):
     before = llama_server_pids()
     cp = llamactl(["run", "default", "--model", str(split_g3[2]), "-q"], clean_env, timeout=300)
-    assert cp.returncode != 0
+    assert cp.returncode == 2
     assert f"is shard 3 of 3 of a split model; llama-server loads a split model from its first shard: model: {split_g3[0]}" \
         in cp.stderr
     assert llama_server_pids() == before

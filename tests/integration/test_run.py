@@ -94,7 +94,7 @@ def test_corrupt_gguf_header_is_refused_before_launch(built, clean_env, tmp_path
     before = llama_server_pids()
     cp = subprocess.run([*LLAMACTL, "run", "default", "--model", str(bad), "-q"], capture_output=True, text=True,
                         env=clean_env, timeout=120)
-    assert cp.returncode == 1, cp.stderr
+    assert cp.returncode == 2, cp.stderr
     assert cp.stderr.startswith(f"error: {bad}") and "Traceback" not in cp.stderr
     assert llama_server_pids() == before
 
