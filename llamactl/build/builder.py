@@ -43,7 +43,7 @@ from llamactl.core.errors import LlamactlError
 from llamactl.source.git import Repo
 from llamactl.core.hashing import sha256_bytes, stable_key
 from llamactl.source.patches import apply as apply_series
-from llamactl.source.patches import load_series, revert, series_hashes
+from llamactl.source.patches import Patch, load_series, revert, series_hashes
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:   # the lock file's pydantic models load only when a build has to look at sources
@@ -96,7 +96,8 @@ def _source_name(req: BuildRequest) -> str | None:
 
 
 def key_material(req: BuildRequest, prov_identity: dict, patches: list[dict], local_diff: str | None,
-                 compilers: dict) -> dict:
+                 compilers: dict, backend_patches: list[dict] | None = None) -> dict:
+    extra = {"backend_patches": backend_patches} if backend_patches else {}   # absent: other keys unchanged
     return {
         "source": prov_identity,
         "patches": patches,
@@ -107,7 +108,18 @@ def key_material(req: BuildRequest, prov_identity: dict, patches: list[dict], lo
         "gpu_targets": req.gpu_targets,
         "cmake_options": cmake.COMMON_OPTIONS + cmake.BACKEND_OPTIONS.get(req.backend, []) + req.cmake_options,
         "compilers": compilers,
+        **extra,
     }
+
+
+def backend_series(series: str | None, backend: str) -> list[Patch]:
+    """Patches only this backend's builds get, ``patches/<series>/<backend>/*.patch``.
+
+    They are applied to the build's snapshot of the tree (never to vendor/llama.cpp), so other
+    backends' build keys and the vendored tree stay as they are. Used for toolchain compatibility,
+    e.g. ggml-vulkan against Debian 12's Vulkan headers (1.3.239).
+    """
+    return load_series(f"{series}/{backend}") if series else []
 
 
 def build_key(material: dict) -> str:
@@ -153,7 +165,8 @@ def dry_run(req: BuildRequest) -> cmake.CMakePlan:
         version, digest = identity_of(name, spec) or ("?", "?")
     ident = {"source": name, "kind": spec.kind, "version": version, "hash": digest}   # as Provenance.identity
     series = None if req.no_patches else (req.series if req.series is not None else spec.series)
-    material = key_material(req, ident, series_hashes(load_series(series)), None, toolchain.compiler_ids())
+    material = key_material(req, ident, series_hashes(load_series(series)), None, toolchain.compiler_ids(),
+                            series_hashes(backend_series(series, req.backend)))
     work = work_dir_for(req.backend, material)
     tree = work / "src" if (work / "src").is_dir() else paths.vendor_tree()
     return _plan(req, work, _extra_targets(tree), tc.gpu_targets or req.gpu_targets, tc.env or None,
@@ -202,7 +215,8 @@ def build(req: BuildRequest, out: Output | None = None) -> BuildResult:
                 return BuildResult(hit, True, time.monotonic() - t0)
             prov, applied, local, tree = _prepare(req, own_tree, out)
             compilers = toolchain.compiler_ids()
-            material = key_material(req, prov.identity, applied, local, compilers)
+            extra = [] if req.no_patches else backend_series(req.series if req.series is not None else prov.series, req.backend)
+            material = key_material(req, prov.identity, applied, local, compilers, series_hashes(extra))
             key = build_key(material)
             _record_stamp(req, key, tree)
             root = build_root_for(req.backend, key)
@@ -220,6 +234,7 @@ def build(req: BuildRequest, out: Output | None = None) -> BuildResult:
                     else:
                         series = None if req.no_patches else (req.series if req.series is not None else prov.series)
                         source_tree, synced = _sync_patched(tree, series, work)
+                    apply_backend_patches(work / "src", extra)
                 except BaseException:
                     lock.release()
                     raise
@@ -292,6 +307,9 @@ def _compile(req: BuildRequest, prov: Provenance, applied: list[dict], local: st
     tc.require()
     if req.backend == "hip" and not tc.gpu_targets:
         raise LlamactlError("no AMD GPU target detected", hint="pass --gpu-targets gfx1100 (or set it in the profile)")
+    if req.backend == "cuda" and not tc.gpu_targets:
+        raise LlamactlError("no NVIDIA GPU detected (nvidia-smi), so CMAKE_CUDA_ARCHITECTURES=native cannot work",
+                            hint="pass --gpu-targets 89 (CUDA architectures, e.g. '86;89;90'), or set build.gpu_targets")
     use_ccache = tc.tools.get("ccache") is not None
     src, bdir = work / "src", work / "build"
     plan = _plan(req, work, _extra_targets(src), tc.gpu_targets, tc.env or None, use_ccache)
@@ -332,6 +350,7 @@ def _compile(req: BuildRequest, prov: Provenance, applied: list[dict], local: st
         "source": prov.__dict__,
         "source_tree": source_tree,
         "patches": applied,
+        "backend_patches": material.get("backend_patches", []),
         "local_changes": local,
         "cmake": {"configure": plan.configure, "build": plan.build, "env": plan.env, "shell": plan.shell_lines()},
         "work_dir": str(work),
@@ -442,6 +461,8 @@ def stamp_material(req: BuildRequest, tree: Path | None = None) -> dict | None:
         "git": git,
         "compilers": _compiler_files(),
         "options": [cmake.COMMON_OPTIONS, cmake.BACKEND_OPTIONS.get(req.backend, []), cmake.TOOL_TARGETS],
+        **({"backend_series": series_hashes(backend_series(series, req.backend))}
+           if not req.no_patches and backend_series(series, req.backend) else {}),
     }
 
 
@@ -510,6 +531,27 @@ def _record_stamp(req: BuildRequest, key: str, tree: Path | None = None) -> None
     tmp.replace(f)
 
 
+def apply_backend_patches(src: Path, patches: list[Patch]) -> None:
+    """Apply backend-only patches to a build's source copy; a patch already applied is skipped.
+
+    Raises LlamactlError naming the patch when one neither applies nor is already applied.
+    """
+    env = {**os.environ, "GIT_CEILING_DIRECTORIES": str(src.parent)}   # never an enclosing repository
+    for patch in patches:
+        def git_apply(*flags: str) -> subprocess.CompletedProcess:
+            return subprocess.run(["git", "apply", *flags, str(patch.path)], cwd=src, capture_output=True, text=True, env=env)
+        check = git_apply("--check")
+        if check.returncode == 0:
+            done = git_apply()
+            if done.returncode == 0:
+                continue
+            check = done
+        if git_apply("--reverse", "--check").returncode == 0:
+            continue   # already applied (srcsync left the patched file alone)
+        why = (check.stderr.strip().splitlines() or ["?"])[0]
+        raise LlamactlError(f"backend patch {patch.name} does not apply: {why}", hint=f"patch: {patch.path}")
+
+
 def _run_logged(argv: list[str], env: dict, logf, log: Path, out: Output | None, what: str) -> int:
     """Run one step, its output into the log; returns how many ninja steps it ran."""
     logf.write("$ " + " ".join(argv) + "\n")
@@ -549,9 +591,13 @@ def first_error(log: Path) -> str:
     """The first compiler/CMake error line in a build log."""
     text = log.read_text(errors="replace").splitlines()
     for pat in (r"\berror:", r"CMake Error", r"FAILED:"):
-        for ln in text:
+        for i, ln in enumerate(text):
             if re.search(pat, ln):
-                return ln.strip()[:300]
+                line = ln.strip()
+                if line.endswith(":"):   # CMake puts the message on the next line(s)
+                    more = next((t.strip() for t in text[i + 1:i + 4] if t.strip()), "")
+                    line = f"{line} {more}".strip()
+                return line[:300]
     return text[-1].strip() if text else "(empty log)"
 
 
@@ -561,3 +607,49 @@ def _capture(argv: list[str]) -> str:
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise LlamactlError(f"{argv[0]} does not run: {exc}") from exc
     return cp.stdout + cp.stderr
+
+
+# ggml's op tests: each op of a backend against the CPU backend (``-b Vulkan0 -o MUL_MAT``).
+TEST_TARGETS = ["test-backend-ops"]
+
+# ops of the Gemma 4 + MTP graphs (target and assistant), for ``test-backend-ops -o``
+MTP_GRAPH_OPS = ["MUL_MAT", "GET_ROWS", "RMS_NORM", "MUL", "ADD", "ROPE", "SOFT_MAX", "GLU", "GELU", "SCALE",
+                 "TANH", "CONCAT", "SET_ROWS", "CPY", "CONT"]
+
+
+def build_tests(res: BuildResult, out: Output | None = None, jobs: int = 2) -> dict[str, str]:
+    """Build ``TEST_TARGETS`` in the build directory of ``res``; returns target -> binary path.
+
+    The build directory is configured again with ``-DLLAMA_BUILD_TESTS=ON``, which adds targets and
+    leaves llama-server as built (its key does not change). Recorded in the manifest under ``tests``.
+    Raises LlamactlError naming the first error when configure or build fails.
+    """
+    root = res.build_root
+    work = Path(res.manifest.get("work_dir") or root)   # builds before work dirs compiled in their key dir
+    if "work_dir" in res.manifest and srcsync.load_index(work / "src.index.json") and \
+            json.loads((work / "src.index.json").read_text()).get("rev_tree") != res.manifest.get("source_tree"):
+        raise LlamactlError(f"{work} now holds another build's sources", hint="run the build again, then --with-tests")
+    conf = [*res.manifest["cmake"]["configure"], "-DLLAMA_BUILD_TESTS=ON"]
+    bld = ["cmake", "--build", str(work / "build"), "--target", *TEST_TARGETS, "-j", str(jobs)]
+    env = {**os.environ, **res.manifest["cmake"].get("env", {})}
+    log = root / "tests-build.log"
+    t0 = time.monotonic()
+    with open(log, "w") as logf:
+        _run_logged(conf, env, logf, log, out, "configuring tests")
+        _run_logged(bld, env, logf, log, out, f"building {' '.join(TEST_TARGETS)}")
+    missing = [t for t in TEST_TARGETS if not (work / "build" / "bin" / t).exists()]
+    if missing:
+        raise LlamactlError(f"test build finished but {', '.join(missing)} is missing", hint=f"see {log}")
+    found: dict[str, str] = {}
+    for t in TEST_TARGETS:   # beside llama-server: the work dir's copy is rewritten by the next build there
+        dest = root / "build" / "bin" / t
+        if dest != work / "build" / "bin" / t:
+            shutil.copy2(work / "build" / "bin" / t, dest)
+        found[t] = str(dest)
+    manifest = dict(res.manifest, tests={"binaries": found, "configure": conf, "build": bld, "log": str(log),
+                                         "duration_s": round(time.monotonic() - t0, 1)})
+    tmp = root / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.rename(root / MANIFEST)
+    res.manifest.update(manifest)
+    return found

@@ -20,8 +20,16 @@ INSTALL_HINTS = {
     "hipconfig": "ROCm with HIP (hipconfig, hipcc: the rocm-hip-sdk package from AMD's ROCm repository)",
     "rocwmma": "rocWMMA headers (the rocwmma-dev package of ROCm)",
     "nvcc": "the CUDA toolkit (nvcc: cuda-toolkit from NVIDIA)",
-    "glslc": "glslc, the Vulkan shader compiler (apt-get install glslc libvulkan-dev)",
+    "cublas": "cuBLAS, which ggml-cuda links (cublas_v2.h and libcublas: cuda-toolkit from NVIDIA, or apt-get install nvidia-cuda-toolkit)",
+    "glslc": "glslc, the Vulkan shader compiler (apt-get install glslc libvulkan-dev spirv-headers)",
+    "vulkan-headers": "the Vulkan headers and loader (apt-get install libvulkan-dev)",
+    "spirv-headers": "SPIRV-Headers, which ggml-vulkan's CMake looks for (apt-get install spirv-headers)",
 }
+
+# Where SPIRV-Headers' CMake package and the Vulkan headers live on Debian/Ubuntu (or under $VULKAN_SDK).
+_SPIRV_CONFIG = ("share/cmake/SPIRV-Headers/SPIRV-HeadersConfig.cmake", "lib/cmake/SPIRV-Headers/SPIRV-HeadersConfig.cmake",
+                 "share/SPIRV-Headers/cmake/SPIRV-HeadersConfig.cmake")
+_HEADER_VERSION = re.compile(r"^#define\s+VK_HEADER_VERSION\s+(\d+)", re.M)
 
 
 @dataclass
@@ -60,12 +68,44 @@ def detect(backend: str, gpu_targets: str | None = None) -> Toolchain:
         tc.tools["nvcc"] = _nvcc_version()
         if tc.tools["nvcc"] is None:
             tc.missing.append("nvcc")
+        else:
+            tc.tools["cublas"] = cuda_header("cublas_v2.h")
+            if tc.tools["cublas"] is None:
+                tc.missing.append("cublas")
         tc.gpu_targets = gpu_targets or _cuda_arch()
     elif backend == "vulkan":
-        tc.tools["glslc"] = proc.first_line(["glslc", "--version"])
-        if tc.tools["glslc"] is None:
-            tc.missing.append("glslc")
+        _detect_vulkan(tc)
     return tc
+
+
+def _prefixes() -> list[Path]:
+    sdk = os.environ.get("VULKAN_SDK")
+    return [*([Path(sdk)] if sdk else []), Path("/usr"), Path("/usr/local")]
+
+
+def vulkan_header_version(prefixes: list[Path] | None = None) -> int | None:
+    """VK_HEADER_VERSION of the first vulkan_core.h found (Debian 12: 239), or None without the headers."""
+    for pre in prefixes or _prefixes():
+        h = pre / "include" / "vulkan" / "vulkan_core.h"
+        if h.is_file():
+            m = _HEADER_VERSION.search(h.read_text(errors="replace"))
+            if m:
+                return int(m.group(1))
+    return None
+
+
+def _detect_vulkan(tc: Toolchain) -> None:
+    tc.tools["glslc"] = proc.first_line(["glslc", "--version"])
+    if tc.tools["glslc"] is None:
+        tc.missing.append("glslc")
+    version = vulkan_header_version()
+    tc.tools["vulkan-headers"] = f"VK_HEADER_VERSION {version}" if version is not None else None
+    if version is None:
+        tc.missing.append("vulkan-headers")
+    spirv = next((str(pre / rel) for pre in _prefixes() for rel in _SPIRV_CONFIG if (pre / rel).is_file()), None)
+    tc.tools["spirv-headers"] = spirv
+    if spirv is None:
+        tc.missing.append("spirv-headers")
 
 
 def _detect_hip(tc: Toolchain, gpu_targets: str | None) -> None:
@@ -103,6 +143,18 @@ def _nvcc_version() -> str | None:
     out = proc.run(["nvcc", "--version"], check=False).stdout
     m = re.search(r"release [\d.]+, V[\d.]+", out)
     return m.group(0) if m else (out.strip().splitlines() or [None])[-1]
+
+
+def cuda_header(name: str, roots: list[Path] | None = None) -> str | None:
+    """Path of a CUDA toolkit header (e.g. cublas_v2.h) under $CUDA_PATH, $CUDA_HOME, /usr/local/cuda or /usr."""
+    if roots is None:
+        env = [os.environ[v] for v in ("CUDA_PATH", "CUDA_HOME") if os.environ.get(v)]
+        roots = [Path(p) for p in (*env, "/usr/local/cuda", "/opt/cuda", "/usr")]
+    for root in roots:
+        for inc in (root / "include", *sorted(root.glob("targets/*/include"))):
+            if (inc / name).is_file():
+                return str(inc / name)
+    return None
 
 
 def _cuda_arch() -> str | None:

@@ -8,6 +8,7 @@ Examples:
     llamactl build --backend hip --gpu-targets gfx1100 --dry-run
     llamactl build --json
     llamactl build --source path:/tmp/llama.cpp   # another source: a cached tree, vendor/llama.cpp untouched
+    llamactl build --backend vulkan --with-tests  # + ggml's test-backend-ops (each op vs the CPU backend)
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ def build(
     no_patches: Annotated[bool, typer.Option("--no-patches", help="Build the pristine source (reverts the series).")] = False,
     cmake_option: Annotated[Optional[list[str]], typer.Option("--cmake-option", "-D", help="Extra CMake option, e.g. -D GGML_AVX512=OFF.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the exact commands; needs no toolchain.")] = False,
+    with_tests: Annotated[bool, typer.Option("--with-tests", help="Also build ggml's test-backend-ops in the same build dir "
+                                             "(run: test-backend-ops -b Vulkan0 -o MUL_MAT).")] = False,
     json: o.Json = False,
 ) -> None:
     """Vendor + patch (when needed) and build llama-server with CMake + Ninja, cached by every input."""
@@ -66,6 +69,8 @@ def build(
     t0 = time.monotonic()
     stop_on_signals()   # SIGTERM unwinds like Ctrl-C: the compile's process group is stopped
     res = build_lib.build(req, out)
+    if with_tests and not (res.manifest.get("tests") and all(os.path.exists(p) for p in res.manifest["tests"]["binaries"].values())):
+        build_lib.build_tests(res, out, jobs)
     manifest = dict(res.manifest, cached=res.cached, seconds=round(time.monotonic() - t0, 3))
     out.result(manifest, _show)
 
@@ -78,4 +83,6 @@ def _show(m: dict) -> None:
     t.add_row("version", m["version"].splitlines()[0] if m["version"] else "?")
     t.add_row("patches", ", ".join(p["name"] for p in m["patches"]) or "-")
     t.add_row("build dir", m["build_root"])
+    for name, path in (m.get("tests") or {}).get("binaries", {}).items():
+        t.add_row(name, path)
     console.print(t)

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import httpx
 from pydantic import ValidationError
 
+from llamactl.judge import backend as backend_check
 from llamactl.serve import launcher
 from llamactl.serve import profiles
 from llamactl.judge.checks import CHECKS, CellContext, CheckFailed, CheckResult, read_metrics, run_check
@@ -50,6 +51,7 @@ class CellResult:
     env_dropped: list[str] = field(default_factory=list)   # inherited llama-server variables not passed on
     server: dict[str, Any] = field(default_factory=dict)   # the server's own view: slots, n_ctx, model, MTP, KV
     warnings: list[str] = field(default_factory=list)      # rendered vs actual differences that do not fail the cell
+    backend: dict | None = None         # devices, buffers, offloaded layers (judge/backend.py)
 
 
 @dataclass
@@ -202,6 +204,9 @@ def _run_cell(resolved: profiles.Resolved, binary: launcher.Binary, run_dir: Pat
                         after_check(cell, name, sp)
             finally:
                 res.server, res.warnings = dict(ctx.server), list(ctx.warnings)
+            # backend truth: what the startup log says the server used, against expect_backend/expect_offload
+            res.checks.append(backend_check.check(log_path, prof.expect_backend, prof.expect_offload, alive=sp.alive()))
+            res.backend = res.checks[-1].data or None
         res.requests_s = round(time.monotonic() - t_req, 3)
         conc = next((c for c in res.checks if c.name == "concurrency" and c.status == Status.PASS), None)
         res.tokens_per_s = conc.data.get("tokens_per_s") if conc else None

@@ -37,14 +37,14 @@ def server_cell(c: CellResult) -> str:
 
 def table(report: Report, running: str | None = None) -> Table:
     t = Table(title=f"llamactl validate {report.profile}", title_justify="left")
-    for col in ("cell", "status", "server", "start s", "cell s", "tok/s", "drafts", "acceptance", "reason"):
+    for col in ("cell", "status", "server", "backend", "start s", "cell s", "tok/s", "drafts", "acceptance", "reason"):
         t.add_column(col, overflow="fold")
     for c in report.cells:
         spec = (c.spec or {}).get("delta") or {}
         drafts = spec.get("draft_tokens")
         st = Status(c.status)
         label = f"[{STYLE[st]}]{st.label}[/]" if c.cell != running else f"[{STYLE['running']}]RUNNING[/]"
-        t.add_row(escape(c.cell), label, escape(server_cell(c)),
+        t.add_row(escape(c.cell), label, escape(server_cell(c)), escape((c.backend or {}).get("summary", "-")),
                   "-" if c.start_s is None else f"{c.start_s:.2f}", f"{c.seconds:.1f}",
                   "-" if c.tokens_per_s is None else f"{c.tokens_per_s:.1f}",
                   "-" if drafts is None else f"{drafts:.0f}", _pct(c.acceptance),

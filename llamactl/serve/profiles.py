@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from llamactl.core import paths, yamlio
 from llamactl.core.errors import BadInput
@@ -137,7 +137,34 @@ class Profile(BaseModel):
         None, description="validate: a known bug; the cell must fail with this text in its reason (reported as XFAIL)")
     expect_acceptance: tuple[float, float] | None = Field(
         None, description="validate: MTP draft acceptance must fall in [min, max] (a drafter with a known answer)")
+    expect_backend: Literal["hip", "cuda", "vulkan", "cpu", "rpc"] | None = Field(
+        None, description="validate: the backend that must hold the models' weights (read from the server log)")
+    expect_offload: int | Literal["all"] | None = Field(
+        None, description="validate: layers offloaded to the GPU, 'all' or at least N (main model and drafter)")
+    log_verbosity: int | None = Field(
+        None, ge=0, le=5, description="--log-verbosity; 4 when expect_backend/expect_offload is set (device, buffer and "
+                                      "offload lines)", json_schema_extra=flag("--log-verbosity", "-lv"))
     matrix: MatrixSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backend_evidence(cls, data: Any) -> Any:
+        # upstream logs devices, buffers and offloaded layers only from verbosity 4 on
+        if isinstance(data, dict) and data.get("log_verbosity") is None and (
+                data.get("expect_backend") is not None or data.get("expect_offload") is not None):
+            data = {**data, "log_verbosity": 4}
+        return data
+
+    @field_validator("expect_offload", mode="before")
+    @classmethod
+    def _offload(cls, v: Any) -> Any:
+        if v is None or v == "all":
+            return v
+        if isinstance(v, str) and v.strip().isdigit():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"'all' or a number of layers (0 or more), got {v!r}")
+        return v
 
     @field_validator("port", mode="before")
     @classmethod

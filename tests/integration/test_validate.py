@@ -81,7 +81,8 @@ def test_cli_junit_json_and_skip(built, clean_env, tmp_path):
     cases = suite.findall("testcase")
     assert int(suite.get("tests")) == len(cases) == 9     # server + 8 checks
     assert {c.get("name") for c in cases} >= {"server", "server_view", "tiny_message", "claude_style", "concurrency", "streaming",
-                                              "chat_completions", "speculative_metrics", "still_healthy"}
+                                              "chat_completions", "speculative_metrics", "still_healthy",
+                                              "backend"}
     assert suite.get("failures") == "0" and all(c.find("failure") is None for c in cases)
     assert all(c.get("classname") == "tiny-gemma4-mtp.parallel=1,enable_mtp=1" for c in cases)
 

@@ -115,3 +115,19 @@ def test_ok_needs_a_pass_and_no_bad_status():
     assert r.ok
     r.error = "build failed"
     assert not r.ok
+
+
+def test_backend_truth_in_table_and_json(tmp_path):
+    from rich.console import Console
+    from llamactl.report.reports import table
+    r = sample_report()
+    r.cells[0].backend = {"backend": "vulkan", "summary": "vulkan 5/5, draft vulkan 5/5",
+                          "models": [{"role": "main", "offloaded": 5, "layers": 5}]}
+    con = Console(width=250, record=True)
+    con.print(table(r))
+    text = con.export_text()
+    assert "backend" in text and "vulkan 5/5, draft vulkan 5/5" in text
+    path = tmp_path / "r.json"
+    write_json(r, path)
+    cells = json.loads(path.read_text())["cells"]
+    assert cells[0]["backend"]["models"][0]["offloaded"] == 5 and cells[1]["backend"] is None
