@@ -69,3 +69,30 @@ def test_backend_patch_is_applied_once_to_the_build_source(tmp_path):
     (src / "a.txt").write_text("changed\n")
     with pytest.raises(LlamactlError, match="backend patch 0001-two.patch does not apply"):
         apply_backend_patches(src, patches)
+
+
+def test_build_tests_adds_test_backend_ops_beside_llama_server(tmp_path, monkeypatch):
+    import json
+    import os
+    from llamactl.build.builder import BuildResult, build_tests
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    calls = tmp_path / "calls.txt"
+    (fake / "cmake").write_text(
+        "#!/bin/sh\n"
+        f"echo \"$@\" >> {calls}\n"
+        "if [ \"$1\" = --build ]; then mkdir -p \"$2/bin\" && touch \"$2/bin/test-backend-ops\"; echo '[1/1] Linking'; fi\n")
+    (fake / "cmake").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    root = tmp_path / "vulkan-key"
+    (root / "build" / "bin").mkdir(parents=True)
+    manifest = {"build_root": str(root), "target": "llama-server", "binaries": {},
+                "cmake": {"configure": ["cmake", "-S", "src", "-B", str(root / "build"), "-DLLAMA_BUILD_TESTS=OFF"], "env": {}}}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    found = build_tests(BuildResult(manifest, True, 0.0), jobs=3)
+    assert found == {"test-backend-ops": str(root / "build" / "bin" / "test-backend-ops")}
+    lines = calls.read_text().splitlines()
+    assert lines[0].endswith("-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TESTS=ON")      # the last -D wins
+    assert lines[1] == f"--build {root / 'build'} --target test-backend-ops -j 3"
+    saved = json.loads((root / "manifest.json").read_text())
+    assert saved["tests"]["binaries"] == found and saved["binaries"] == {}
