@@ -10,6 +10,17 @@ import pytest
 from llamactl.serve import quickstart
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+PORT = _free_port()   # not a well-known port: another server on this machine may hold PORT
+
+
 @pytest.fixture
 def qs(tmp_path, monkeypatch):
     monkeypatch.setenv("LLAMACTL_CACHE", str(tmp_path / "cache"))
@@ -20,7 +31,7 @@ def qs(tmp_path, monkeypatch):
     quickstart.discard()
 
 
-def server_argv(port: int = 8080) -> list[str]:
+def server_argv(port: int = PORT) -> list[str]:
     return [sys.executable, "-c", "import time; print('loading', flush=True); time.sleep(60)", "--port", str(port)]
 
 
@@ -29,13 +40,13 @@ def remember(qs, tmp_path, args: list[str], argv: list[str], auto: bool = False)
     profile.write_text("ctx: 1\n")
     qs.early_start(args)             # sets the arguments; nothing remembered yet
     assert qs.pending_port() is None
-    qs.remember(argv, {"X": "1"}, "127.0.0.1", 8080, auto, [profile], ["CTX"])
+    qs.remember(argv, {"X": "1"}, "127.0.0.1", PORT, auto, [profile], ["CTX"])
 
 
 def test_remembered_argv_starts_early_and_is_adopted(qs, tmp_path):
     remember(qs, tmp_path, ["p"], server_argv())
     qs.early_start(["p"])
-    assert qs.pending_port() == 8080
+    assert qs.pending_port() == PORT
     early = qs.take(server_argv(), {"X": "1"})
     assert early is not None and early.proc.poll() is None
     lines: list[str] = []
@@ -70,7 +81,7 @@ def test_changed_inputs_start_nothing(qs, tmp_path, monkeypatch):
 
 
 def test_auto_port_gets_a_fresh_free_port(qs, tmp_path):
-    remember(qs, tmp_path, ["p"], server_argv(8080), auto=True)
+    remember(qs, tmp_path, ["p"], server_argv(PORT), auto=True)
     qs.early_start(["p"])
     port = qs.pending_port()
     assert port is not None and qs._early.argv == server_argv(port)
