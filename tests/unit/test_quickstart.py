@@ -18,7 +18,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-PORT = _free_port()   # not a well-known port: another server on this machine may hold PORT
+PORT = _free_port()   # not a well-known port: another server on this machine may hold 8080
 
 
 @pytest.fixture
