@@ -28,9 +28,12 @@ def env() -> dict[str, str]:
     return e
 
 
+EXTRA: list[str] = []    # e.g. --set server_binary=PATH (--server-binary)
+
+
 def via_llamactl(profile: str) -> float:
     t0 = time.monotonic()
-    p = subprocess.Popen([sys.executable, "-m", "llamactl", "run", profile, "--json", "-q"],
+    p = subprocess.Popen([sys.executable, "-m", "llamactl", "run", profile, "--json", "-q", *EXTRA],
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env())
     buf = ""
     for line in p.stdout:
@@ -63,10 +66,16 @@ def by_hand(argv: list[str], url: str) -> float:
         p.wait(timeout=30)
 
 
-def help_time() -> float:
+def help_time() -> tuple[float, float]:
+    """(wall s, CPU s) of `llamactl --help`; CPU time is what a loaded machine does not inflate much."""
+    import resource
+
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     subprocess.run([sys.executable, "-m", "llamactl", "--help"], capture_output=True, env=env(), check=True)
-    return time.monotonic() - t0
+    wall = time.monotonic() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
 
 
 def bare_python() -> float:
@@ -78,14 +87,16 @@ def bare_python() -> float:
 def measure(profiles: list[str], runs: int) -> list[tuple[str, float, float | None, str]]:
     """(case, llamactl median s, raw median s or None, note) rows."""
     rows = []
-    helps, bare = [], []
+    helps, cpus, bare = [], [], []
     for _ in range(runs):
-        helps.append(help_time())
+        wall, cpu = help_time()
+        helps.append(wall)
+        cpus.append(cpu)
         bare.append(bare_python())
     rows.append(("llamactl --help", statistics.median(helps), None,
-                 f"goal < 0.15 s; bare python start {statistics.median(bare):.3f} s"))
+                 f"goal < 0.15 s; CPU {statistics.median(cpus):.3f} s; bare python start {statistics.median(bare):.3f} s"))
     for profile in profiles:
-        cmd = json.loads(subprocess.run([sys.executable, "-m", "llamactl", "profile", "cmd", profile, "--json"],
+        cmd = json.loads(subprocess.run([sys.executable, "-m", "llamactl", "profile", "cmd", profile, "--json", *EXTRA],
                                         capture_output=True, text=True, env=env(), check=True).stdout)
         via_llamactl(profile)              # warm the page cache and the build/model caches
         ours, hand = [], []
@@ -112,7 +123,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("profiles", nargs="*", default=["default", "tiny-gemma4-mtp"])
     ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--server-binary", help="run this llama-server instead of the cached build")
     a = ap.parse_args()
+    if a.server_binary:
+        EXTRA.extend(["--set", f"server_binary={a.server_binary}"])
     print_rows(f"llamactl start-up, {a.runs} runs each (median; raw = the same llama-server argv by hand):",
                measure(a.profiles, a.runs))
 
