@@ -41,10 +41,20 @@ def via_llamactl(profile: str) -> float:
         if line.startswith("}"):
             break
     dt = time.monotonic() - t0
-    json.loads(buf)
+    CPU.append(_cpu_s(p.pid))
+    EARLY.append(bool(json.loads(buf).get("early_start")))
     p.send_signal(signal.SIGINT)
     p.wait(timeout=30)
     return dt
+
+
+CPU: list[float] = []      # llamactl's own CPU seconds up to "ready" (the server's not counted)
+EARLY: list[bool] = []
+
+
+def _cpu_s(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def by_hand(argv: list[str], url: str) -> float:
@@ -100,12 +110,15 @@ def measure(profiles: list[str], runs: int) -> list[tuple[str, float, float | No
                                         capture_output=True, text=True, env=env(), check=True).stdout)
         via_llamactl(profile)              # warm the page cache and the build/model caches
         ours, hand = [], []
+        CPU.clear()
+        EARLY.clear()
         for _ in range(runs):              # interleaved so drift hits both alike
             ours.append(via_llamactl(profile))
             hand.append(by_hand(cmd["argv"], cmd["url"]))
         m_ours, m_hand = statistics.median(ours), statistics.median(hand)
         rows.append((f"run {profile} -> healthy", m_ours, m_hand,
-                     f"overhead {m_ours - m_hand:+.3f} s (goal <= +0.10 s); "
+                     f"overhead {m_ours - m_hand:+.3f} s (goal <= +0.10 s); llamactl CPU {statistics.median(CPU):.3f} s; "
+                     f"early start {sum(EARLY)}/{len(EARLY)}; "
                      f"ranges {min(ours):.3f}-{max(ours):.3f} / {min(hand):.3f}-{max(hand):.3f}"))
     return rows
 
