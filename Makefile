@@ -1,12 +1,12 @@
 # Two commands do all set-up on a fresh machine (Python 3.10+, cmake, ninja, a C++ compiler):
 #   make demo   build llama-server (CPU), fetch the embedded model, validate the default matrix
-#   make test   unit + integration tests against the real server, then the CI validation matrices
+#   make test   the linters (ruff, mypy), then the CI validation matrices, then unit + integration tests
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 REPORTS := reports
 
-.PHONY: demo test unit setup clean-reports
+.PHONY: demo test unit lint setup clean-reports
 
 $(BIN)/llamactl: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,7 +21,11 @@ demo: setup
 unit: setup
 	$(BIN)/pytest -m "not integration" -q
 
-test: setup
+lint: setup
+	$(BIN)/ruff check llamactl tests benchmarks
+	$(BIN)/mypy llamactl
+
+test: setup lint
 	$(BIN)/llamactl validate default --no-env --junit $(REPORTS)/validate-default.xml --json $(REPORTS)/validate-default.json --html $(REPORTS)/validate-default.html
 	$(BIN)/llamactl validate tiny-gemma4-mtp --no-env --junit $(REPORTS)/validate-tiny-gemma4-mtp.xml --json $(REPORTS)/validate-tiny-gemma4-mtp.json --html $(REPORTS)/validate-tiny-gemma4-mtp.html
 	$(BIN)/pytest --junitxml=$(REPORTS)/pytest.xml

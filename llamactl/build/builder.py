@@ -472,7 +472,8 @@ def _git_state(tree: Path) -> dict | None:
                         cwd=tree, capture_output=True)
     if cp.returncode != 0:
         return None
-    head, dirty = None, {}
+    head: str | None = None
+    dirty: dict[str, str | None] = {}
     recs = cp.stdout.split(b"\0")
     i = 0
     while i < len(recs):
@@ -537,16 +538,18 @@ def apply_backend_patches(src: Path, patches: list[Patch]) -> None:
     Raises LlamactlError naming the patch when one neither applies nor is already applied.
     """
     env = {**os.environ, "GIT_CEILING_DIRECTORIES": str(src.parent)}   # never an enclosing repository
+
+    def git_apply(patch: Patch, *flags: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "apply", *flags, str(patch.path)], cwd=src, capture_output=True, text=True, env=env)
+
     for patch in patches:
-        def git_apply(*flags: str) -> subprocess.CompletedProcess:
-            return subprocess.run(["git", "apply", *flags, str(patch.path)], cwd=src, capture_output=True, text=True, env=env)
-        check = git_apply("--check")
+        check = git_apply(patch, "--check")
         if check.returncode == 0:
-            done = git_apply()
+            done = git_apply(patch)
             if done.returncode == 0:
                 continue
             check = done
-        if git_apply("--reverse", "--check").returncode == 0:
+        if git_apply(patch, "--reverse", "--check").returncode == 0:
             continue   # already applied (srcsync left the patched file alone)
         why = (check.stderr.strip().splitlines() or ["?"])[0]
         raise LlamactlError(f"backend patch {patch.name} does not apply: {why}", hint=f"patch: {patch.path}")

@@ -142,7 +142,10 @@ def _nvcc_version() -> str | None:
         return None
     out = proc.run(["nvcc", "--version"], check=False).stdout
     m = re.search(r"release [\d.]+, V[\d.]+", out)
-    return m.group(0) if m else (out.strip().splitlines() or [None])[-1]
+    if m:
+        return m.group(0)
+    lines = out.strip().splitlines()
+    return lines[-1] if lines else None
 
 
 def cuda_header(name: str, roots: list[Path] | None = None) -> str | None:

@@ -106,10 +106,12 @@ def bench(
     unique = bench_lib.without_mtp_axis(select(expand(spec, str(matrix or f"{base.path} matrix")), cell or []))
     texts = bench_lib.load_prompts(prompts)
     out = Output(False)
-    against, lookup = (publish.baseline_lookup(baseline, base.name, fingerprint.machine()["id"], History(history))
-                       if baseline else (None, None))
+    against_lookup = (publish.baseline_lookup(baseline, base.name, fingerprint.machine()["id"], History(history))
+                      if baseline else None)   # resolved before the bench runs
     arms, builds = _build_arms(base, build or [], out)
-    binary = arms[0].binary if arms else launcher.ensure_binary(base.profile, out)
+    binary = arms[0].binary if arms else None   # _build_arms gives every arm its binary
+    if binary is None:
+        binary = launcher.ensure_binary(base.profile, out)
     run_dir = launcher.new_run_dir(f"bench-{base.name}")
     stop_on_signals()
     warn_exposure(base.profile.host)
@@ -131,7 +133,8 @@ def bench(
         console.print(line, highlight=False, markup=False)
     if arms:
         data["ab"] = view.gate_summary(gate.compare_arms(data, thresholds), f"arm {arms[0].label}", thresholds)
-    if lookup:
+    if against_lookup:
+        against, lookup = against_lookup
         data["gate"] = view.gate_summary(gate.compare_runs(data, lookup, thresholds), against, thresholds)
     worst = _print_gates(data)
     data = report_cmd.after_run(data, history, html, md)   # history store (+ machine, build) and --html/--markdown
@@ -158,7 +161,7 @@ def _build_arms(base, texts: list[str], out: Output) -> tuple[list[bench_lib.Arm
         raise BadInput(f"--build labels must differ: {', '.join(labels)} (name=LABEL sets one)")
     profs = [bench_lib.build_profile(base.profile, upd, label) for label, upd in parsed]   # all checked before any build
     arms, builds = [], {}
-    for (label, _), prof in zip(parsed, profs):
+    for (label, _), prof in zip(parsed, profs, strict=True):
         b = launcher.ensure_binary(prof, out)
         arms.append(bench_lib.Arm(label, None, b))
         manifest = b.manifest or fingerprint.manifest_for_binary(b.path)   # binary= may name a llamactl build

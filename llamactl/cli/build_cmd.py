@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
@@ -63,8 +63,11 @@ def build(
                                  gpu_targets=gpu_targets, cmake_options=opts, series=series, no_patches=no_patches)
     if dry_run:
         plan = build_lib.dry_run(req)
-        out.result({"configure": plan.configure, "build": plan.build, "env": plan.env, "shell": plan.shell_lines()},
-                   lambda d: [console.print(line, soft_wrap=True, highlight=False) for line in d["shell"]])
+
+        def human(d: dict[str, Any]) -> None:
+            for line in d["shell"]:
+                console.print(line, soft_wrap=True, highlight=False)
+        out.result({"configure": plan.configure, "build": plan.build, "env": plan.env, "shell": plan.shell_lines()}, human)
         return
     t0 = time.monotonic()
     stop_on_signals()   # SIGTERM unwinds like Ctrl-C: the compile's process group is stopped

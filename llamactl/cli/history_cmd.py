@@ -70,8 +70,8 @@ def history(
     t = Table(title=f"{len(run_rows)} run(s), newest first, from {store.path}", title_justify="left")
     for col in ("run", "when", "kind", "profile", "result", "build", "machine"):
         t.add_column(col)
-    for r in run_rows:
-        result = ("[green]ok[/]" if r.ok else "[red]not ok[/]") if r.ok is not None else "-"
-        t.add_row(f"#{r.id}", r.started_at, r.kind, escape(r.profile), f"{result} {escape(r.summary)}",
-                  escape(fingerprint.build_label(r.build)), r.machine_id[:8] + (" (this)" if r.machine_id == here else ""))
+    for run in run_rows:
+        result = ("[green]ok[/]" if run.ok else "[red]not ok[/]") if run.ok is not None else "-"
+        t.add_row(f"#{run.id}", run.started_at, run.kind, escape(run.profile), f"{result} {escape(run.summary)}",
+                  escape(fingerprint.build_label(run.build)), run.machine_id[:8] + (" (this)" if run.machine_id == here else ""))
     console.print(t)

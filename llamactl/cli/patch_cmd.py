@@ -59,7 +59,11 @@ def status(series: o.Series = None, json: o.Json = False) -> None:
 def check(series: o.Series = None, json: o.Json = False) -> None:
     """Dry run: would the pending patches apply, in order? The tree is not touched."""
     states = patches.check(paths.vendor_tree(), _series(series))
-    Output(json).result(_dump(states), lambda _: (_table(states), console.print("[green]series applies cleanly[/]")))
+
+    def human(_: object) -> None:
+        _table(states)
+        console.print("[green]series applies cleanly[/]")
+    Output(json).result(_dump(states), human)
 
 
 @app.command()
@@ -88,4 +92,8 @@ def export(series: o.Series = None, json: o.Json = False) -> None:
     if not name:
         raise LlamactlError("no series to export to", hint="pass --series NAME")
     written = patches.export(paths.vendor_tree(), name)
-    Output(json).result([str(p) for p in written], lambda w: [console.print(f"wrote {p}") for p in w])
+
+    def human(w: list[str]) -> None:
+        for p in w:
+            console.print(f"wrote {p}")
+    Output(json).result([str(p) for p in written], human)

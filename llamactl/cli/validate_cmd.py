@@ -75,7 +75,8 @@ def validate(
         if live_enabled:
             bar.update(task, completed=done - (1 if running else 0),
                        description=f"cell {escape(running)}" if running else "cells")
-            live.update(Group(reports.table(rep, running), bar), refresh=True)
+            if live is not None:   # always, when live_enabled
+                live.update(Group(reports.table(rep, running), bar), refresh=True)
         elif running is None:
             for c in rep.cells[printed:done]:
                 console.print(f"  {escape(c.cell)}: {Status(c.status).label} {escape(c.reason)}", highlight=False)

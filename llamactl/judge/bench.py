@@ -66,7 +66,7 @@ class VariantResult:
     error: str | None = None
 
     def summary(self) -> dict[str, Any]:
-        s = {k: asdict(summarize([getattr(x, k) for x in self.samples])) for k in
+        s: dict[str, Any] = {k: asdict(summarize([getattr(x, k) for x in self.samples])) for k in
              ("client_decode_tps", "server_decode_tps", "server_prompt_tps", "ttft_s")}
         s["aggregate_tps"] = asdict(summarize(self.aggregate_tps))
         drafted = sum(x.draft_tokens or 0 for x in self.samples)
@@ -112,7 +112,7 @@ def load_prompts(path: Path | None) -> list[str]:
     if path is None:
         return list(BUILTIN_PROMPTS)
     text = read_text(path, "prompts file")   # BadInput: missing, a directory, unreadable, too big, not UTF-8
-    prompts = [p.strip() for p in text.split("\n\n") if p.strip()] if "\n\n" in text else [l for l in text.splitlines() if l.strip()]
+    prompts = [p.strip() for p in text.split("\n\n") if p.strip()] if "\n\n" in text else [line for line in text.splitlines() if line.strip()]
     if not prompts:
         raise BadInput(f"{path} holds no prompts (one per line, or blocks separated by blank lines)")
     return prompts
@@ -210,7 +210,8 @@ def parse_build(text: str) -> tuple[str, dict[str, Any]]:
     text = text.strip()
     if text in BUILD_SHORTHAND:
         return text, dict(BUILD_SHORTHAND[text])
-    label, updates = text, {}
+    label = text
+    updates: dict[str, Any] = {}
     for part in text.split(","):
         key, eq, value = part.partition("=")
         key = key.strip().replace("-", "_")
@@ -363,7 +364,7 @@ def plot(data: dict, path: Path) -> None:
         xs = [j + (i - (len(variants) - 1) / 2) * width for j in range(len(cells))]
         bars = ax.bar(xs, meds, width, yerr=[lo, hi], capsize=4, label=v,
                       color=("#8c8c8c" if v == "mtp-off" else "#2a7ab9" if v == "mtp-on" else f"C{i}"))
-        for b, c in zip(bars, cells):
+        for b, c in zip(bars, cells, strict=True):
             acc = ((c["variants"].get(v) or {}).get("summary") or {}).get("acceptance")
             if v == "mtp-on" and acc is not None:
                 ax.annotate(f"acc {acc:.0%}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom", fontsize=8)

@@ -339,14 +339,15 @@ def concurrency(ctx: CellContext) -> dict:
     bad = [(code, body) for code, body, _, _ in results if code != 200 or not isinstance(body, dict)]
     if bad:
         raise CheckFailed(f"{len(bad)}/{n} requests failed: HTTP {bad[0][0]} {str(bad[0][1])[:150]}")
-    for _, body, _, _ in results:
-        shape = validate_chat_completion(body)   # type: ignore[arg-type]
+    bodies = [body for _, body, _, _ in results if isinstance(body, dict)]   # every one: none was bad
+    for body in bodies:
+        shape = validate_chat_completion(body)
         if shape:
             raise CheckFailed(shape)
-    timings = [body.get("timings") for _, body, _, _ in results]   # type: ignore[union-attr]
+    timings = [body.get("timings") for body in bodies]
     for t in timings:
         ctx.add_timings(t)
-    out_tokens = sum(body["usage"]["completion_tokens"] for _, body, _, _ in results)   # type: ignore[index]
+    out_tokens = sum(body["usage"]["completion_tokens"] for body in bodies)
     data: dict[str, Any] = {"requests": n, "output_tokens": out_tokens, "wall_s": round(wall, 3),
                             "tokens_per_s": round(out_tokens / wall, 2) if wall else None,
                             "peak_busy_slots": peak["slots"] if peak["slot_samples"] else None,
@@ -366,8 +367,8 @@ def concurrency(ctx: CellContext) -> dict:
                 raise CheckFailed(f"requests never processed together: peak llamacpp:requests_processing "
                                   f"{peak['processing']}/{n} over {peak['metric_samples']} samples", data)
         elif all(isinstance(t, dict) and "predicted_ms" in t for t in timings):
-            spans = [(end - (t.get("prompt_ms", 0) + t["predicted_ms"]) / 1000, end)   # type: ignore[union-attr]
-                     for (_, _, _, end), t in zip(results, timings)]
+            spans = [(end - (t.get("prompt_ms", 0) + t["predicted_ms"]) / 1000, end)
+                     for (_, _, _, end), t in zip(results, timings, strict=True) if isinstance(t, dict)]   # all are
             data["evidence"] = "response timings"
             data["overlap_s"] = round(_overlap(spans), 4)
             if data["overlap_s"] <= 0:
@@ -390,7 +391,7 @@ def concurrency(ctx: CellContext) -> dict:
             if not during.draft_tokens:
                 raise CheckFailed(f"MTP is on but no slot drafted while {n} requests decoded together", data)
         elif all(isinstance(t, dict) for t in timings):
-            drafted = [t.get("draft_n", 0) for t in timings]   # type: ignore[union-attr]
+            drafted = [t.get("draft_n", 0) for t in timings if isinstance(t, dict)]   # all are
             data["draft_tokens"] = float(sum(drafted))
             if not all(drafted):
                 raise CheckFailed(f"MTP is on but {drafted.count(0)}/{n} concurrent requests drafted nothing "

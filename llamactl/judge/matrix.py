@@ -103,7 +103,7 @@ def expand(spec: MatrixSpec | None, source: str = "matrix") -> list[Cell]:
     if axes:
         for combo in itertools.product(*[vals for _, vals in axes]):
             merged: dict[str, Any] = {}
-            for (name, _), val in zip(axes, combo):
+            for (name, _), val in zip(axes, combo, strict=True):
                 merged.update(normalise({name: val}, source))
             cells.append(merged)
     excludes = [normalise(e, f"{source} exclude") for e in spec.exclude]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -22,7 +23,7 @@ class Summary:
         return 100.0 * (self.max - self.min) / self.median
 
 
-def summarize(values: list[float | None]) -> Summary:
+def summarize(values: Sequence[float | None]) -> Summary:
     xs = [float(v) for v in values if v is not None]
     if not xs:
         return Summary(0, None, None, None, None)

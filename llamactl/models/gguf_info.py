@@ -13,7 +13,7 @@ import mmap
 import os
 import re
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -319,9 +319,9 @@ def check_launchable(path: Path) -> list[Header]:
         raise ModelFileError(f"{path} is shard {h.split_no + 1} of {h.split_count} of a split model; llama-server loads "
                              f"a split model from its first shard: model: {first}{gone}")
     heads = shards(path)
-    first = heads[0]
-    if not first.kv.get("general.architecture"):
-        raise ModelFileError(f"{first.path} has no general.architecture key: llama.cpp cannot tell what model it is")
+    head = heads[0]
+    if not head.kv.get("general.architecture"):
+        raise ModelFileError(f"{head.path} has no general.architecture key: llama.cpp cannot tell what model it is")
     return heads
 
 

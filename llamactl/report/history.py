@@ -186,6 +186,7 @@ class History:
                 (kind, runs.profile_of(run), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), machine.get("id", "?"),
                  json.dumps(machine), build.get("key", "?"), json.dumps(build, default=str), None if ok is None else int(ok),
                  summary, runs.run_dir_of(run), json.dumps(run, default=str)))
+            assert cur.lastrowid is not None   # always set after an INSERT
             run_id = int(cur.lastrowid)
             db.executemany("INSERT INTO cells (run_id, cell, variant, status, build_key, decode_tps, ttft_s, acceptance,"
                            " tokens_per_s, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

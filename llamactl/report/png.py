@@ -25,10 +25,10 @@ def trend_png(rows: list[CellRow], path: Path, profile: str | None) -> None:
     for name, rs in series.items():
         pts = [(run_ids.index(r.run_id), r.decode_tps) for r in rs if r.decode_tps is not None]
         if pts:
-            ax1.plot(*zip(*pts), marker="o", label=name)
+            ax1.plot(*zip(*pts, strict=True), marker="o", label=name)
         acc = [(run_ids.index(r.run_id), r.acceptance) for r in rs if r.acceptance is not None and r.variant != "mtp-off"]
         if acc:
-            ax2.plot(*zip(*acc), marker="o", label=name)
+            ax2.plot(*zip(*acc, strict=True), marker="o", label=name)
     ax1.set_ylabel("decode tok/s (median per run)")
     ax1.set_title(f"llamactl trend {profile or ''}")
     ax2.set_ylabel("draft acceptance")

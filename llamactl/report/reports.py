@@ -97,8 +97,8 @@ def junit_tree(report: Report) -> ET.ElementTree:
         tc = ET.SubElement(suite, "testcase", classname=classname, name=name, time=f"{secs:.3f}")
         counts["tests"] += 1
         kind = JUNIT.get(status) if status is not None else None
-        if kind:
-            el = ET.SubElement(tc, kind, message=message or status.value)   # type: ignore[union-attr]
+        if kind and status is not None:   # kind is only set for a status
+            el = ET.SubElement(tc, kind, message=message or status.value)
             if text:
                 el.text = text
             counts[kind] += 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 
 PALETTE = ["#8c8c8c", "#2a7ab9", "#e08a1e", "#3a9a4a", "#a04ab0", "#c0392b", "#16a0a0", "#7a5c3a"]
@@ -38,30 +39,30 @@ def _fmt(v: float) -> str:
     return f"{v:.0f}" if v >= 10 else f"{v:.2g}"
 
 
-def _frame(title: str, ylabel: str, ymax: float, yfmt=_fmt) -> tuple[ET.Element, callable]:
+def _frame(title: str, ylabel: str, ymax: float, yfmt: Callable[[float], str] = _fmt) -> tuple[ET.Element, Callable[[float], float]]:
     svg = ET.Element("svg", width=str(W), height=str(H), viewBox=f"0 0 {W} {H}", role="img")
     ET.SubElement(svg, "title").text = title
-    ET.SubElement(svg, "text", x=str(LEFT), y="18", **{"font-size": "13", "font-weight": "bold"}).text = title
+    ET.SubElement(svg, "text", {"x": str(LEFT), "y": "18", "font-size": "13", "font-weight": "bold"}).text = title
     plot_h = H - TOP - BOTTOM
 
     def y(v: float) -> float:
         return TOP + plot_h * (1 - v / ymax)
     for i in range(5):
         v = ymax * i / 4
-        ET.SubElement(svg, "line", x1=str(LEFT), x2=str(W - RIGHT), y1=f"{y(v):.1f}", y2=f"{y(v):.1f}",
-                      stroke="#ddd", **{"stroke-width": "1"})
-        ET.SubElement(svg, "text", x=str(LEFT - 6), y=f"{y(v) + 4:.1f}", **{"text-anchor": "end", "font-size": "10"}).text = yfmt(v)
-    ET.SubElement(svg, "text", x="12", y=str(TOP + plot_h // 2), transform=f"rotate(-90 12 {TOP + plot_h // 2})",
-                  **{"text-anchor": "middle", "font-size": "10"}).text = ylabel
+        ET.SubElement(svg, "line", {"x1": str(LEFT), "x2": str(W - RIGHT), "y1": f"{y(v):.1f}", "y2": f"{y(v):.1f}",
+                                    "stroke": "#ddd", "stroke-width": "1"})
+        ET.SubElement(svg, "text", {"x": str(LEFT - 6), "y": f"{y(v) + 4:.1f}", "text-anchor": "end", "font-size": "10"}).text = yfmt(v)
+    ET.SubElement(svg, "text", {"x": "12", "y": str(TOP + plot_h // 2), "transform": f"rotate(-90 12 {TOP + plot_h // 2})",
+                                "text-anchor": "middle", "font-size": "10"}).text = ylabel
     return svg, y
 
 
-def _legend(svg: ET.Element, names: list[str], colour_of=None) -> None:
+def _legend(svg: ET.Element, names: list[str], colour_of: Callable[[str], str] | None = None) -> None:
     for i, name in enumerate(names):
         yy = TOP + 16 * i
         fill = colour_of(name) if colour_of else PALETTE[i % len(PALETTE)]
         ET.SubElement(svg, "rect", x=str(W - RIGHT + 12), y=str(yy), width="10", height="10", fill=fill)
-        ET.SubElement(svg, "text", x=str(W - RIGHT + 26), y=str(yy + 9), **{"font-size": "10"}).text = name[:24]
+        ET.SubElement(svg, "text", {"x": str(W - RIGHT + 26), "y": str(yy + 9), "font-size": "10"}).text = name[:24]
 
 
 def bars(groups: list[tuple[str, list[Bar]]], title: str, ylabel: str) -> str:
@@ -85,16 +86,16 @@ def bars(groups: list[tuple[str, list[Bar]]], title: str, ylabel: str) -> str:
             ET.SubElement(rect, "title").text = f"{label} {b.series}: {b.value:.1f}" + (f" ({b.note})" if b.note else "")
             if b.lo is not None and b.hi is not None:
                 cx = x + bw * 0.46
-                ET.SubElement(svg, "line", x1=f"{cx:.1f}", x2=f"{cx:.1f}", y1=f"{y(b.lo):.1f}", y2=f"{y(b.hi):.1f}",
-                              stroke="#222", **{"stroke-width": "1.2"})
+                ET.SubElement(svg, "line", {"x1": f"{cx:.1f}", "x2": f"{cx:.1f}", "y1": f"{y(b.lo):.1f}", "y2": f"{y(b.hi):.1f}",
+                                            "stroke": "#222", "stroke-width": "1.2"})
                 for v in (b.lo, b.hi):
-                    ET.SubElement(svg, "line", x1=f"{cx - 4:.1f}", x2=f"{cx + 4:.1f}", y1=f"{y(v):.1f}", y2=f"{y(v):.1f}",
-                                  stroke="#222", **{"stroke-width": "1.2"})
+                    ET.SubElement(svg, "line", {"x1": f"{cx - 4:.1f}", "x2": f"{cx + 4:.1f}", "y1": f"{y(v):.1f}", "y2": f"{y(v):.1f}",
+                                                "stroke": "#222", "stroke-width": "1.2"})
             if b.note:
-                ET.SubElement(svg, "text", x=f"{x + bw * 0.46:.1f}", y=f"{y(b.hi or b.value) - 4:.1f}",
-                              **{"text-anchor": "middle", "font-size": "9"}).text = b.note
-        ET.SubElement(svg, "text", x=f"{LEFT + gi * gw + gw / 2:.1f}", y=str(H - BOTTOM + 16),
-                      **{"text-anchor": "middle", "font-size": "10"}).text = label[:32]
+                ET.SubElement(svg, "text", {"x": f"{x + bw * 0.46:.1f}", "y": f"{y(b.hi or b.value) - 4:.1f}",
+                                            "text-anchor": "middle", "font-size": "9"}).text = b.note
+        ET.SubElement(svg, "text", {"x": f"{LEFT + gi * gw + gw / 2:.1f}", "y": str(H - BOTTOM + 16),
+                                    "text-anchor": "middle", "font-size": "10"}).text = label[:32]
     _legend(svg, series)
     return ET.tostring(svg, encoding="unicode")
 
@@ -118,13 +119,13 @@ def lines(series: dict[str, list[tuple[int, float]]], x_labels: list[str], title
     def x(i: int) -> float:
         return LEFT + 10 + (plot_w - 20) * (i / n if len(x_labels) > 1 else 0.5)
     for i, lab in enumerate(x_labels):
-        ET.SubElement(svg, "text", x=f"{x(i):.1f}", y=str(H - BOTTOM + 14), transform=f"rotate(30 {x(i):.1f} {H - BOTTOM + 14})",
-                      **{"font-size": "9"}).text = lab[:28]
+        ET.SubElement(svg, "text", {"x": f"{x(i):.1f}", "y": str(H - BOTTOM + 14), "transform": f"rotate(30 {x(i):.1f} {H - BOTTOM + 14})",
+                                    "font-size": "9"}).text = lab[:28]
     for name, pts in series.items():
         colour = colour_of(name)
         if len(pts) > 1:
-            ET.SubElement(svg, "polyline", points=" ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in pts), fill="none",
-                          stroke=colour, **{"stroke-width": "2"})
+            ET.SubElement(svg, "polyline", {"points": " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in pts), "fill": "none",
+                                            "stroke": colour, "stroke-width": "2"})
         for i, v in pts:
             dot = ET.SubElement(svg, "circle", cx=f"{x(i):.1f}", cy=f"{y(v):.1f}", r="3.5", fill=colour)
             ET.SubElement(dot, "title").text = f"{name} @ {x_labels[i]}: " + (f"{100 * v:.0f}%" if percent else f"{v:.1f}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, PackageLoader, select_autoescape
 
 ICONS = {"pass": "✅", "ok": "✅", "faster": "✅", "fail": "❌", "regression": "❌", "error": "💥", "skip": "⏭️",
          "not_run": "⏭️", "xfail": "⚠️", "warn": "⚠️", "xpass": "❗", "interrupted": "⏹️", "no change": "➖",

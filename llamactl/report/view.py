@@ -50,9 +50,10 @@ def context(run: dict[str, Any], history: History | None = None) -> tuple[dict |
     """(machine fingerprint, build identity, history id) of a run, from the file, else the history, else the manifest."""
     stored = run.get("history") or {}
     machine, build = run.get("machine") if isinstance(run.get("machine"), dict) else None, run.get("build")
-    if (machine is None or build is None) and not stored and history is not None and runs.run_dir_of(run):
+    run_dir = runs.run_dir_of(run)
+    if (machine is None or build is None) and not stored and history is not None and run_dir:
         try:
-            stored = (history.find_by_run_dir(runs.run_dir_of(run)) or {}).get("history") or {}
+            stored = (history.find_by_run_dir(run_dir) or {}).get("history") or {}
         except LlamactlError:   # a report still renders without the history store
             stored = {}
     machine = machine or stored.get("machine")
@@ -126,12 +127,12 @@ def bench_view(run: dict[str, Any]) -> dict[str, Any]:
         variants, bars = [], []
         for name, r in (c.get("variants") or {}).items():
             dec, ttft = runs.decode_samples(r), runs.ttft_samples(r)
-            med = runs.median(dec)
+            med, ttft_med = runs.median(dec), runs.median(ttft)
             lo, hi = gate_lib.band(dec) if dec else (None, None)
             acc = runs.acceptance_of(r)
             agg = runs.median([x for x in r.get("aggregate_tps") or [] if isinstance(x, (int, float))])
             variants.append({"name": name, "decode": _num(med), "band": "-" if lo is None else f"{lo:.1f}..{hi:.1f}",
-                             "n": len(dec), "ttft_ms": _num(None if not ttft else 1000 * runs.median(ttft), "{:.0f}"),
+                             "n": len(dec), "ttft_ms": _num(None if ttft_med is None else 1000 * ttft_med, "{:.0f}"),
                              "acceptance": _pct(acc), "aggregate": _num(agg), "rss": _num(r.get("peak_rss_mb"), "{:.0f}"),
                              "error": str(r.get("error") or "")})
             bars.append(svg.Bar(name, med, lo, hi, "" if acc is None or name == "mtp-off" else f"acc {acc:.0%}"))

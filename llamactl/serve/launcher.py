@@ -16,7 +16,7 @@ from llamactl.core import paths
 from llamactl.build.builder import BuildRequest, BuildResult, build
 from llamactl.core.console import Output
 from llamactl.serve.dialect import Help, parse_help, server_environment
-from llamactl.core.errors import BadInput, LlamactlError
+from llamactl.core.errors import BadInput
 from llamactl.core.hashing import stable_key
 from llamactl.serve import quickstart
 from llamactl.serve.profiles import ENV_VARS, Profile, Resolved

@@ -62,10 +62,10 @@ def flag(*candidates: str, env: tuple[str, ...] = (), mtp: bool = False, kind: s
 
 class BuildSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    source: str = Field("upstream", description="vendor/sources.yaml name or path:/dir")
+    source: str = Field(default="upstream", description="vendor/sources.yaml name or path:/dir")
     backend: Backend = "cpu"
-    gpu_targets: str | None = Field(None, description="gfx targets (hip) or CUDA architectures")
-    series: str | None = Field(None, description="patch series; default: the source's own")
+    gpu_targets: str | None = Field(default=None, description="gfx targets (hip) or CUDA architectures")
+    series: str | None = Field(default=None, description="patch series; default: the source's own")
     no_patches: bool = False
     cmake_options: list[str] = Field(default_factory=list)
 

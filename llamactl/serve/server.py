@@ -150,7 +150,7 @@ def describe_exit(returncode: int | None, log_lines: list[str], log: Path) -> Cr
                     frames.append(_ANSI.sub("", f).strip())
             break
     error_line = root_cause(log_lines)
-    return Crash(returncode, sig, assert_line, frames[:20], [l.rstrip() for l in log_lines[-15:]], str(log), error_line)
+    return Crash(returncode, sig, assert_line, frames[:20], [line.rstrip() for line in log_lines[-15:]], str(log), error_line)
 
 
 @dataclass

@@ -111,7 +111,7 @@ def _applied_prefix(repo: Repo, patches: list[Patch]) -> tuple[int, list[str]]:
     commits = repo.commits_since_base()
     ids = [repo.commit_patch_id(c) for c in commits]
     n = 0
-    for c_id, p in zip(ids, patches):
+    for c_id, p in zip(ids, patches, strict=False):   # lengths differ (patches vs commits): only the common prefix counts
         if c_id is not None and c_id == repo.patch_id(p.path.read_text(errors="replace")):
             n += 1
         else:

@@ -23,7 +23,7 @@ from llamactl.core.hashing import sha256_file
 class _Base(BaseModel):
     model_config = ConfigDict(extra="forbid")
     description: str = ""
-    series: str | None = Field(None, description="patch series under patches/ applied to this source")
+    series: str | None = Field(default=None, description="patch series under patches/ applied to this source")
 
 
 class PypiSdistSource(_Base):

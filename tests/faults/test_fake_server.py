@@ -99,7 +99,7 @@ def test_each_fault_is_a_reported_result(tmp_path, fault, status, text, check):
         assert cell["reason"].startswith(f"{check}: ")
         assert next(c for c in cell["checks"] if c["name"] == check)["status"] == status
     assert data["ok"] is False and data["counts"][status] == 1
-    assert f"validate: 0 passed, 1 failed, 0 errors" in cp.stdout
+    assert "validate: 0 passed, 1 failed, 0 errors" in cp.stdout
     suite = junit.find("testsuite")
     assert int(suite.get("failures")) + int(suite.get("errors")) >= 1
     assert any(text in (f.get("message") or "") for f in suite.iter("failure"))

@@ -6,8 +6,6 @@ Split models are made with the real ``llama-gguf-split`` of the same build (issu
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path

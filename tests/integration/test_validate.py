@@ -10,9 +10,7 @@ import sys
 import time
 import xml.etree.ElementTree as ET
 
-import pytest
 
-from llamactl.serve import launcher
 from llamactl.serve import profiles
 from llamactl.judge.matrix import expand, select
 from llamactl.judge.validate import run_matrix

@@ -14,7 +14,7 @@ TH = Thresholds(0.95, 0.85)
 def variant(decode: list[float], ttft: list[float] | None = None) -> dict:
     ttft = ttft or [0.05] * len(decode)
     return {"error": None, "samples": [{"server_decode_tps": d, "client_decode_tps": d * 0.99, "ttft_s": t}
-                                       for d, t in zip(decode, ttft)]}
+                                       for d, t in zip(decode, ttft, strict=True)]}
 
 
 def bench(decode: list[float], ttft: list[float] | None = None, cell: str = "echo", arm: str = "mtp-on") -> dict:

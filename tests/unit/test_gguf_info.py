@@ -242,6 +242,9 @@ def test_no_architecture(tmp_path):
     w = gguf.GGUFWriter(str(p), "llama")
     w.kv_data[0].pop("general.architecture")
     w.add_tensor("a", np.zeros(4, dtype=np.float32))
-    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
     with pytest.raises(ModelFileError, match="no general.architecture"):
         check_launchable(p)

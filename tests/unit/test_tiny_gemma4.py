@@ -334,8 +334,8 @@ def test_atomic_centroid_head(out):
 
 
 def test_target_same_for_all_layouts_and_drafters(out):
-    pairs = [pair_of(TinySpec(layout=l, drafter=d), out)
-             for l in ("upstream", "atomic") for d in ("echo", "noisy", "random")]
+    pairs = [pair_of(TinySpec(layout=lay, drafter=d), out)
+             for lay in ("upstream", "atomic") for d in ("echo", "noisy", "random")]
     assert len({p.target for p in pairs}) == 1
     assert len({p.drafter for p in pairs}) == 6
     assert pairs[0].target.name == "tiny-gemma4-target-s0-e128-l4.gguf"
