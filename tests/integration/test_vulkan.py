@@ -25,6 +25,19 @@ pytestmark = pytest.mark.vulkan
 PROFILE = "tiny-gemma4-mtp-vulkan"
 
 
+def _cached_vulkan_build() -> dict | None:
+    """The manifest of a finished Vulkan build of the vendored tree as it is (nothing is built)."""
+    from llamactl.source.patches import load_series, series_hashes
+    from llamactl.source.vendor import read_provenance
+    req = BuildRequest(backend="vulkan")
+    prov = read_provenance()
+    if prov is None:
+        return None
+    material = builder.key_material(req, prov.identity, series_hashes(load_series(prov.series)), None,
+                                    toolchain.compiler_ids(), series_hashes(builder.backend_series(prov.series, "vulkan")))
+    return builder._load_manifest(builder.build_root_for("vulkan", builder.build_key(material)))
+
+
 def _why_skip() -> str | None:
     tc = toolchain.detect("vulkan")
     if tc.missing:
@@ -33,8 +46,7 @@ def _why_skip() -> str | None:
         return "no Vulkan driver (ICD) installed: apt-get install mesa-vulkan-drivers (lavapipe runs on the CPU)"
     if os.environ.get("LLAMACTL_TEST_VULKAN") == "1":
         return None
-    root = builder.dry_run(BuildRequest(backend="vulkan")).build_dir.parent
-    if builder._load_manifest(root) is None:
+    if _cached_vulkan_build() is None:
         return ("the Vulkan llama-server is not built yet: set LLAMACTL_TEST_VULKAN=1 to build it here "
                 "(several minutes cold) or run `llamactl build --backend vulkan` first")
     return None
