@@ -109,7 +109,7 @@ def test_quantized_v_with_fa_off_refused_before_launch(built, clean_env, tmp_pat
     assert "set flash_attn: on" in cell["reason"]
     cp = llamactl(["run", "default", "--kv-k", "q8_0", "--kv-v", "q8_0", "--set", 'flash_attn="off"'], clean_env)
     assert cp.returncode == 2 and cp.stderr.startswith("error: kv_v=q8_0") and len(cp.stderr.strip().splitlines()) == 1
-    assert llama_server_pids() == before
+    assert llama_server_pids() - before == set()   # none of ours left (others may have ended meanwhile)
 
 
 # ------------------------------------------------------------ item 9 + issue 9 inputs: model files before launch
@@ -143,7 +143,7 @@ def test_bad_model_files_refused_before_launch(built, gemma3, clean_env, tmp_pat
     assert cp.returncode != 0 and "Traceback" not in cp.stderr
     cell = json.loads(report.read_text())["cells"][0]
     assert cell["status"] in ("fail", "error") and expect in cell["reason"] and cell["log"] is None
-    assert llama_server_pids() == before
+    assert llama_server_pids() - before == set()   # none of ours left (others may have ended meanwhile)
 
 
 # ------------------------------------------------------------ item 9: split models
@@ -165,7 +165,7 @@ def test_later_shard_names_the_first(split_g3, clean_env):
     assert cp.returncode == 2
     assert f"is shard 3 of 3 of a split model; llama-server loads a split model from its first shard: model: {split_g3[0]}" \
         in cp.stderr
-    assert llama_server_pids() == before
+    assert llama_server_pids() - before == set()   # none of ours left (others may have ended meanwhile)
 
 
 def test_missing_shards_are_named(split_g3, clean_env, tmp_path):

@@ -96,7 +96,7 @@ def test_corrupt_gguf_header_is_refused_before_launch(built, clean_env, tmp_path
                         env=clean_env, timeout=120)
     assert cp.returncode == 2, cp.stderr
     assert cp.stderr.startswith(f"error: {bad}") and "Traceback" not in cp.stderr
-    assert llama_server_pids() == before
+    assert llama_server_pids() - before == set()   # none of ours left (others may have ended meanwhile)
 
 
 def test_env_and_cli_overrides_reach_show_and_argv(built, clean_env):
@@ -123,7 +123,7 @@ def test_unsupported_value_refused_before_launch(built, clean_env):
                         capture_output=True, text=True, env=clean_env, timeout=120)
     assert cp.returncode == 4
     assert "kv_k=turbo4 is not supported" in cp.stderr and "atomic-turboquant" in cp.stderr
-    assert llama_server_pids() == before
+    assert llama_server_pids() - before == set()   # none of ours left (others may have ended meanwhile)
 
 
 def test_detach_ps_stop(built, clean_env):

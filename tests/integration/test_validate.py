@@ -77,7 +77,7 @@ def test_cli_junit_json_and_skip(built, clean_env, tmp_path):
     assert cp.returncode == 0, cp.stdout + cp.stderr
     suite = ET.parse(junit).getroot().find("testsuite")
     cases = suite.findall("testcase")
-    assert int(suite.get("tests")) == len(cases) == 9     # server + 8 checks
+    assert int(suite.get("tests")) == len(cases) == 10    # server + 9 checks (backend included)
     assert {c.get("name") for c in cases} >= {"server", "server_view", "tiny_message", "claude_style", "concurrency", "streaming",
                                               "chat_completions", "speculative_metrics", "still_healthy",
                                               "backend"}
