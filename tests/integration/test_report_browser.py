@@ -1,6 +1,6 @@
 """A real browser (Debian's chromium, headless) loads a report written by `llamactl report`.
 
-Runs where chromium is installed (`apt-get install chromium`); elsewhere this test says why it is skipped.
+CI installs chromium in `.ci/run` when it runs as root; elsewhere this test says why it is skipped.
 The screenshot is kept next to the report (reports/report-browser.png under pytest's tmp dir).
 """
 
@@ -22,7 +22,7 @@ def _chromium(*args: str) -> subprocess.CompletedProcess:
                            "--no-first-run", "--disable-extensions", *args], capture_output=True, text=True, timeout=180)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no chromium here: apt-get install chromium to run the browser check of the HTML report")
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium here (apt-get install chromium; .ci/run installs it as root)")
 def test_browser_renders_matrix_and_failing_cell_frames(tmp_path, clean_env):
     page = tmp_path / "report.html"
     cp = subprocess.run([sys.executable, "-m", "llamactl", "report", str(FIX / "validate.json"), str(FIX / "bench.json"),
