@@ -31,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str | None, tuple[str, ...], str]] = {
     "build": ("build_cmd", "build", ("build",),
               "Vendor + patch (when needed) and build llama-server with CMake + Ninja, cached by every input."),
     "run": ("run_cmd", "run", ("run",), "Launch llama-server from a profile; Ctrl-C stops it (nothing is left running)."),
+    "rpc-worker": ("rpc_cmd", "rpc_worker", (),
+                   "Start an RPC worker from the profile's cached build (same source, series, backend); Ctrl-C stops it."),
     "ps": ("run_cmd", "ps", ("ps",),
            "Servers started with `run --detach` (each PID checked: start time and argv, not just 'a process exists')."),
     "stop": ("run_cmd", "stop", ("stop",),

@@ -59,6 +59,7 @@ class CellContext:
     cell_timeout: float | None = None
     log_lines: Callable[[], list[str]] = lambda: []
     model_paths: dict[str, Path] = field(default_factory=dict)
+    rpc_endpoints: list[str] = field(default_factory=list)   # host:port of the cell's RPC workers
     timings: list[dict] = field(default_factory=list)   # server `timings` seen in responses
     server: dict[str, Any] = field(default_factory=dict)   # the server's own view (server_view check)
     warnings: list[str] = field(default_factory=list)
@@ -628,6 +629,55 @@ def server_view(ctx: CellContext) -> dict:
         raise CheckFailed("; ".join(fails), view)
     return view
 
+
+# llama.cpp names RPC devices RPC<i> with the endpoint as description ("using device RPC0 (127.0.0.1:50052)",
+# "RPC0: 127.0.0.1:50052 (...)" in --list-devices) and their buffers "RPC0[127.0.0.1:50052]" or "RPC[127.0.0.1:50052]"
+_RPC_DEVICE = re.compile(r"\b(?P<dev>RPC\d+)\b\W{0,3}(?:\[|\(|: )?(?P<ep>[\w.\-]+:\d+)")
+_RPC_BUFFER = re.compile(r"\b(?P<buf>RPC\d*\[(?P<ep>[^\]]+)\](?:_\w+)?)\s+(?P<what>model|KV|compute|RS|output)?\s*buffer size\s*=\s*(?P<mib>[\d.]+) MiB")
+
+
+def rpc_placement_from_log(lines: list[str]) -> dict[str, Any]:
+    """RPC devices and the MiB placed on each, per endpoint, from llama-server's log."""
+    devices: dict[str, str] = {}
+    model_mib: dict[str, float] = {}
+    other_mib: dict[str, float] = {}
+    offloaded = None
+    for ln in lines:
+        for m in _RPC_DEVICE.finditer(ln):
+            devices.setdefault(m.group("ep"), m.group("dev"))
+        m = _RPC_BUFFER.search(ln)
+        if m:
+            target = model_mib if m.group("what") == "model" else other_mib
+            target[m.group("ep")] = target.get(m.group("ep"), 0.0) + float(m.group("mib"))
+        if offloaded is None and "offloaded" in ln and "layers to GPU" in ln:
+            offloaded = ln.split("offloaded", 1)[1].strip()
+    return {"devices": devices, "model_mib": model_mib, "other_mib": other_mib, "offloaded": offloaded}
+
+
+def rpc_placement(ctx: CellContext) -> dict:
+    """With an ``rpc:`` block: every worker was found as a device and model weights were placed on it.
+
+    A cell whose model ran only on the local devices is a FAIL (it would pass every other check).
+    """
+    if ctx.profile.rpc is None:
+        raise CheckSkipped("no rpc workers in this cell")
+    found = rpc_placement_from_log(ctx.log_lines())
+    want = ctx.rpc_endpoints or list(ctx.profile.rpc.workers)
+    found["endpoints"] = want
+    missing = [ep for ep in want if ep not in found["devices"] and ep not in found["model_mib"]]
+    if missing and len(missing) == len(want):
+        raise CheckFailed(f"no RPC device in the server log for {', '.join(missing)}: the model ran locally", found)
+    if missing:
+        raise CheckFailed(f"rpc worker(s) {', '.join(missing)} never became a device of the server", found)
+    empty = [ep for ep in want if not found["model_mib"].get(ep)]
+    if empty:
+        raise CheckFailed(f"no layers placed on RPC device(s) {', '.join(found['devices'].get(ep, ep) for ep in empty)} "
+                          f"({', '.join(empty)}): no RPC model buffer in the log"
+                          f"{'; offloaded ' + found['offloaded'] if found['offloaded'] else ''}", found)
+    return found
+
+
+RPC_CHECK: tuple[str, Callable[[CellContext], dict]] = ("rpc_placement", rpc_placement)
 
 CHECKS: list[tuple[str, Callable[[CellContext], dict]]] = [
     ("server_view", server_view),

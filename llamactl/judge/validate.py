@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from llamactl.judge import backend as backend_check
 from llamactl.serve import launcher
 from llamactl.serve import profiles
-from llamactl.judge.checks import CHECKS, CellContext, CheckFailed, CheckResult, read_metrics, run_check
+from llamactl.judge.checks import CHECKS, RPC_CHECK, CellContext, CheckFailed, CheckResult, read_metrics, run_check
 from llamactl.judge.status import BAD, Status
 from llamactl.core.console import Output
 from llamactl.core.errors import LlamactlError
@@ -163,6 +163,7 @@ def _run_cell(resolved: profiles.Resolved, binary: launcher.Binary, run_dir: Pat
         return
     res.argv = plan.argv
     res.env_dropped = plan.env_dropped
+    res.warnings.extend(plan.notes)
     log_path = run_dir / f"{slug(cell.id)}.log"
     res.log = str(log_path)
     sp = launcher.start(plan, log_path)
@@ -185,13 +186,14 @@ def _run_cell(resolved: profiles.Resolved, binary: launcher.Binary, run_dir: Pat
         with sp.client(limits=httpx.Limits(max_keepalive_connections=0)) as client:
             ctx = CellContext(plan.base_url, prof, client, alive=sp.alive, request_timeout=prof.request_timeout,
                               deadline=deadline, cell_timeout=prof.cell_timeout, log_lines=sp.log_lines,
-                              model_paths=dict(plan.model_paths))
+                              model_paths=dict(plan.model_paths), rpc_endpoints=[w.endpoint for w in plan.rpc_workers]
+                              or list(prof.rpc.workers if prof.rpc else []))
             try:
                 ctx.metrics_before = read_metrics(ctx) if prof.metrics else []
             except (CheckFailed, httpx.HTTPError):
                 ctx.metrics_before = []   # the speculative_metrics check reports what is wrong
             try:
-                for name, fn in CHECKS:
+                for name, fn in ([CHECKS[0], RPC_CHECK, *CHECKS[1:]] if prof.rpc else CHECKS):
                     if not sp.alive():
                         res.checks.append(CheckResult(name, Status.SKIP, detail="server died"))
                         continue
@@ -203,7 +205,7 @@ def _run_cell(resolved: profiles.Resolved, binary: launcher.Binary, run_dir: Pat
                     if after_check:
                         after_check(cell, name, sp)
             finally:
-                res.server, res.warnings = dict(ctx.server), list(ctx.warnings)
+                res.server, res.warnings = dict(ctx.server), [*res.warnings, *ctx.warnings]
             # backend truth: what the startup log says the server used, against expect_backend/expect_offload
             res.checks.append(backend_check.check(log_path, prof.expect_backend, prof.expect_offload, alive=sp.alive()))
             res.backend = res.checks[-1].data or None

@@ -18,11 +18,11 @@ from llamactl.core.console import Output
 from llamactl.serve.dialect import Help, parse_help, server_environment
 from llamactl.core.errors import BadInput
 from llamactl.core.hashing import stable_key
-from llamactl.serve import quickstart
+from llamactl.serve import quickstart, rpc
 from llamactl.serve.profiles import ENV_VARS, Profile, Resolved
 from llamactl.serve.render import render_argv
 from llamactl.serve.endpoint import Endpoint, listen_endpoints
-from llamactl.serve.server import ServerProcess
+from llamactl.serve.server import ServerProcess, free_port
 
 
 @dataclass
@@ -43,6 +43,8 @@ class LaunchPlan:
     model_paths: dict[str, Path] = field(default_factory=dict)
     env_dropped: list[str] = field(default_factory=list)       # inherited llama-server variables not passed on
     endpoints: list[Endpoint] = field(default_factory=list)   # every --host address; [0] is the one llamactl uses
+    rpc_workers: list[rpc.RpcWorker] = field(default_factory=list)   # local workers to start before the server
+    notes: list[str] = field(default_factory=list)             # what llamactl could not check (remote workers' builds)
 
     @property
     def endpoint(self) -> Endpoint:
@@ -154,9 +156,27 @@ def plan(resolved: Resolved, out: Output | None = None, binary: Binary | None = 
     port = tcp_port if tcp_port is not None else (8080 if p.port == "auto" else int(p.port))  # ignored for .sock
     host = ",".join(e.host for e in endpoints)   # socket paths made absolute
     rp = p if host == p.host else p.model_copy(update={"host": host})
-    argv = render_argv(rp, binary.help, binary.path, port=port, model_paths=model_paths)
+    workers, rpc_eps, notes = _rpc_plan(p, binary)
+    argv = render_argv(rp, binary.help, binary.path, port=port, model_paths=model_paths, rpc_endpoints=rpc_eps)
     _, dropped = server_environment(dict(os.environ), dict(p.env), binary.help)
-    return LaunchPlan(resolved, binary, argv, host, port, dict(p.env), model_paths, dropped, endpoints)
+    return LaunchPlan(resolved, binary, argv, host, port, dict(p.env), model_paths, dropped, endpoints, workers, notes)
+
+
+def _rpc_plan(p: Profile, binary: Binary) -> tuple[list[rpc.RpcWorker], list[str] | None, list[str]]:
+    """Local workers to start (free loopback ports), the --rpc endpoints, notes on unchecked workers.
+
+    Raises:
+        LlamactlError: no RPC worker in the build, or a running worker from another build.
+    """
+    if p.rpc is None:
+        return [], None, []
+    key = rpc.build_key(binary.manifest, binary.path)
+    if p.rpc.workers:
+        return [], list(p.rpc.workers), rpc.check_pairing(list(p.rpc.workers), key)
+    wbin = rpc.worker_binary(binary.path, binary.manifest)
+    workers = [rpc.RpcWorker(wbin, "127.0.0.1", free_port("127.0.0.1"), Path(os.devnull), key)
+               for _ in range(p.rpc.local_workers)]
+    return workers, [w.endpoint for w in workers], []
 
 
 def new_run_dir(name: str) -> Path:
@@ -177,6 +197,21 @@ def start(plan_: LaunchPlan, log_path: Path, echo: Callable[[str], None] | None 
     sp = ServerProcess(plan_.argv, plan_.host, plan_.port, log_path, env=plan_.env, echo=echo,
                        api_key=plan_.resolved.profile.api_key, drop_env=tuple(plan_.env_dropped),
                        endpoint=plan_.endpoint)
+    if plan_.rpc_workers:    # workers first (on loopback), the server after; sp.stop() stops them after it
+        if detach:
+            raise BadInput("rpc.local_workers cannot be left running with --detach",
+                           hint="start workers with `llamactl rpc-worker` and name them in rpc.workers")
+        quickstart.discard()
+        for i, w in enumerate(plan_.rpc_workers):
+            w.log_path = log_path.with_name(f"{log_path.stem}.rpc-{i}.log")
+        rpc.start_all(plan_.rpc_workers)
+        sp.workers = list(plan_.rpc_workers)
+        try:
+            sp.start()
+        except BaseException:
+            rpc.stop_all(plan_.rpc_workers)
+            raise
+        return sp
     early = None if detach else quickstart.take(plan_.argv, plan_.env)
     if early is not None:
         sp.adopt(early)

@@ -8,6 +8,7 @@ command-line options. Every resolved value remembers where it came from.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +81,33 @@ class BuildSpec(BaseModel):
         return v.strip().lower() if isinstance(v, str) else v
 
 
+class RpcSpec(BaseModel):
+    """llama.cpp's RPC backend: workers already running (``workers``) or N started on loopback (``local_workers``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    workers: list[str] = Field(default_factory=list, description="host:port of RPC workers already running")
+    local_workers: int = Field(0, ge=0, le=16, description="RPC workers llamactl starts on 127.0.0.1 and stops after the server")
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [w for w in v.split(",") if w.strip()]
+        if isinstance(v, list):
+            for w in v:
+                host, _, port = str(w).strip().rpartition(":")
+                if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                    raise ValueError(f"a worker is host:port (e.g. 127.0.0.1:50052), got {w!r}")
+            return [str(w).strip() for w in v]
+        return v
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "RpcSpec":
+        if bool(self.workers) == bool(self.local_workers):
+            raise ValueError("give exactly one of workers: [host:port, ...] or local_workers: N (N >= 1)")
+        return self
+
+
 class MatrixSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     axes: dict[str, list[Any]] = Field(default_factory=dict)
@@ -118,6 +146,8 @@ class Profile(BaseModel):
     n_gpu_layers_draft: int | str | None = Field(None, json_schema_extra=flag("--n-gpu-layers-draft", env=("NGL_DRAFT",), mtp=True))
     flash_attn: FlashAttn | None = Field(None, json_schema_extra=flag("--flash-attn", env=("FA",)))
     threads: int | None = Field(None, ge=1, json_schema_extra=flag("--threads"))
+    rpc: RpcSpec | None = Field(None, json_schema_extra=flag("--rpc", kind="rpc"))
+    tensor_split: list[float] | None = Field(None, json_schema_extra=flag("--tensor-split", kind="list"))
     temperature: float | None = Field(None, ge=0, json_schema_extra=flag("--temp"))
     host: str = Field("127.0.0.1", json_schema_extra=flag("--host"))
     port: int | Literal["auto"] = Field("auto", json_schema_extra=flag("--port", env=("PORT",)))
@@ -218,6 +248,24 @@ class Profile(BaseModel):
             return int(v)
         if isinstance(v, str) and v not in ("auto", "all"):
             raise ValueError("an integer, 'auto' or 'all'")
+        return v
+
+    @field_validator("tensor_split", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        """``[3, 1]`` or ``"3,1"`` (proportions per device, in llama-server's device order)."""
+        if isinstance(v, str):
+            v = [x for x in re.split(r"[,/ ]+", v.strip()) if x]
+        if isinstance(v, list) and (not v or any(isinstance(x, bool) or not isinstance(x, (int, float, str)) for x in v)):
+            raise ValueError(f"tensor_split is a list of proportions, e.g. [1, 1] or '3,1'; got {v!r}")
+        if isinstance(v, list):
+            try:
+                out = [float(x) for x in v]
+            except ValueError:
+                raise ValueError(f"tensor_split is a list of proportions, e.g. [1, 1] or '3,1'; got {v!r}") from None
+            if any(x < 0 for x in out) or not any(out):
+                raise ValueError(f"tensor_split proportions must be >= 0 and not all 0; got {v!r}")
+            return out
         return v
 
     @field_validator("enable_mtp", mode="before")
@@ -423,6 +471,8 @@ def format_validation_error(exc: ValidationError, path: Path, origins: dict[str,
 def _allowed_keys(loc: tuple) -> list[str]:
     if len(loc) > 1 and loc[0] == "build":
         return list(BuildSpec.model_fields)
+    if len(loc) > 1 and loc[0] == "rpc":
+        return list(RpcSpec.model_fields)
     if len(loc) > 1 and loc[0] == "matrix":
         return list(MatrixSpec.model_fields)
     return list(Profile.model_fields)

@@ -102,8 +102,13 @@ def render_argv(
     *,
     port: int,
     model_paths: dict[str, Path] | None = None,
+    rpc_endpoints: list[str] | None = None,
 ) -> list[str]:
-    """argv for ``binary``; ``model_paths`` maps field name -> resolved file for model fields."""
+    """argv for ``binary``; ``model_paths`` maps field name -> resolved file for model fields.
+
+    ``rpc_endpoints`` (host:port) are the RPC workers of this launch: ``rpc.workers``, or the
+    loopback ports chosen for ``rpc.local_workers`` (placeholders when only checking support).
+    """
     model_paths = model_paths or {}
     name = binary.name
     argv: list[str] = [str(binary)]
@@ -124,6 +129,15 @@ def render_argv(
         if kind == "mtp":
             if value:
                 argv += _render_mtp(profile, help_, name)
+            continue
+        if kind == "rpc":
+            flag = _need(help_, cands, fname, "workers", name)
+            argv += [flag, ",".join(rpc_endpoints or value.workers
+                                    or ["127.0.0.1:0"] * value.local_workers)]
+            continue
+        if kind == "list":
+            flag = _need(help_, cands, fname, value, name)
+            argv += [flag, ",".join(_fmt(x) for x in value)]
             continue
         if kind == "extra":
             check_extra_args([str(a) for a in value], help_)

@@ -171,6 +171,7 @@ class ServerProcess:
     adopted: bool = False          # started early by quickstart from the previous run's plan
     identity: ProcessIdentity | None = None   # pid, start time and argv, for run records
     endpoint: Endpoint | None = None   # where the client reaches it; from host/port when not given
+    workers: list = field(default_factory=list)   # RPC workers (serve/rpc.py) stopped AFTER this server
 
     def __post_init__(self) -> None:
         if self.endpoint is None:
@@ -288,7 +289,17 @@ class ServerProcess:
         return describe_exit(rc, self.log_lines(), self.log_path)
 
     def stop(self, grace: float = 10.0) -> int | None:
-        """SIGTERM the process group, SIGKILL after ``grace`` seconds. Returns the exit code."""
+        """SIGTERM the process group, SIGKILL after ``grace`` seconds, then its RPC workers. Returns the exit code.
+
+        The server goes first: stopped under it, a worker makes llama-server abort in its clean-up.
+        """
+        try:
+            return self._stop(grace)
+        finally:
+            for w in self.workers:
+                w.stop()
+
+    def _stop(self, grace: float) -> int | None:
         if self.proc is None:
             return None
         if self.proc.poll() is None:
