@@ -7,6 +7,7 @@ Examples:
     llamactl report 12 --html run12.html                        # a run from the history, by id
     llamactl report reports/bench.json --trend --html reports/bench.html
     llamactl report --trend --profile tiny-gemma4-bench --png reports/trend.png
+    llamactl report merge shard1.json shard2.json --json reports/all.json --junit reports/all.xml
 """
 
 from __future__ import annotations
@@ -59,8 +60,15 @@ def report(
     cell: Annotated[Optional[str], typer.Option("--cell", help="Only this cell in --trend.")] = None,
     png: Annotated[Optional[Path], typer.Option("--png", help="Write the --trend chart as a PNG (needs matplotlib).")] = None,
     history: o.History = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="report merge: write the merged report as JSON here.")] = None,
+    junit: Annotated[Optional[Path], typer.Option("--junit", help="report merge: write the merged JUnit XML here.")] = None,
 ) -> None:
     """Render runs as one self-contained HTML page and/or Markdown; Markdown on stdout when no file is named."""
+    if files and files[0] == "merge" and not Path("merge").exists():
+        _merge([Path(f) for f in files[1:]], json_path, junit, html, md)
+        return
+    if json_path or junit:
+        raise BadInput("--json and --junit belong to `llamactl report merge A.json B.json ...`")
     for path, what in ((html, "--html"), (md, "--markdown"), (png, "--png")):
         if path is not None:
             check_writable(path, what)
@@ -91,3 +99,47 @@ def report(
         err_console.print(f"report: {p}", highlight=False, markup=False)
     if not written and not png:
         sys.stdout.write(markdown.render(view.report_view(run_list, store, trend_data)))
+
+
+def _merge(files: list[Path], json_path: Path | None, junit: Path | None, html: Path | None, md: Path | None) -> None:
+    """`report merge`: one table of every cell with the machine it ran on; exit 1 on a cell run twice or nowhere."""
+    import json as jsonlib
+
+    from rich.table import Table
+
+    from llamactl.core.console import console
+    from llamactl.core.errors import ExitCode
+    from llamactl.judge.status import Status
+    from llamactl.report import merge as merge_lib, reports
+
+    for path, what in ((json_path, "--json"), (junit, "--junit"), (html, "--html"), (md, "--markdown")):
+        if path is not None:
+            check_writable(path, what)
+    merged, info = merge_lib.merge(files)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(jsonlib.dumps(merge_lib.merged_dict(merged, info), indent=2, default=str) + "\n")
+    if junit:
+        reports.write_junit(merged, junit)
+    t = Table("cell", "status", "machine", "shard file", "reason", title=f"{merged.profile}: {len(files)} report(s) merged")
+    for row in info["cells"]:
+        st = Status(row["status"])
+        t.add_row(escape(row["cell"]), f"[{reports.STYLE[st]}]{st.label}[/]",
+                  escape(str(row["machine"] or "-")) + (f" (x{row['ran']})" if row.get("ran", 1) > 1 else ""),
+                  escape(Path(row["file"]).name if row["file"] else "-"), escape(row["reason"] or ""))
+    console.print(t)
+    for d in info["duplicates"]:
+        err_console.print(f"[red]ran twice:[/] {escape(d['cell'])} on {escape(', '.join(d['machines']))}", highlight=False)
+    for cid in info["missing"]:
+        err_console.print(f"[red]ran nowhere:[/] {escape(cid)}", highlight=False)
+    for line in reports.summary_lines(merged):
+        console.print(line, highlight=False)
+    publish.render([merged_run(merged, info)], html, md)
+    if info["duplicates"] or info["missing"] or not merged.ok:
+        sys.exit(ExitCode.FAILED)
+
+
+def merged_run(merged: Any, info: dict[str, Any]) -> dict[str, Any]:
+    from llamactl.report import merge as merge_lib
+
+    return merge_lib.merged_dict(merged, info)

@@ -20,14 +20,14 @@ from rich.console import Group
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from llamactl.report import reports
+from llamactl.report import fingerprint, reports
 from llamactl.cli import options as o, report_cmd
 from llamactl.cli.profile_cmd import resolve_from_cli
 from llamactl.cli.run_cmd import stop_on_signals, warn_exposure
 from llamactl.core.console import Output, console, err_console, quiet_progress
 from llamactl.core.errors import BadInput, ExitCode, LlamactlError
 from llamactl.core.files import check_writable
-from llamactl.judge.matrix import expand, load_matrix_file, select
+from llamactl.judge.matrix import expand, load_matrix_file, parse_shard, select, shard as shard_of_cells
 from llamactl.judge.status import Status
 from llamactl.judge.validate import Report, new_report, run_matrix
 
@@ -44,6 +44,7 @@ def validate(
     history: o.History = None,
     set_: o.Set = None,
     no_env: o.NoEnv = False,
+    shard: Annotated[Optional[str], typer.Option("--shard", help="Run only shard K/N of the matrix (by a hash of each cell id).")] = None,
 ) -> None:
     """Start the server for each matrix cell, run the HTTP checks, report; exit 0 only if all ran cells pass.
 
@@ -58,6 +59,11 @@ def validate(
     cells = select(expand(spec, str(matrix or f"{base.path} matrix")), cell or [])
     if not cells:
         raise BadInput(f"the matrix of {base.name} selects no cells", hint="check its axes/include/exclude")
+    all_ids = [c.id for c in cells]
+    if shard:
+        k, n = parse_shard(shard)
+        cells = shard_of_cells(cells, k, n)
+        console.print(f"shard {k}/{n}: {len(cells)} of {len(all_ids)} cell(s)", highlight=False)
     out = Output(False)
     stop_on_signals()
     warn_exposure(base.profile.host)
@@ -67,6 +73,7 @@ def validate(
                    TimeElapsedColumn(), console=console)
     task = bar.add_task("cells", total=len(cells))
     report = new_report(base, cells)
+    report.matrix, report.shard = all_ids, (f"{k}/{n}" if shard else None)
     printed = 0
 
     def update(rep: Report, running: str | None) -> None:
@@ -82,6 +89,11 @@ def validate(
                 console.print(f"  {escape(c.cell)}: {Status(c.status).label} {escape(c.reason)}", highlight=False)
             printed = done
 
+    if not cells:     # an empty shard: nothing to run here, still a report for the merge
+        report.machine = fingerprint.run_fingerprint(None)
+        _write_reports(report, json_path, junit)
+        console.print(f"validate: shard {report.shard} has no cells of {len(all_ids)}", highlight=False)
+        return
     try:
         with Live(console=console, refresh_per_second=4, transient=False) if live_enabled else nullcontext() as live:
             run_matrix(base, cells, out=out, fail_fast=fail_fast, on_update=update, report=report)
@@ -103,6 +115,11 @@ def validate(
 
 def _write_reports(report: Report, json_path: Path | None, junit: Path | None) -> None:
     """Write both reports; a failure to write one is a line on stderr, not the end of the other."""
+    if (json_path or junit) and not report.machine:
+        try:
+            report.machine = fingerprint.run_fingerprint(report.binary or None, report.version or None)
+        except Exception as exc:   # noqa: BLE001 - a fingerprint never costs the reports
+            report.machine = {"error": f"{type(exc).__name__}: {exc}"}
     for path, write in ((json_path, reports.write_json), (junit, reports.write_junit)):
         if path is None:
             continue

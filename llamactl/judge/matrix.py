@@ -179,3 +179,27 @@ def _loose_eq(a: Any, b: Any) -> bool:
     if isinstance(a, bool) or isinstance(b, bool):
         return bool(a) == bool(b) if a is not None else False
     return a == b or str(a) == str(b)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``K/N`` (1 <= K <= N) as (K, N).
+
+    Raises:
+        BadInput: anything else.
+    """
+    k, sep, n = text.strip().partition("/")
+    if not sep or not k.strip().isdigit() or not n.strip().isdigit() or not 1 <= int(k) <= int(n):
+        raise BadInput(f"--shard must be K/N with 1 <= K <= N (e.g. 1/2), got {text!r}")
+    return int(k), int(n)
+
+
+def shard_of(cell_id: str, n: int) -> int:
+    """The shard (1..n) a cell belongs to: a hash of its id alone, so adding a cell moves no other cell."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(cell_id.encode()).digest()[:8], "big") % n + 1
+
+
+def shard(cells: list[Cell], k: int, n: int) -> list[Cell]:
+    """The cells of shard ``k`` of ``n`` (possibly none)."""
+    return [c for c in cells if shard_of(c.id, n) == k]

@@ -64,6 +64,9 @@ class Report:
     interrupted: bool = False
     run_dir: str = ""
     error: str | None = None          # why the run stopped before its cells (build failed, internal error)
+    matrix: list[str] = field(default_factory=list)   # every cell id of the (filtered) matrix, all shards
+    shard: str | None = None          # "K/N" when this run is one shard of the matrix
+    machine: dict[str, Any] = field(default_factory=dict)   # fingerprint of the machine it ran on (the CLI fills it)
 
     @property
     def ok(self) -> bool:

@@ -128,3 +128,37 @@ def build_label(build: dict[str, Any] | None) -> str:
     n = len(build.get("patches") or [])
     patches = f"+{n} patch{'es' if n != 1 else ''}" if n else " no patches"
     return f"{build.get('source')}@{str(build.get('commit') or '?')[:10]}{patches} {build.get('backend')} [{str(build.get('key', ''))[:8]}]"
+
+
+def backend_devices(binary: str | Path | None, timeout: float = 20.0) -> list[str]:
+    """The devices ``llama-server --list-devices`` names (e.g. ``Vulkan0: llvmpipe (2048 MiB, ...)``); [] if none or unknown."""
+    if not binary or not Path(binary).is_file():
+        return []
+    try:
+        cp = subprocess.run([str(binary), "--list-devices"], capture_output=True, text=True, errors="replace",
+                            timeout=timeout, stdin=subprocess.DEVNULL, start_new_session=True)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    lines = (cp.stdout + "\n" + cp.stderr).splitlines()
+    try:
+        start = next(i for i, ln in enumerate(lines) if ln.strip().lower().startswith("available devices"))
+    except StopIteration:
+        return []
+    out = []
+    for ln in lines[start + 1:]:
+        if not ln.startswith((" ", "\t")) or not ln.strip():
+            break
+        out.append(ln.strip())
+    return out
+
+
+def run_fingerprint(binary: str | None, version: str | None = None) -> dict[str, Any]:
+    """What a report carries about where it ran: host name, CPU, cores, memory, OS, GPUs, backend devices,
+    toolchain versions and the build key (for ``report merge`` across machines)."""
+    import socket
+
+    manifest = manifest_for_binary(binary)
+    build = build_identity(manifest, binary, version)
+    return {**machine(), "host": socket.gethostname(), "devices": backend_devices(binary),
+            "toolchain": {k: v for k, v in ((manifest or {}).get("toolchain") or {}).items() if v},
+            "build_key": build.get("key"), "build": build_label(build)}
