@@ -29,7 +29,7 @@ from llamactl.core.errors import BadInput, ExitCode, LlamactlError
 from llamactl.core.files import check_writable
 from llamactl.judge.matrix import expand, load_matrix_file, parse_shard, select, shard as shard_of_cells
 from llamactl.judge.status import Status
-from llamactl.judge.validate import Report, new_report, run_matrix
+from llamactl.judge.validate import Report, new_report, run_matrix, run_url
 
 
 def validate(
@@ -44,6 +44,7 @@ def validate(
     history: o.History = None,
     set_: o.Set = None,
     no_env: o.NoEnv = False,
+    url: Annotated[Optional[str], typer.Option("--url", help="Check a server that is already running here (no launch); the profile says how it was started.")] = None,
     shard: Annotated[Optional[str], typer.Option("--shard", help="Run only shard K/N of the matrix (by a hash of each cell id).")] = None,
 ) -> None:
     """Start the server for each matrix cell, run the HTTP checks, report; exit 0 only if all ran cells pass.
@@ -59,6 +60,9 @@ def validate(
     cells = select(expand(spec, str(matrix or f"{base.path} matrix")), cell or [])
     if not cells:
         raise BadInput(f"the matrix of {base.name} selects no cells", hint="check its axes/include/exclude")
+    if url is not None:
+        _validate_url(base, url, cells if (matrix or base.profile.matrix) else [], json_path, junit, history, html, md)
+        return
     all_ids = [c.id for c in cells]
     if shard:
         k, n = parse_shard(shard)
@@ -107,6 +111,29 @@ def validate(
         _write_reports(report, json_path, junit)
     _print_outcome(report, live_enabled)
     report_cmd.after_run(report.to_dict(), history, html, md)   # history store + --html/--markdown
+    if report.interrupted:
+        sys.exit(ExitCode.INTERRUPTED)
+    if not report.ok:
+        sys.exit(ExitCode.FAILED)
+
+
+def _validate_url(base, url: str, cells: list, json_path: Path | None, junit: Path | None,
+                  history: Path | None, html: Path | None, md: Path | None) -> None:
+    """`validate --url`: the checks against a running server; no launch, no stop."""
+    import httpx
+
+    try:
+        parsed = httpx.URL(url)
+    except Exception as exc:   # noqa: BLE001 - httpx raises several types for a malformed URL
+        raise BadInput(f"--url {url!r}: not a URL ({exc})") from exc
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise BadInput(f"--url {url!r}: expected http(s)://HOST:PORT")
+    stop_on_signals()
+    console.print(f"validating [bold]{escape(base.name)}[/] against {escape(url)} (no launch)", highlight=False)
+    report = run_url(base, url, cells)
+    _write_reports(report, json_path, junit)
+    _print_outcome(report, False)
+    report_cmd.after_run(report.to_dict(), history, html, md)
     if report.interrupted:
         sys.exit(ExitCode.INTERRUPTED)
     if not report.ok:

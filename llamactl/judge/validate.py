@@ -322,3 +322,67 @@ def run_matrix(base: profiles.Resolved, cells: list[Cell], *, out: Output | None
 def _refill(report: Report, fresh: Report) -> Report:
     report.cells = fresh.cells
     return report
+
+
+NEEDS_LOG = {"rpc_placement": "needs the server's log (RPC devices and buffers), which --url cannot read"}
+
+
+def run_url(base: profiles.Resolved, url: str, cells: list[Cell] | None = None) -> Report:
+    """Run the checks against a server that is already running at ``url`` (nothing is launched or stopped).
+
+    The profile says what the server was started with (slots, MTP, KV types, metrics/slots endpoints).
+    Checks that need the server's log are SKIP with the reason; so are the matrix's ``cells``, each of
+    which would need a restart with other settings. Nothing raises: a server that does not answer is a FAIL.
+    """
+    url = url.rstrip("/")
+    prof = base.profile
+    report = Report(base.name, url, "")
+    res = CellResult("url", {}, repro=f"llamactl validate --url {url} {base.name}")
+    report.cells.append(res)
+    report.matrix = ["url"]
+    t0 = time.monotonic()
+    deadline = t0 + prof.cell_timeout if prof.cell_timeout else None
+    headers = {"Authorization": f"Bearer {prof.api_key}"} if prof.api_key else {}
+    try:
+        with httpx.Client(headers=headers, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+            try:
+                r = client.get(f"{url}/health", timeout=min(prof.health_timeout, 10.0))
+                props = client.get(f"{url}/props", timeout=10.0)
+                if props.status_code == 200:
+                    report.version = str(props.json().get("build_info") or "")
+            except (httpx.HTTPError, ValueError) as exc:
+                res.status, res.reason = Status.FAIL, f"{url}/health: {type(exc).__name__}: {exc}"
+                return report
+            if r.status_code != 200:
+                res.status, res.reason = Status.FAIL, f"{url}/health: HTTP {r.status_code}"
+                return report
+            ctx = CellContext(url, prof, client, request_timeout=prof.request_timeout, deadline=deadline,
+                              cell_timeout=prof.cell_timeout, rpc_endpoints=list(prof.rpc.workers if prof.rpc else []))
+            try:
+                ctx.metrics_before = read_metrics(ctx) if prof.metrics else []
+            except (CheckFailed, httpx.HTTPError):
+                ctx.metrics_before = []
+            t_req = time.monotonic()
+            for name, fn in ([CHECKS[0], RPC_CHECK, *CHECKS[1:]] if prof.rpc else CHECKS):
+                if name in NEEDS_LOG:
+                    res.checks.append(CheckResult(name, Status.SKIP, detail=NEEDS_LOG[name]))
+                    continue
+                res.checks.append(run_check(name, fn, ctx))
+            res.requests_s = round(time.monotonic() - t_req, 3)
+            res.server, res.warnings = dict(ctx.server), list(ctx.warnings)
+        conc = next((c for c in res.checks if c.name == "concurrency" and c.status == Status.PASS), None)
+        res.tokens_per_s = conc.data.get("tokens_per_s") if conc else None
+        spec = next((c for c in res.checks if c.name == "speculative_metrics" and c.data), None)
+        if spec:
+            res.spec, res.acceptance = spec.data, spec.data.get("acceptance")
+        _verdict(res, prof.cell_timeout)
+    except KeyboardInterrupt:
+        report.interrupted = True
+        res.status, res.reason = Status.INTERRUPTED, "interrupted (Ctrl-C or SIGTERM)"
+    finally:
+        res.seconds = report.wall_s = round(time.monotonic() - t0, 3)
+    for c in cells or []:
+        report.cells.append(CellResult(c.id, c.values, status=Status.SKIP,
+                                       reason="needs a restart with these settings; --url checks the running server only"))
+        report.matrix.append(c.id)
+    return report
