@@ -111,5 +111,8 @@ def merge(paths: list[Path]) -> tuple[Report, dict[str, Any]]:
 def merged_dict(report: Report, info: dict[str, Any]) -> dict[str, Any]:
     """The merged report as JSON: a validate report plus ``merge`` (rows with machines, duplicates, missing)."""
     d = report.to_dict()
+    d["kind"] = "validate"
     d["merge"] = info
+    for c, row in zip(d["cells"], info["cells"]):
+        c["machine"] = row["machine"]
     return d
