@@ -181,7 +181,8 @@ class Profile(BaseModel):
     def _backend_evidence(cls, data: Any) -> Any:
         # upstream logs devices, buffers and offloaded layers only from verbosity 4 on
         if isinstance(data, dict) and data.get("log_verbosity") is None and (
-                data.get("expect_backend") is not None or data.get("expect_offload") is not None):
+                data.get("expect_backend") is not None or data.get("expect_offload") is not None
+                or data.get("rpc") is not None):      # rpc_placement reads the RPC devices and buffers too
             data = {**data, "log_verbosity": 4}
         return data
 
