@@ -191,6 +191,9 @@ def _run_cell(resolved: profiles.Resolved, binary: launcher.Binary, run_dir: Pat
                               deadline=deadline, cell_timeout=prof.cell_timeout, log_lines=sp.log_lines,
                               model_paths=dict(plan.model_paths), rpc_endpoints=[w.endpoint for w in plan.rpc_workers]
                               or list(prof.rpc.workers if prof.rpc else []))
+            if plan.rpc_workers:
+                ctx.server["rpc_workers"] = [{"endpoint": w.endpoint, "pid": w.pid, "ready_s": w.ready_s}
+                                             for w in plan.rpc_workers]
             try:
                 ctx.metrics_before = read_metrics(ctx) if prof.metrics else []
             except (CheckFailed, httpx.HTTPError):

@@ -148,7 +148,8 @@ def backend_devices(binary: str | Path | None, timeout: float = 20.0) -> list[st
     for ln in lines[start + 1:]:
         if not ln.startswith((" ", "\t")) or not ln.strip():
             break
-        out.append(ln.strip())
+        if ln.strip() != "(none)":    # a CPU-only build lists no device
+            out.append(ln.strip())
     return out
 
 

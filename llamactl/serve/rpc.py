@@ -139,6 +139,7 @@ class RpcWorker:
     echo: Callable[[str], None] | None = None
     process: ServerProcess | None = None
     record: bool = True
+    ready_s: float | None = None      # seconds from start until it accepted a TCP connection
 
     @property
     def endpoint(self) -> str:
@@ -192,7 +193,8 @@ class RpcWorker:
             _record_path(self.host, self.port).write_text(json.dumps(
                 {"pid": self.pid, "host": self.host, "port": self.port, "build_key": self.build_key,
                  "binary": str(self.binary), "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
-        return time.monotonic() - t0
+        self.ready_s = round(time.monotonic() - t0, 3)
+        return self.ready_s
 
     def stop(self, grace: float = 5.0) -> int | None:
         """SIGTERM its process group, SIGKILL after ``grace`` s; removes its record. Returns the exit code."""
