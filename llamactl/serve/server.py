@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 
     from llamactl.serve.quickstart import Early
 
-_ASSERT = re.compile(r"GGML_ASSERT|GGML_ABORT|terminate called|Segmentation fault|Assertion .* failed|fatal error|std::\w+_error|what\(\):")
+# ggml's GGML_ABORT prints "FILE:LINE: message" (e.g. ggml-rpc.cpp:566: Remote RPC server crashed ...)
+_ASSERT = re.compile(r"^\S+\.(?:c|cc|cpp|cu|m|mm):\d+: |GGML_ASSERT|GGML_ABORT|terminate called|Segmentation fault|Assertion .* failed|fatal error|std::\w+_error|what\(\):")
 _FRAME = re.compile(r"^\s*(#\d+\s|\S*\(.*\+0x[0-9a-f]+\)|.*\bin \w|\s*\d+: )")
 
 

@@ -37,12 +37,15 @@ def workers_of(pid: int) -> list[int]:
 @pytest.mark.timeout(600)
 def test_rpc_cell_passes_with_placement_and_acceptance(built, clean_env, tmp_path):
     js = tmp_path / "v.json"
-    cp = subprocess.run([*LLAMACTL, "validate", "tiny-gemma4-mtp", "--cell", RPC_CELL, "--cell", "parallel=1",
+    cp = subprocess.run([*LLAMACTL, "validate", "tiny-gemma4-mtp", "--cell", RPC_CELL, "--cell", "parallel=2,enable_mtp=1,kv=f16/f16",
                          "--json", str(js)], capture_output=True, text=True, env=clean_env, timeout=580)
+    assert js.exists(), cp.stdout + cp.stderr
     data = json.loads(js.read_text())
     cells = {c["cell"]: c for c in data["cells"]}
-    rpc_cell = cells[RPC_CELL]
+    rpc_cell, plain = cells[RPC_CELL], cells["parallel=2,enable_mtp=1,kv=f16/f16"]
     assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert rpc_cell["acceptance"] == plain["acceptance"]          # same drafts and acceptance as without RPC
+    assert rpc_cell["spec"]["delta"]["draft_tokens"] > 0 and plain["spec"]["delta"]["draft_tokens"] > 0
     assert rpc_cell["status"] == "pass", rpc_cell["reason"]
     place = next(c for c in rpc_cell["checks"] if c["name"] == "rpc_placement")
     assert place["status"] == "pass" and len(place["data"]["model_mib"]) == 2, place

@@ -136,3 +136,16 @@ def test_placement_check_verdicts() -> None:
         rpc_placement(_ctx(LOG, p, [*eps, "127.0.0.1:4003"]))
     with pytest.raises(CheckSkipped):
         rpc_placement(_ctx(LOG, Profile(**BASE), []))
+
+
+def test_worker_gone_abort_is_the_crash_line(tmp_path: Path) -> None:
+    """GGML_ABORT prints FILE:LINE: message, without the word GGML_ABORT; it is the crash's line."""
+    from llamactl.serve.server import describe_exit
+
+    lines = ["0.00.259.459 I srv   prompt_save:  - saving prompt with length 25",
+             "/src/ggml/src/ggml-rpc/ggml-rpc.cpp:566: Remote RPC server crashed or returned malformed response",
+             "0.00.259.714 E send failed (bytes_sent=0, size_to_send=8)",
+             "#2  0x00005646f2a93a14 in rpc_dispatcher::send(rpc_cmd, ...) ()"]
+    crash = describe_exit(-6, lines, tmp_path / "x.log")
+    assert crash.assert_line is not None and "ggml-rpc.cpp:566: " + rpc.WORKER_GONE in crash.assert_line
+    assert rpc.WORKER_GONE in crash.summary()
