@@ -114,7 +114,7 @@ def test_rpc_worker_command_and_build_pairing(built, clean_env, tmp_path):
         assert ep.startswith("127.0.0.1:") and pid_alive(info["pid"])
         prof = tmp_path / "remote.yaml"
         prof.write_text(yaml.safe_dump({"extends": "tiny-gemma4-mtp", "enable_mtp": False, "n_gpu_layers": 99,
-                                        "rpc": {"workers": [ep]}, "matrix": None}))
+                                        "rpc": {"workers": [ep]}, "expect_backend": "rpc", "matrix": None}))
         js = tmp_path / "v.json"
         cp = subprocess.run([*LLAMACTL, "validate", str(prof), "--json", str(js)], capture_output=True, text=True,
                             env=clean_env, timeout=240)
