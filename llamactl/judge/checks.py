@@ -645,10 +645,10 @@ def rpc_placement_from_log(lines: list[str]) -> dict[str, Any]:
     for ln in lines:
         for m in _RPC_DEVICE.finditer(ln):
             devices.setdefault(m.group("ep"), m.group("dev"))
-        m = _RPC_BUFFER.search(ln)
-        if m:
-            target = model_mib if m.group("what") == "model" else other_mib
-            target[m.group("ep")] = round(target.get(m.group("ep"), 0.0) + float(m.group("mib")), 2)
+        b = _RPC_BUFFER.search(ln)
+        if b:
+            target = model_mib if b.group("what") == "model" else other_mib
+            target[b.group("ep")] = round(target.get(b.group("ep"), 0.0) + float(b.group("mib")), 2)
         if offloaded is None and "offloaded" in ln and "layers to GPU" in ln:
             offloaded = ln.split("offloaded", 1)[1].strip()
     return {"devices": devices, "model_mib": model_mib, "other_mib": other_mib, "offloaded": offloaded}

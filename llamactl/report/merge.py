@@ -79,7 +79,9 @@ def merge(paths: list[Path]) -> tuple[Report, dict[str, Any]]:
     merged = Report(profiles[0], loaded[0][1].get("binary", ""), loaded[0][1].get("version", ""))
     merged.matrix = order
     merged.interrupted = any(r.get("interrupted") for _, r in loaded)
-    rows, duplicates, missing = [], [], []
+    rows: list[dict[str, Any]] = []
+    duplicates: list[dict[str, Any]] = []
+    missing: list[str] = []
     for cid in order:
         runs_ = ran.get(cid, [])
         if not runs_:
@@ -113,6 +115,6 @@ def merged_dict(report: Report, info: dict[str, Any]) -> dict[str, Any]:
     d = report.to_dict()
     d["kind"] = "validate"
     d["merge"] = info
-    for c, row in zip(d["cells"], info["cells"]):
+    for c, row in zip(d["cells"], info["cells"], strict=True):
         c["machine"] = row["machine"]
     return d

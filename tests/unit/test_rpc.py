@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from llamactl import cli
 from llamactl.core.errors import BadInput, ExitCode, LlamactlError
@@ -25,7 +26,7 @@ def test_rpc_block_forms() -> None:
     assert Profile(**BASE, rpc={"local_workers": 2}).rpc.local_workers == 2
     for bad in ({}, {"workers": ["a:1"], "local_workers": 1}, {"workers": ["nohost"]}, {"workers": ["h:99999"]},
                 {"local_workers": -1}, {"hosts": ["a:1"]}):
-        with pytest.raises(Exception):
+        with pytest.raises(ValidationError):
             Profile(**BASE, rpc=bad)
 
 
@@ -33,7 +34,7 @@ def test_tensor_split_parsing() -> None:
     assert Profile(**BASE, tensor_split="3,1").tensor_split == [3.0, 1.0]
     assert Profile(**BASE, tensor_split=[1, 1]).tensor_split == [1.0, 1.0]
     for bad in ("a,b", [0, 0], [-1, 2], [True]):
-        with pytest.raises(Exception):
+        with pytest.raises(ValidationError):
             Profile(**BASE, tensor_split=bad)
 
 
