@@ -231,7 +231,7 @@ def main() -> None:
     if args in ([], ["--help"]):       # the commonest call answered without loading Typer
         print_root_help()
         sys.exit(0 if args else ExitCode.BAD_INPUT)     # as click's no_args_is_help
-    if args[:1] == ["run"]:            # start a remembered llama-server now; adopted if the plan agrees
+    if args[:1] == ["run"] and not os.environ.get("LLAMACTL_NO_EARLY_START"):   # a remembered server now; adopted if the plan agrees
         from llamactl.serve import quickstart
 
         quickstart.early_start(args[1:])
