@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import socket
+
 import os
 from pathlib import Path
 
@@ -45,3 +47,15 @@ def llama_server_pids() -> set[int]:
             except OSError:
                 pass
     return pids
+
+
+def _has_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+needs_v6 = pytest.mark.skipif(not _has_ipv6(), reason="this machine has no ::1")

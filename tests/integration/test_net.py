@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import needs_v6
+
 from llamactl.serve.server import pid_alive
 from tests.conftest import llama_server_pids
 
@@ -34,16 +36,6 @@ LLAMACTL = [sys.executable, "-m", "llamactl"]
 ONE_CELL = ["--cell", "parallel=1", "--cell", "kv=f16/f16"]
 
 
-def _has_ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-needs_v6 = pytest.mark.skipif(not _has_ipv6(), reason="this machine has no ::1")
 
 
 def _free(host: str = "127.0.0.1") -> int:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import needs_v6
+
 from llamactl.core.errors import LlamactlError
 from llamactl.judge.bench import _beside
 from llamactl.serve.endpoint import Endpoint, exposure_warning, listen_endpoints, split_hosts
@@ -19,16 +21,6 @@ from llamactl.serve.profiles import Profile
 from llamactl.serve.server import ServerProcess, ensure_port_free, free_port
 
 
-def _has_ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-needs_v6 = pytest.mark.skipif(not _has_ipv6(), reason="this machine has no ::1")
 
 
 # ---- forms and URLs -------------------------------------------------------------------------------
