@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-import traceback
 from types import ModuleType
 from typing import Any
 
@@ -166,6 +165,8 @@ def _cause_chain(exc: BaseException) -> None:
 
     from llamactl.core.console import err_console
 
+    import traceback
+
     seen: set[int] = set()
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
@@ -217,6 +218,8 @@ def run(argv: list[str] | None = None) -> int:
         _error_line(str(exc.code))
         return ExitCode.FAILED
     except Exception as exc:  # noqa: BLE001 - the one place an unexpected exception becomes a line
+        import traceback
+
         where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
         at = f" at {os.path.basename(where.filename)}:{where.lineno}" if where else ""
         _error_line(f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}{at}",
@@ -235,4 +238,7 @@ def main() -> None:
         from llamactl.serve import quickstart
 
         quickstart.early_start(args[1:])
+        code = quickstart.serve_fast()      # every input unchanged: supervised without re-planning
+        if code is not None:
+            sys.exit(code)
     sys.exit(run(args))

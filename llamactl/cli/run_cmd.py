@@ -17,7 +17,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from llamactl.serve import launcher
+from llamactl.serve import launcher, quickstart
 from llamactl.core import runrecords
 from llamactl.cli import options as o
 from llamactl.cli.profile_cmd import resolve_from_cli
@@ -66,6 +66,7 @@ def run(
     out.info(f"[dim]$ {escape(plan.shell())}[/]")
     warn_exposure(r.profile.host)
     stop_on_signals()
+    quickstart.note_cli(quiet=quiet, json_mode=json)
     sp = launcher.start(plan, log, echo=None if (quiet or json or detach) else _echo, detach=detach)
     record: dict | None = None
     if detach:   # recorded at once, so that `ps`/`stop` find it even while it starts

@@ -71,6 +71,21 @@ def runs_dir() -> Path:
     return _sub("runs")
 
 
+def new_run_dir(name: str) -> Path:
+    """A fresh ``<runs>/<YYYYmmdd-HHMMSS>-<name>`` directory (``.2``, ``.3`` ... when taken), created."""
+    import time
+
+    base = runs_dir() / f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
+    d, i = base, 1
+    while True:
+        try:
+            d.mkdir(parents=True)
+            return d
+        except FileExistsError:
+            i += 1
+            d = base.with_name(f"{base.name}.{i}")
+
+
 def _sub(name: str) -> Path:
     p = cache_root() / name
     p.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -180,14 +179,8 @@ def _rpc_plan(p: Profile, binary: Binary) -> tuple[list[rpc.RpcWorker], list[str
 
 
 def new_run_dir(name: str) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = paths.runs_dir() / f"{stamp}-{name}"
-    d, i = base, 1
-    while d.exists():
-        i += 1
-        d = base.with_name(f"{base.name}.{i}")
-    d.mkdir(parents=True)
-    return d
+    """A fresh ``<runs>/<YYYYmmdd-HHMMSS>-<name>[.N]`` directory (see ``paths.new_run_dir``)."""
+    return paths.new_run_dir(name)
 
 
 def start(plan_: LaunchPlan, log_path: Path, echo: Callable[[str], None] | None = None,
@@ -219,8 +212,13 @@ def start(plan_: LaunchPlan, log_path: Path, echo: Callable[[str], None] | None 
         quickstart.discard()
         sp.start(detach=detach)
     if not any(e.uds for e in plan_.endpoints):   # the early start binds TCP ports only
-        quickstart.remember(plan_.argv, plan_.env, plan_.host, plan_.port, plan_.resolved.profile.port == "auto",
-                            _plan_inputs(plan_), [*ENV_VARS, *plan_.env_dropped])
+        prof = plan_.resolved.profile
+        ready = {"profile": plan_.resolved.name, "health_timeout": prof.health_timeout, "base_url": plan_.base_url,
+                 "host": prof.host, "endpoints": ["/health", "/v1/messages", "/v1/chat/completions", "/completion"]
+                 + (["/metrics"] if prof.metrics else []) + (["/slots"] if prof.slots else [])}
+        quickstart.remember(plan_.argv, plan_.env, plan_.host, plan_.port, prof.port == "auto",
+                            _plan_inputs(plan_), [*ENV_VARS, *plan_.env_dropped],
+                            ready=None if plan_.env_dropped or prof.api_key else ready)
     return sp
 
 

@@ -27,6 +27,8 @@ def qs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(quickstart, "_early", None)
     monkeypatch.setattr(quickstart, "_args", None)
+    monkeypatch.setattr(quickstart, "_entry", None)
+    monkeypatch.setattr(quickstart, "_cli", None)
     yield quickstart
     quickstart.discard()
 
@@ -104,3 +106,57 @@ def test_fixed_port_in_use_starts_nothing(qs, tmp_path):
         qs.remember(server_argv(port), {"X": "1"}, "127.0.0.1", port, False, [tmp_path / "p.yaml"], ["CTX"])
         qs.early_start(["p"])
         assert qs.pending_port() is None
+
+
+HEALTHY_THEN_EXIT = """
+import http.server, sys, threading, time
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b'{"status":"ok"}')
+    def log_message(self, *a): pass
+s = http.server.HTTPServer(("127.0.0.1", int(sys.argv[2])), H)
+threading.Thread(target=s.serve_forever, daemon=True).start()
+print("main: server is listening", flush=True)
+time.sleep(float(sys.argv[3]))
+print("GGML_ASSERT(x) failed", flush=True)
+sys.exit(3)
+"""
+
+
+def fast_entry(qs, tmp_path, argv: list[str], json_mode: bool = True) -> None:
+    profile = tmp_path / "p.yaml"
+    profile.write_text("ctx: 1\n")
+    qs.early_start(["p"])
+    qs.note_cli(quiet=True, json_mode=json_mode)
+    ready = {"profile": "p", "health_timeout": 5, "base_url": f"http://127.0.0.1:{PORT}", "host": "127.0.0.1",
+             "endpoints": ["/health"]}
+    qs.remember(argv, {"X": "1"}, "127.0.0.1", PORT, True, [profile], ["CTX"], ready=ready)
+
+
+def test_fast_path_supervises_the_early_server_and_reports_its_crash(qs, tmp_path, capsys):
+    fast_entry(qs, tmp_path, [sys.executable, "-c", HEALTHY_THEN_EXIT, "--port", str(PORT), "1.0"])
+    qs.early_start(["p"])
+    port = qs.pending_port()
+    assert port is not None
+    code = qs.serve_fast()
+    out, err = capsys.readouterr()
+    assert code == 5                                  # ServerFailed: it exited on its own after ready
+    info = __import__("json").loads(out)
+    assert info["early_start"] is True and info["url"] == f"http://127.0.0.1:{port}" and info["profile"] == "p"
+    assert "GGML_ASSERT" in err and "error:" in err
+    assert "GGML_ASSERT(x) failed" in open(info["log"]).read()        # the log is complete
+    assert (tmp_path / "cache" / "runs").is_dir()
+
+
+def test_fast_path_falls_back_when_the_early_server_never_gets_healthy(qs, tmp_path):
+    fast_entry(qs, tmp_path, [sys.executable, "-c", "import sys; sys.exit(1)", "--port", str(PORT)])
+    qs.early_start(["p"])
+    assert qs.pending_port() is not None
+    assert qs.serve_fast() is None                    # the normal path runs and reports
+    assert list((tmp_path / "cache" / "runs").iterdir()) == []   # no half run directory left
+
+
+def test_no_fast_path_without_the_cli_choices(qs, tmp_path):
+    remember(qs, tmp_path, ["p"], server_argv())      # remembered without note_cli / ready
+    qs.early_start(["p"])
+    assert qs.pending_port() == PORT and qs.serve_fast() is None
