@@ -178,10 +178,22 @@ def work_material(material: dict) -> dict:
 
     Builds that differ only in source content share one work directory, so ninja can rebuild
     incrementally between them; the source's name stays in, so upstream and the fork keep apart.
+    Versions of one source (``upstream@0.3.35``, ``NAME@COMMIT``, ``path:/dir@REV``) are one family
+    and share the work directory of the plain name: moving between them (bisect) recompiles only
+    what changed.
     """
     m = {k: v for k, v in material.items() if k not in ("source", "patches", "local_changes")}
-    m["source_name"] = material["source"].get("source")
+    m["source_name"] = source_family(material["source"].get("source"))
     return m
+
+
+def source_family(name: str | None) -> str | None:
+    """A source name without its ``@VERSION`` / ``@REV`` (as sources.family; no lock models loaded)."""
+    if name is None:
+        return None
+    if name.startswith("path:"):
+        return "path:" + name[5:].partition("@")[0]
+    return name.partition("@")[0]
 
 
 def work_root() -> Path:

@@ -29,11 +29,12 @@ import psutil
 from llamactl.build import cmake, toolchain
 from llamactl.build.builder import BuildRequest, MANIFEST, build_key, key_material
 from llamactl.core import locks, paths, runrecords
+from llamactl.core.errors import LlamactlError
 from llamactl.core.hashing import sha256_bytes, sha256_file
 from llamactl.models import catalog
 from llamactl.source.git import Repo
 from llamactl.source.patches import load_series, series_hashes
-from llamactl.source.sources import GitSource, Lock, PathSource, PypiSdistSource, load_lock, resolve
+from llamactl.source.sources import GitSource, Lock, PathSource, PypiSdistSource, load_lock, load_versions, resolve
 from llamactl.source.vendor import identity_of, path_identity, read_provenance
 
 RUN_DAYS = 7.0
@@ -135,8 +136,8 @@ def _current_identity(source: dict, lock: Lock) -> tuple[dict | None, str | None
     """The identity the named source has today, or (None, why not)."""
     name = source.get("source", "")
     try:
-        if name.startswith("path:"):
-            name_, spec = resolve(name, lock)
+        if name.startswith("path:") or "@" in name:   # path:/dir[@REV], upstream@VERSION, NAME@COMMIT
+            name_, spec = resolve(name, lock, fetch=False)
         elif name in lock.sources:
             name_, spec = name, lock.sources[name]
         else:
@@ -297,7 +298,13 @@ def _work_dirs(d: Path, builds: list[Entry]) -> list[Entry]:
 
 
 def _pinned_sdists(lock: Lock | None) -> set[str]:
-    return {s.sha256 for s in (lock.sources.values() if lock else []) if isinstance(s, PypiSdistSource)}
+    """sha256 of every pinned sdist: the lock's and every version recorded in vendor/upstream-versions.yaml."""
+    pinned = {s.sha256 for s in (lock.sources.values() if lock else []) if isinstance(s, PypiSdistSource)}
+    try:
+        pinned |= {e.sha256 for vers in load_versions().values() for e in vers.values()}
+    except LlamactlError:
+        pass
+    return pinned
 
 
 def _pinned_commits(lock: Lock | None) -> set[str]:

@@ -45,6 +45,7 @@ COMMANDS: dict[str, tuple[str, str | None, tuple[str, ...], str]] = {
     "history": ("history_cmd", "history", (),
                 "List recorded runs: id, time, kind, profile, result, build and machine; --cell for per-cell numbers."),
     "patch": ("patch_cmd", None, (), "Status, apply, check, revert and export the patch series."),
+    "source": ("source_cmd", None, (), "Pinned llama.cpp sources and recorded upstream versions."),
     "profile": ("profile_cmd", None, (), "List, show and render profiles."),
     "models": ("models_cmd", None, (), "Named models: fetch, list, make tiny Gemma 4 pairs."),
     "cache": ("cache_cmd", None, (), "What the cache holds (builds, downloads, models, trees, runs) and pruning it."),

@@ -149,3 +149,94 @@ def _pip(pins: Sequence[Pin], dest: Path, kind: Kind, what: str) -> dict[Pin, Pa
             shutil.move(str(found[0]), final)
             got[pin] = final
         return got
+
+
+# --- versions that are not pinned yet ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IndexFile:
+    """One file of a project on the index: its ``filename``, ``version`` (from the name), ``sha256``."""
+
+    filename: str
+    version: str
+    sha256: str | None
+
+    @property
+    def kind(self) -> Kind:
+        return "wheel" if self.filename.endswith(".whl") else "sdist"
+
+
+_SDIST_EXT = (".tar.gz", ".zip", ".tar.bz2")
+
+
+def file_version(name: str, filename: str) -> str | None:
+    """The version in an sdist or wheel file name of distribution ``name`` (None: another project)."""
+    norm = _normalise(name)
+    if filename.endswith(".whl"):
+        parts = filename[:-4].split("-")
+        return parts[1] if len(parts) >= 5 and _normalise(parts[0]) == norm else None
+    for ext in _SDIST_EXT:
+        if filename.endswith(ext):
+            stem = filename[: -len(ext)]
+            dist, sep, version = stem.rpartition("-")
+            return version if sep and _normalise(dist) == norm else None
+    return None
+
+
+def index_files(name: str, transport: httpx.BaseTransport | None = None) -> list[IndexFile] | None:
+    """Every file of distribution ``name`` the index lists (PEP 691 JSON), None when it lists none that way.
+
+    Source: ``PIP_INDEX_URL`` (or PyPI), the same listing :func:`download` reads.
+    """
+    url = f"{index_url()}/{_normalise(name)}/"
+    try:
+        with httpx.Client(timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=True, transport=transport) as client:
+            r = client.get(url, headers={"Accept": PEP691})
+            if r.status_code != 200 or not r.headers.get("content-type", "").startswith(PEP691):
+                return None
+            files = r.json().get("files", [])
+    except (httpx.HTTPError, ValueError):
+        return None
+    out = []
+    for f in files:
+        fn = Path(str(f.get("filename", ""))).name
+        version = file_version(name, fn)
+        if version is not None and not f.get("yanked"):
+            out.append(IndexFile(fn, version, (f.get("hashes") or {}).get("sha256")))
+    return out
+
+
+def pip_versions(name: str) -> list[str]:
+    """Versions ``pip index versions`` lists (pip's own configuration; newest first as pip prints them).
+
+    Raises LlamactlError with pip's reason when it cannot list them.
+    """
+    cp = subprocess.run([sys.executable, "-m", "pip", "index", "versions", name], capture_output=True, text=True)
+    for ln in cp.stdout.splitlines():
+        if ln.strip().startswith("Available versions:"):
+            return [v.strip() for v in ln.split(":", 1)[1].split(",") if v.strip()]
+    lines = [ln.strip() for ln in (cp.stderr or cp.stdout).splitlines() if ln.strip()]
+    raise LlamactlError(f"cannot list the versions of {name}: {lines[-1] if lines else 'pip index versions failed'}")
+
+
+def download_unpinned(name: str, version: str, dest: Path, kind: Kind, what: str) -> Path:
+    """``pip download`` of ``name==version`` with no hash to check (a version's first fetch; the caller
+    hashes and records it). Raises LlamactlError with pip's reason when it cannot be fetched."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest) as tmp:
+        argv = [sys.executable, "-m", "pip", "download", "--no-deps",
+                *(["--no-binary", ":all:"] if kind == "sdist" else ["--only-binary", ":all:"]),
+                f"{name}=={version}", "-d", tmp, "--quiet"]
+        with progress_bar(f"pip download {what}"):
+            cp = subprocess.run(argv, capture_output=True, text=True)
+        if cp.returncode != 0:
+            lines = [ln.strip() for ln in (cp.stderr or cp.stdout).splitlines() if ln.strip()]
+            why = next((ln for ln in lines if "ERROR" in ln), lines[-1] if lines else "pip failed")
+            raise LlamactlError(f"could not fetch {what}: {why}")
+        found = [f for f in Path(tmp).iterdir() if file_version(name, f.name) == version]
+        if not found:
+            raise LlamactlError(f"pip downloaded nothing for {name}=={version}")
+        final = dest / found[0].name
+        shutil.move(str(found[0]), final)
+        return final
