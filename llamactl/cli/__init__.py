@@ -44,7 +44,7 @@ COMMANDS: dict[str, tuple[str, str | None, tuple[str, ...], str]] = {
                "Render runs as one self-contained HTML page and/or Markdown; Markdown on stdout when no file is named."),
     "history": ("history_cmd", "history", (),
                 "List recorded runs: id, time, kind, profile, result, build and machine; --cell for per-cell numbers."),
-    "patch": ("patch_cmd", None, (), "Status, apply, check, revert and export the patch series."),
+    "patch": ("patch_cmd", None, (), "Status, apply, check, revert, export and rebase the patch series."),
     "source": ("source_cmd", None, (), "Pinned llama.cpp sources and recorded upstream versions."),
     "profile": ("profile_cmd", None, (), "List, show and render profiles."),
     "models": ("models_cmd", None, (), "Named models: fetch, list, make tiny Gemma 4 pairs."),

@@ -6,11 +6,15 @@ Examples:
     llamactl patch apply
     llamactl patch revert
     cd vendor/llama.cpp && git commit -am "fix" && cd - && llamactl patch export
+    llamactl patch rebase --onto upstream@0.3.35       # per patch: cleanly / offsets / already upstream / conflicts
+    llamactl patch rebase --onto path:~/src/llama.cpp@master --series upstream --write
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
@@ -19,10 +23,10 @@ from llamactl.source import patches
 from llamactl.core import paths
 from llamactl.cli import options as o
 from llamactl.core.console import Output, console
-from llamactl.core.errors import LlamactlError
+from llamactl.core.errors import ExitCode, LlamactlError
 from llamactl.source.vendor import require_vendored
 
-app = typer.Typer(help="Status, apply, check, revert and export the patch series.", no_args_is_help=True)
+app = typer.Typer(help="Status, apply, check, revert, export and rebase the patch series.", no_args_is_help=True)
 
 COLORS = {patches.APPLIED: "green", patches.NOT_APPLIED: "yellow", patches.CONFLICTS: "red"}
 
@@ -97,3 +101,54 @@ def export(series: o.Series = None, json: o.Json = False) -> None:
         for p in w:
             console.print(f"wrote {p}")
     Output(json).result([str(p) for p in written], human)
+
+
+REBASE_COLORS = {"clean": "green", "offsets": "yellow", "upstream": "cyan", "conflicts": "red"}
+
+
+@app.command()
+def rebase(
+    onto: Annotated[str, typer.Option("--onto", help="The new base: any source name (upstream@0.3.35, NAME@COMMIT, path:/dir@REV).")],
+    series: o.Series = None,
+    write: Annotated[bool, typer.Option("--write", help="Rewrite patches/<series>/ (same names) when every patch resolves; "
+                                        "patches already upstream are dropped.")] = False,
+    conflicts_dir: Annotated[Optional[Path], typer.Option("--conflicts-dir", help="Where conflicted files go "
+                                                          "(default ~/.cache/llamactl/rebase/<series>-onto-<source>/).")] = None,
+    json: o.Json = False,
+) -> None:
+    """Carry the series to another base in a scratch tree (vendor/ untouched): per patch, applies cleanly /
+    with offsets / already upstream / conflicts. Exit 1 when a patch conflicts."""
+    from rich.markup import escape
+
+    from llamactl.source import rebase as rebase_lib
+
+    out = Output(json)
+    report = rebase_lib.rebase(onto, series, write=write, conflicts_dir=conflicts_dir,
+                               progress=lambda name: out.info(f"  {name} ...") if not json else None)
+
+    def human(_: object) -> None:
+        t = Table("patch", "subject", "on the new base", "detail")
+        for p in report.patches:
+            t.add_row(escape(p.name), escape(p.subject), f"[{REBASE_COLORS[p.status]}]{p.label}[/]", escape(p.detail))
+        console.print(t)
+        for p in report.patches:
+            for h in p.failed_hunks if p.status == "conflicts" else []:
+                console.print(f"  {escape(p.name)}: {escape(h)} does not apply", highlight=False)
+            if p.conflict_dir:
+                console.print(f"  {escape(p.name)}: conflicted files (with markers) and the patch in {escape(p.conflict_dir)}",
+                              highlight=False)
+        for n in report.notes:
+            console.print(f"[yellow]note:[/] {escape(n)}", highlight=False)
+        c = report.counts()
+        commit = f" ({report.onto_commit[:9]})" if report.onto_commit else ""
+        console.print(f"rebase {report.series} onto {escape(report.onto)}{commit}: {c['clean']} cleanly, {c['offsets']} with offsets, "
+                      f"{c['upstream']} already upstream, {c['conflicts']} conflict", highlight=False)
+        if report.written:
+            console.print(f"wrote {len(report.written)} patch(es) to patches/{escape(report.series)}/"
+                          + (f"; dropped (already upstream): {escape(', '.join(report.dropped))}" if report.dropped else ""),
+                          highlight=False)
+        elif write and not report.ok:
+            console.print("[red]nothing written[/]: every patch must resolve first", highlight=False)
+    out.result(report.to_dict(), human)
+    if not report.ok:
+        sys.exit(int(ExitCode.FAILED))
