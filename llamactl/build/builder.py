@@ -24,6 +24,7 @@ process group of their own that dies with llamactl (Ctrl-C, SIGTERM, SIGKILL).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -36,15 +37,13 @@ from llamactl.build import cmake
 from llamactl.core import locks, paths
 from llamactl.core import proc
 from llamactl.build import srcsync, toolchain
-from rich.markup import escape
-
-from llamactl.core.console import Output, err_console, progress_bar
 from llamactl.core.errors import LlamactlError
+from llamactl.core.progress import ProgressFn, report
 from llamactl.source.git import Repo
 from llamactl.core.hashing import sha256_bytes, stable_key
 from llamactl.source.patches import apply as apply_series
 from llamactl.source.patches import Patch, load_series, revert, series_hashes
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ContextManager
 
 if TYPE_CHECKING:   # the lock file's pydantic models load only when a build has to look at sources
     from llamactl.source.vendor import Provenance
@@ -53,6 +52,7 @@ MANIFEST = "manifest.json"
 HELP_FILE = "llama-server.help.txt"
 STAMP_VERSION = 1
 _NINJA = re.compile(r"^\[(\d+)/(\d+)\]")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -130,11 +130,11 @@ def build_root_for(backend: str, key: str) -> Path:
     return paths.builds_dir() / f"{backend}-{key}"
 
 
-def prepare_tree(req: BuildRequest, out: Output | None = None) -> tuple[Provenance, list[dict], str | None]:
+def prepare_tree(req: BuildRequest, progress: ProgressFn | None = None) -> tuple[Provenance, list[dict], str | None]:
     """Vendor and patch as needed; return provenance, applied patch hashes and a hash of local edits."""
     from llamactl.source.vendor import vendor
 
-    prov = vendor(_source_name(req), out=out, series=req.series)
+    prov = vendor(_source_name(req), progress=progress, series=req.series)
     tree = paths.vendor_tree()
     series = req.series if req.series is not None else prov.series
     if req.no_patches:
@@ -143,8 +143,8 @@ def prepare_tree(req: BuildRequest, out: Output | None = None) -> tuple[Provenan
         applied = []
     else:
         res = apply_series(tree, series)
-        if out and res.applied:
-            out.info(f"applied {len(res.applied)} patch(es) from patches/{series}/")
+        if res.applied:
+            log.info(f"applied {len(res.applied)} patch(es) from patches/{series}/")
         applied = series_hashes(load_series(series))
     repo = Repo(tree)
     local = sha256_bytes(repo.diff_head().encode())[:16] if repo.is_dirty() else None
@@ -207,8 +207,11 @@ def work_dir_for(backend: str, material: dict) -> Path:
     return work_root() / f"{backend}-{stable_key(work_material(material))}"
 
 
-def build(req: BuildRequest, out: Output | None = None) -> BuildResult:
+def build(req: BuildRequest, progress: ProgressFn | None = None) -> BuildResult:
     """Build (or find cached) the request's binaries; raises LlamactlError on any failure.
+
+    ``progress`` hears downloads (bytes) and the compile (``configuring``, then ninja steps of
+    ``building TARGET``); what happens (vendoring, patches applied, lock waits) is logged.
 
     The toolchain is checked first (ToolchainMissing, naming what to install, before anything
     is vendored or copied). A cache hit costs a stamp lookup (one ``git status``) and a manifest
@@ -218,14 +221,13 @@ def build(req: BuildRequest, out: Output | None = None) -> BuildResult:
     t0 = time.monotonic()
     toolchain.preflight(req.backend, req.gpu_targets)
     own_tree = _uses_vendor_tree(req)
-    info = out.info if out else None
     while True:
-        with (locks.vendor_lock(info) if own_tree else _cached_tree_lock(req, info)):
+        with (locks.vendor_lock() if own_tree else _cached_tree_lock(req)):
             tree = paths.vendor_tree() if own_tree else _cached_tree(req)
             hit = _stamp_hit(req, tree)
             if hit is not None:
                 return BuildResult(hit, True, time.monotonic() - t0)
-            prov, applied, local, tree = _prepare(req, own_tree, out)
+            prov, applied, local, tree = _prepare(req, own_tree, progress)
             compilers = toolchain.compiler_ids()
             extra = [] if req.no_patches else backend_series(req.series if req.series is not None else prov.series, req.backend)
             material = key_material(req, prov.identity, applied, local, compilers, series_hashes(extra))
@@ -252,10 +254,10 @@ def build(req: BuildRequest, out: Output | None = None) -> BuildResult:
                     raise
                 break
         # another llamactl is building in this work dir: wait for it, then look again
-        with locks.hold(work, f"the build work dir {work.name}", info):
+        with locks.hold(work, f"the build work dir {work.name}"):
             pass
     try:
-        return _compile(req, prov, applied, local, material, key, root, work, source_tree, synced, out, t0)
+        return _compile(req, prov, applied, local, material, key, root, work, source_tree, synced, progress, t0)
     finally:
         lock.release()
 
@@ -280,19 +282,19 @@ def _cached_tree(req: BuildRequest) -> Path:
     return cached_tree_path(req.source)
 
 
-def _cached_tree_lock(req: BuildRequest, info):
-    return locks.hold(_cached_tree(req), f"the cached tree of {req.source}", info)
+def _cached_tree_lock(req: BuildRequest) -> ContextManager[None]:
+    return locks.hold(_cached_tree(req), f"the cached tree of {req.source}")
 
 
-def _prepare(req: BuildRequest, own_tree: bool, out: Output | None) -> tuple[Provenance, list[dict], str | None, Path]:
+def _prepare(req: BuildRequest, own_tree: bool, progress: ProgressFn | None) -> tuple[Provenance, list[dict], str | None, Path]:
     """(provenance, patch hashes, local-edit hash, tree) of the tree this build reads."""
     if own_tree:
-        prov, applied, local = prepare_tree(req, out)
+        prov, applied, local = prepare_tree(req, progress)
         return prov, applied, local, paths.vendor_tree()
     from llamactl.source.vendor import ensure_cached_tree
 
     assert req.source is not None
-    tree, prov = ensure_cached_tree(req.source, out, req.series)
+    tree, prov = ensure_cached_tree(req.source, progress, req.series)
     series = req.series if req.series is not None else prov.series
     applied = [] if req.no_patches else series_hashes(load_series(series))
     return prov, applied, None, tree
@@ -314,7 +316,7 @@ def _sync_patched(tree: Path, series: str | None, work: Path) -> tuple[str, srcs
 
 def _compile(req: BuildRequest, prov: Provenance, applied: list[dict], local: str | None, material: dict,
              key: str, root: Path, work: Path, source_tree: str, synced: srcsync.SyncResult,
-             out: Output | None, t0: float) -> BuildResult:
+             progress: ProgressFn | None, t0: float) -> BuildResult:
     tc = toolchain.detect(req.backend, req.gpu_targets)
     tc.require()
     if req.backend == "hip" and not tc.gpu_targets:
@@ -342,9 +344,9 @@ def _compile(req: BuildRequest, prov: Provenance, applied: list[dict], local: st
             logf.write("# already configured with the same command (ninja re-runs CMake when a CMake file changed)\n")
         else:
             stamp.unlink(missing_ok=True)
-            _run_logged(plan.configure, env, logf, log, out, "configuring")
+            _run_logged(plan.configure, env, logf, log, progress, "configuring")
             stamp.write_text(json.dumps(configured_with))
-        steps = _run_logged(plan.build, env, logf, log, out, f"building {req.target}")
+        steps = _run_logged(plan.build, env, logf, log, progress, f"building {req.target}")
     targets = [req.target, *plan.extra_targets]
     if not (bdir / "bin" / req.target).exists():
         raise LlamactlError(f"build finished but {bdir / 'bin' / req.target} is missing", hint=f"see {log}")
@@ -567,8 +569,9 @@ def apply_backend_patches(src: Path, patches: list[Patch]) -> None:
         raise LlamactlError(f"backend patch {patch.name} does not apply: {why}", hint=f"patch: {patch.path}")
 
 
-def _run_logged(argv: list[str], env: dict, logf, log: Path, out: Output | None, what: str) -> int:
-    """Run one step, its output into the log; returns how many ninja steps it ran."""
+def _run_logged(argv: list[str], env: dict, logf, log: Path, progress: ProgressFn | None, what: str) -> int:
+    """Run one step, its output into the log; returns how many ninja steps it ran. ``progress``
+    hears ``what`` (ninja's [done/total] steps once ninja prints them)."""
     logf.write("$ " + " ".join(argv) + "\n")
     logf.flush()
     try:   # own process group, dies with llamactl however llamactl ends
@@ -576,26 +579,24 @@ def _run_logged(argv: list[str], env: dict, logf, log: Path, out: Output | None,
                        text=True, bufsize=1)
     except FileNotFoundError as exc:
         raise LlamactlError(f"{argv[0]} not found", hint=toolchain.INSTALL_HINTS.get(argv[0])) from exc
-    tenth = -1
     steps = 0
+    report(progress, what, unit="steps")
     try:
-        with progress_bar(what, total=None) as (progress, task):
-            assert p.stdout is not None
-            for line in p.stdout:
-                logf.write(line)
-                logf.flush()
-                m = _NINJA.match(line)
-                if m:
-                    done, total = int(m.group(1)), int(m.group(2))
-                    steps = max(steps, done)
-                    progress.update(task, completed=done, total=total)
-                    if out and not err_console.is_terminal and done * 10 // total > tenth:
-                        tenth = done * 10 // total   # a plain line every 10% for logs without a bar
-                        out.info(escape(f"{what}: [{done}/{total}]"))
+        assert p.stdout is not None
+        for line in p.stdout:
+            logf.write(line)
+            logf.flush()
+            m = _NINJA.match(line)
+            if m:
+                done, total = int(m.group(1)), int(m.group(2))
+                steps = max(steps, done)
+                report(progress, what, done, total, "steps")
         rc = p.wait()
     except BaseException:   # Ctrl-C, SIGTERM (as KeyboardInterrupt), an error: stop cmake and all below it
         proc.terminate(p, grace=5)
         raise
+    finally:
+        report(progress, what, steps, None, "steps", finished=True)
     logf.flush()
     if rc != 0:
         raise LlamactlError(f"{what} failed: {first_error(log)}", hint=f"full log: {log}")
@@ -632,7 +633,7 @@ MTP_GRAPH_OPS = ["MUL_MAT", "GET_ROWS", "RMS_NORM", "MUL", "ADD", "ROPE", "SOFT_
                  "TANH", "CONCAT", "SET_ROWS", "CPY", "CONT"]
 
 
-def build_tests(res: BuildResult, out: Output | None = None, jobs: int = 2) -> dict[str, str]:
+def build_tests(res: BuildResult, progress: ProgressFn | None = None, jobs: int = 2) -> dict[str, str]:
     """Build ``TEST_TARGETS`` in the build directory of ``res``; returns target -> binary path.
 
     The build directory is configured again with ``-DLLAMA_BUILD_TESTS=ON``, which adds targets and
@@ -650,8 +651,8 @@ def build_tests(res: BuildResult, out: Output | None = None, jobs: int = 2) -> d
     log = root / "tests-build.log"
     t0 = time.monotonic()
     with open(log, "w") as logf:
-        _run_logged(conf, env, logf, log, out, "configuring tests")
-        _run_logged(bld, env, logf, log, out, f"building {' '.join(TEST_TARGETS)}")
+        _run_logged(conf, env, logf, log, progress, "configuring tests")
+        _run_logged(bld, env, logf, log, progress, f"building {' '.join(TEST_TARGETS)}")
     missing = [t for t in TEST_TARGETS if not (work / "build" / "bin" / t).exists()]
     if missing:
         raise LlamactlError(f"test build finished but {', '.join(missing)} is missing", hint=f"see {log}")

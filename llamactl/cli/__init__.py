@@ -154,7 +154,7 @@ def exit_code(exc: LlamactlError) -> int:
 def _error_line(message: str, hint: str | None = None) -> None:
     from rich.markup import escape
 
-    from llamactl.core.console import err_console
+    from llamactl.cli.console import err_console
 
     err_console.print(f"[bold red]error:[/] {escape(message)}" + (f" [dim]({escape(hint)})[/]" if hint else ""),
                       highlight=False, soft_wrap=True)
@@ -164,7 +164,7 @@ def _cause_chain(exc: BaseException) -> None:
     """--debug: each cause, outermost first, then the traceback."""
     from rich.markup import escape
 
-    from llamactl.core.console import err_console
+    from llamactl.cli.console import err_console
 
     import traceback
 
@@ -179,7 +179,7 @@ def _cause_chain(exc: BaseException) -> None:
 
 
 def _interrupted() -> int:
-    from llamactl.core.console import err_console
+    from llamactl.cli.console import err_console
 
     err_console.print("[yellow]interrupted[/]")
     return ExitCode.INTERRUPTED

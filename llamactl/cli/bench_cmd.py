@@ -28,7 +28,7 @@ from llamactl.serve import launcher
 from llamactl.cli import options as o, report_cmd
 from llamactl.cli.profile_cmd import resolve_from_cli
 from llamactl.cli.run_cmd import stop_on_signals, warn_exposure
-from llamactl.core.console import Output, console, progress_bar
+from llamactl.cli.console import Output, console, progress_bar
 from llamactl.core.errors import BadInput, ExitCode, LlamactlError
 from llamactl.core.files import check_writable, read_text
 from llamactl.report import fingerprint, gate, publish, view
@@ -111,7 +111,7 @@ def bench(
     arms, builds = _build_arms(base, build or [], out)
     binary = arms[0].binary if arms else None   # _build_arms gives every arm its binary
     if binary is None:
-        binary = launcher.ensure_binary(base.profile, out)
+        binary = launcher.ensure_binary(base.profile, out.progress)
     run_dir = launcher.new_run_dir(f"bench-{base.name}")
     stop_on_signals()
     warn_exposure(base.profile.host)
@@ -162,7 +162,7 @@ def _build_arms(base, texts: list[str], out: Output) -> tuple[list[bench_lib.Arm
     profs = [bench_lib.build_profile(base.profile, upd, label) for label, upd in parsed]   # all checked before any build
     arms, builds = [], {}
     for (label, _), prof in zip(parsed, profs, strict=True):
-        b = launcher.ensure_binary(prof, out)
+        b = launcher.ensure_binary(prof, out.progress)
         arms.append(bench_lib.Arm(label, None, b))
         manifest = b.manifest or fingerprint.manifest_for_binary(b.path)   # binary= may name a llamactl build
         builds[label] = fingerprint.build_identity(manifest, str(b.path), (manifest or {}).get("version"))

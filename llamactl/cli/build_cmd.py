@@ -25,7 +25,7 @@ from llamactl.core import paths
 from llamactl.source import vendor as vendor_lib
 from llamactl.cli import options as o
 from llamactl.cli.run_cmd import stop_on_signals
-from llamactl.core.console import Output, console
+from llamactl.cli.console import Output, console
 
 
 def vendor(
@@ -36,8 +36,8 @@ def vendor(
 ) -> None:
     """Materialise a pinned llama.cpp source into vendor/llama.cpp/ (git repo with one base commit)."""
     out = Output(json)
-    with vendor_lib.vendor_lock(out):
-        prov = vendor_lib.vendor(source, force=force, out=out, series=series)
+    with vendor_lib.vendor_lock():
+        prov = vendor_lib.vendor(source, force=force, progress=out.progress, series=series)
     out.result(prov, lambda p: console.print(
         f"[green]vendored[/] {p.source} {p.version} (hash {p.hash[:16]}) -> {paths.vendor_tree()}  series: {p.series or '-'}"))
 
@@ -71,9 +71,9 @@ def build(
         return
     t0 = time.monotonic()
     stop_on_signals()   # SIGTERM unwinds like Ctrl-C: the compile's process group is stopped
-    res = build_lib.build(req, out)
+    res = build_lib.build(req, out.progress)
     if with_tests and not (res.manifest.get("tests") and all(os.path.exists(p) for p in res.manifest["tests"]["binaries"].values())):
-        build_lib.build_tests(res, out, jobs)
+        build_lib.build_tests(res, out.progress, jobs)
     manifest = dict(res.manifest, cached=res.cached, seconds=round(time.monotonic() - t0, 3))
     out.result(manifest, _show)
 

@@ -20,7 +20,7 @@ from rich.table import Table
 from llamactl.build import cache as cache_lib
 from llamactl.cli import options as o
 from llamactl.core import paths
-from llamactl.core.console import Output, console, err_console
+from llamactl.cli.console import Output, console, err_console
 
 app = typer.Typer(help="What the cache holds (builds, downloads, models, trees, runs) and pruning it.",
                   no_args_is_help=True)

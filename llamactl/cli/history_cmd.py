@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from llamactl.cli import options as o
-from llamactl.core.console import Output, console
+from llamactl.cli.console import Output, console
 from llamactl.core.errors import BadInput
 from llamactl.report import fingerprint
 from llamactl.report.history import History

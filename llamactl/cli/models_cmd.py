@@ -17,7 +17,7 @@ from rich.table import Table
 from llamactl.models import gguf_info
 from llamactl.models import catalog as models
 from llamactl.cli import options as o
-from llamactl.core.console import Output, console
+from llamactl.cli.console import Output, console
 
 app = typer.Typer(help="Named models: fetch, list, make tiny Gemma 4 pairs.", no_args_is_help=True)
 
@@ -42,7 +42,7 @@ def list_(json: o.Json = False) -> None:
 def fetch(name: Annotated[str, typer.Argument(help="A model name from `models list`.")], json: o.Json = False) -> None:
     """Fetch (or generate) a named model into the cache and print its path."""
     out = Output(json)
-    path = models.resolve(name, out)
+    path = models.resolve(name, out.progress)
     out.result({"name": name, "path": str(path)}, lambda d: console.print(d["path"]))
 
 

@@ -22,7 +22,7 @@ from rich.table import Table
 from llamactl.source import patches
 from llamactl.core import paths
 from llamactl.cli import options as o
-from llamactl.core.console import Output, console
+from llamactl.cli.console import Output, console
 from llamactl.core.errors import ExitCode, LlamactlError
 from llamactl.source.vendor import require_vendored
 

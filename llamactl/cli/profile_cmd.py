@@ -17,7 +17,7 @@ from llamactl.serve import launcher
 from llamactl.serve import profiles
 from llamactl.serve.dialect import server_environment
 from llamactl.cli import options as o
-from llamactl.core.console import Output, console
+from llamactl.cli.console import Output, console
 from llamactl.judge.matrix import expand
 
 app = typer.Typer(help="List, show and render profiles.", no_args_is_help=True)
@@ -93,6 +93,6 @@ def cmd(
     r = resolve_from_cli(name, no_env, parallel=parallel, ctx=ctx, batch=batch, ubatch=ubatch, kv_k=kv_k, kv_v=kv_v,
                          mtp=mtp, port=port, model=model, draft_model=draft_model, sets=set_)
     out = Output(json)
-    p = launcher.plan(r, out)
+    p = launcher.plan(r, out.progress)
     out.result({"argv": p.argv, "env": p.env, "env_dropped": p.env_dropped, "url": p.url},
                lambda d: console.print(p.shell(), soft_wrap=True, highlight=False))

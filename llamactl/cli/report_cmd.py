@@ -20,7 +20,7 @@ import typer
 from rich.markup import escape
 
 from llamactl.cli import options as o
-from llamactl.core.console import err_console
+from llamactl.cli.console import err_console
 from llamactl.core.errors import BadInput, LlamactlError
 from llamactl.core.files import check_writable
 from llamactl.report import fingerprint, markdown, publish, runs, view
@@ -107,7 +107,7 @@ def _merge(files: list[Path], json_path: Path | None, junit: Path | None, html: 
 
     from rich.table import Table
 
-    from llamactl.core.console import console
+    from llamactl.cli.console import console
     from llamactl.core.errors import ExitCode
     from llamactl.judge.status import Status
     from llamactl.report import merge as merge_lib, reports

@@ -16,7 +16,7 @@ from rich.markup import escape
 from llamactl.cli import options as o
 from llamactl.cli.profile_cmd import resolve_from_cli
 from llamactl.cli.run_cmd import stop_on_signals
-from llamactl.core.console import Output, console, err_console
+from llamactl.cli.console import Output, console, err_console
 from llamactl.core.errors import BadInput, ServerFailed
 from llamactl.serve import launcher, rpc
 from llamactl.serve.server import ensure_port_free, free_port
@@ -48,7 +48,7 @@ def rpc_worker(
         raise BadInput(f"--port must be a number 1-65535, or 0/'auto' for a free one; got {port!r}")
     out = Output(json)
     r = resolve_from_cli(name, no_env, sets=set_)
-    binary = launcher.ensure_binary(r.profile, out)
+    binary = launcher.ensure_binary(r.profile, out.progress)
     wbin = rpc.worker_binary(binary.path, binary.manifest)
     key = rpc.build_key(binary.manifest, binary.path)
     if warning:

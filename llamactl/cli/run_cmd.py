@@ -21,7 +21,7 @@ from llamactl.serve import launcher, quickstart
 from llamactl.core import runrecords
 from llamactl.cli import options as o
 from llamactl.cli.profile_cmd import resolve_from_cli
-from llamactl.core.console import Output, console, err_console, progress_bar
+from llamactl.cli.console import Output, console, err_console, progress_bar
 from llamactl.core.errors import LlamactlError
 from llamactl.serve.endpoint import Endpoint, exposure_warning
 from llamactl.serve.server import ServerDied
@@ -59,7 +59,7 @@ def run(
     out = Output(json)
     r = resolve_from_cli(name, no_env, parallel=parallel, ctx=ctx, batch=batch, ubatch=ubatch, kv_k=kv_k, kv_v=kv_v,
                          mtp=mtp, port=port, model=model, draft_model=draft_model, sets=set_)
-    plan = launcher.plan(r, out)
+    plan = launcher.plan(r, out.progress)
     run_dir = launcher.new_run_dir(r.name)
     log = run_dir / "server.log"
     (run_dir / "argv.json").write_text(jsonlib.dumps(plan.argv))

@@ -24,7 +24,7 @@ from llamactl.report import fingerprint, reports
 from llamactl.cli import options as o, report_cmd
 from llamactl.cli.profile_cmd import resolve_from_cli
 from llamactl.cli.run_cmd import stop_on_signals, warn_exposure
-from llamactl.core.console import Output, console, err_console, quiet_progress
+from llamactl.cli.console import Output, console, err_console, quiet_progress
 from llamactl.core.errors import BadInput, ExitCode, LlamactlError
 from llamactl.core.files import check_writable
 from llamactl.judge.matrix import expand, load_matrix_file, parse_shard, select, shard as shard_of_cells
@@ -100,7 +100,7 @@ def validate(
         return
     try:
         with Live(console=console, refresh_per_second=4, transient=False) if live_enabled else nullcontext() as live:
-            run_matrix(base, cells, out=out, fail_fast=fail_fast, on_update=update, report=report)
+            run_matrix(base, cells, progress=out.progress, fail_fast=fail_fast, on_update=update, report=report)
     except LlamactlError as exc:
         report.error = str(exc)
         raise

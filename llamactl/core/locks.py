@@ -7,6 +7,7 @@ held, and :func:`is_locked` lets ``cache prune`` skip what another llamactl is u
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator
@@ -14,6 +15,8 @@ from typing import Callable, ContextManager, Iterator
 from filelock import FileLock, Timeout
 
 from llamactl.core.errors import LlamactlError
+
+log = logging.getLogger(__name__)
 
 
 def lock_path(guarded: Path) -> Path:
@@ -26,7 +29,7 @@ def hold(guarded: Path, what: str, on_wait: Callable[[str], None] | None = None,
          timeout: float | None = None) -> Iterator[None]:
     """Hold the lock of ``guarded`` for the block; blocks while another process holds it.
 
-    ``on_wait`` is told once (one line) when the lock is busy. ``timeout``: seconds, None
+    ``on_wait`` (default: this module's logger) is told once (one line) when the lock is busy. ``timeout``: seconds, None
     waits for ever. Raises LlamactlError when the timeout passes.
     """
     path = lock_path(guarded)
@@ -35,8 +38,7 @@ def hold(guarded: Path, what: str, on_wait: Callable[[str], None] | None = None,
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        if on_wait:
-            on_wait(f"waiting for another llamactl that holds the lock of {what} ({path})")
+        (on_wait or log.info)(f"waiting for another llamactl that holds the lock of {what} ({path})")
         try:
             lock.acquire(timeout=-1 if timeout is None else timeout)
         except Timeout as exc:

@@ -12,6 +12,7 @@ to ``pip download --require-hashes`` with pip's own configuration.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -25,8 +26,10 @@ from urllib.parse import urljoin
 
 import httpx
 
-from llamactl.core.console import progress_bar
 from llamactl.core.errors import LlamactlError
+from llamactl.core.progress import ProgressFn, report
+
+log = logging.getLogger(__name__)
 
 DEFAULT_INDEX = "https://pypi.org/simple"
 PEP691 = "application/vnd.pypi.simple.v1+json"
@@ -52,8 +55,12 @@ class _NoDirect(Exception):
 
 def download(pins: Sequence[Pin], dest: Path, kind: Kind, what: str,
              info: Callable[[str], None] | None = None,
-             transport: httpx.BaseTransport | None = None) -> dict[Pin, Path]:
+             transport: httpx.BaseTransport | None = None,
+             progress: ProgressFn | None = None) -> dict[Pin, Path]:
     """Download every pin into ``dest`` (created); return pin -> file, each sha256-checked.
+
+    ``progress`` hears ``download WHAT`` in bytes (``pip download WHAT`` without a total on
+    the fallback); ``info`` (default: this module's logger) hears why pip is used.
 
     Raises LlamactlError on a sha256 mismatch (naming the file) or when the file cannot
     be fetched at all (the index's or pip's one-line reason).
@@ -64,12 +71,15 @@ def download(pins: Sequence[Pin], dest: Path, kind: Kind, what: str,
         with httpx.Client(timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=True,
                           transport=transport) as client:
             for pin in pins:
-                got[pin] = _direct(client, pin, kind, dest, what)
+                got[pin] = _direct(client, pin, kind, dest, what, progress)
     except _NoDirect as exc:
-        if info:
-            info(f"{exc}; using pip download")
+        (info or log.info)(f"{exc}; using pip download")
         rest = [p for p in pins if p not in got]
-        got.update(_pip(rest, dest, kind, what))
+        report(progress, f"pip download {what}")
+        try:
+            got.update(_pip(rest, dest, kind, what))
+        finally:
+            report(progress, f"pip download {what}", finished=True)
     return got
 
 
@@ -81,7 +91,8 @@ def _normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _direct(client: httpx.Client, pin: Pin, kind: Kind, dest: Path, what: str) -> Path:
+def _direct(client: httpx.Client, pin: Pin, kind: Kind, dest: Path, what: str,
+            progress: ProgressFn | None = None) -> Path:
     url = f"{index_url()}/{_normalise(pin.name)}/"
     try:
         r = client.get(url, headers={"Accept": PEP691})
@@ -104,11 +115,16 @@ def _direct(client: httpx.Client, pin: Pin, kind: Kind, dest: Path, what: str) -
             if resp.status_code != 200:
                 raise _NoDirect(f"HTTP {resp.status_code} for {name}")
             total = int(resp.headers.get("content-length") or 0) or None
-            with open(part, "wb") as f, progress_bar(f"download {what}", total=total) as (progress, task):
-                for block in resp.iter_bytes(1 << 20):
-                    f.write(block)
-                    h.update(block)
-                    progress.update(task, advance=len(block))
+            done = 0
+            try:
+                with open(part, "wb") as f:
+                    for block in resp.iter_bytes(1 << 20):
+                        f.write(block)
+                        h.update(block)
+                        done += len(block)
+                        report(progress, f"download {what}", done, total, "bytes")
+            finally:
+                report(progress, f"download {what}", done, total, "bytes", finished=True)
     except httpx.HTTPError as exc:
         part.unlink(missing_ok=True)
         raise _NoDirect(f"download of {name} failed: {type(exc).__name__}") from exc
@@ -130,8 +146,7 @@ def _pip(pins: Sequence[Pin], dest: Path, kind: Kind, what: str) -> dict[Pin, Pa
         argv = [sys.executable, "-m", "pip", "download", "--no-deps",
                 *(["--no-binary", ":all:"] if kind == "sdist" else ["--only-binary", ":all:"]),
                 "--require-hashes", "-r", str(req), "-d", str(dl), "--quiet"]
-        with progress_bar(f"pip download {what}"):
-            cp = subprocess.run(argv, capture_output=True, text=True)
+        cp = subprocess.run(argv, capture_output=True, text=True)
         if cp.returncode != 0:
             lines = [ln.strip() for ln in (cp.stderr or cp.stdout).splitlines() if ln.strip()]
             if any("DO NOT MATCH THE HASHES" in ln for ln in lines):

@@ -17,8 +17,8 @@ from llamactl.serve import launcher
 from llamactl.serve import profiles
 from llamactl.judge.checks import CHECKS, RPC_CHECK, CellContext, CheckFailed, CheckResult, read_metrics, run_check
 from llamactl.judge.status import BAD, Status
-from llamactl.core.console import Output
 from llamactl.core.errors import LlamactlError
+from llamactl.core.progress import ProgressFn
 from llamactl.judge.matrix import Cell
 from llamactl.serve.render import Unsupported, check_supported
 from llamactl.serve.server import ServerDied, ServerProcess
@@ -116,7 +116,7 @@ def cell_profile(base: profiles.Resolved, cell: Cell) -> profiles.Resolved:
 
 
 def run_cell(base: profiles.Resolved, cell: Cell, binary: launcher.Binary, run_dir: Path,
-             out: Output | None = None, after_check: Hook | None = None,
+             progress: ProgressFn | None = None, after_check: Hook | None = None,
              res: CellResult | None = None) -> CellResult:
     """Run one cell; whatever goes wrong becomes its status and reason, never an exception.
 
@@ -128,7 +128,7 @@ def run_cell(base: profiles.Resolved, cell: Cell, binary: launcher.Binary, run_d
     t0 = time.monotonic()
     try:
         resolved = cell_profile(base, cell)
-        _run_cell(resolved, binary, run_dir, out, after_check, res, cell)
+        _run_cell(resolved, binary, run_dir, progress, after_check, res, cell)
     except LlamactlError as exc:       # cell set-up: bad cell value, model missing, port taken, no binary
         res.status, res.reason = Status.ERROR, str(exc)
         return res
@@ -150,7 +150,7 @@ def run_cell(base: profiles.Resolved, cell: Cell, binary: launcher.Binary, run_d
     return res
 
 
-def _run_cell(resolved: profiles.Resolved, binary: launcher.Binary, run_dir: Path, out: Output | None,
+def _run_cell(resolved: profiles.Resolved, binary: launcher.Binary, run_dir: Path, progress: ProgressFn | None,
               after_check: Hook | None, res: CellResult, cell: Cell) -> None:
     prof = resolved.profile
     t0 = time.monotonic()
@@ -160,7 +160,7 @@ def _run_cell(resolved: profiles.Resolved, binary: launcher.Binary, run_dir: Pat
         res.status, res.reason = Status.SKIP, str(unsupported)
         return
     try:
-        plan = launcher.plan(resolved, out, binary=binary)
+        plan = launcher.plan(resolved, progress, binary=binary)
     except Unsupported as exc:
         res.status, res.reason = Status.SKIP, str(exc)
         return
@@ -262,7 +262,7 @@ def new_report(base: profiles.Resolved, cells: list[Cell]) -> Report:
                                                  repro=repro_command(base.name, c)) for c in cells])
 
 
-def run_matrix(base: profiles.Resolved, cells: list[Cell], *, out: Output | None = None,
+def run_matrix(base: profiles.Resolved, cells: list[Cell], *, progress: ProgressFn | None = None,
                fail_fast: bool = False, on_update: Callable[[Report, str | None], None] | None = None,
                after_check: Hook | None = None, binary: launcher.Binary | None = None,
                report: Report | None = None) -> Report:
@@ -271,7 +271,7 @@ def run_matrix(base: profiles.Resolved, cells: list[Cell], *, out: Output | None
     ``report`` (from :func:`new_report`) is filled in place, so a caller holds every cell, those not
     reached as NOT_RUN, even when this raises (a failed build). Ctrl-C / SIGTERM (KeyboardInterrupt)
     mark the running cell INTERRUPTED and return. ``--fail-fast`` leaves the cells after the first
-    FAIL/ERROR/XPASS as NOT_RUN.
+    FAIL/ERROR/XPASS as NOT_RUN. ``progress`` hears the build and model downloads.
 
     Raises:
         LlamactlError: no cells, or the llama-server binary cannot be built/found.
@@ -295,7 +295,7 @@ def run_matrix(base: profiles.Resolved, cells: list[Cell], *, out: Output | None
             log.exception("report update failed")
 
     try:
-        binary = binary or launcher.ensure_binary(base.profile, out)
+        binary = binary or launcher.ensure_binary(base.profile, progress)
         version = (binary.manifest or {}).get("version", "").splitlines()[:1]
         report.binary, report.version = str(binary.path), version[0] if version else ""
         run_dir = launcher.new_run_dir(f"validate-{base.name}")
@@ -304,7 +304,7 @@ def run_matrix(base: profiles.Resolved, cells: list[Cell], *, out: Output | None
             running = i
             res = report.cells[i] = CellResult(cell.id, cell.values, repro=repro_command(base.name, cell))
             notify(cell.id)
-            run_cell(base, cell, binary, run_dir, out, after_check, res=res)
+            run_cell(base, cell, binary, run_dir, progress, after_check, res=res)
             running = None
             notify(None)
             if fail_fast and res.status in (Status.FAIL, Status.ERROR, Status.XPASS):

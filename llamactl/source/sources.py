@@ -19,9 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llamactl.core import locks, paths, pipdl
 from llamactl.core import proc
-from llamactl.core.console import Output
 from llamactl.core.errors import BadInput, LlamactlError
 from llamactl.core.hashing import sha256_file
+from llamactl.core.progress import ProgressFn
 
 log = logging.getLogger(__name__)
 
@@ -336,22 +336,20 @@ def _sdist_source(name: str, lock: Lock | None) -> PypiSdistSource:
 # --- fetching ---------------------------------------------------------------------------
 
 
-def fetch_sdist(spec: PypiSdistSource, out: Output | None = None) -> Path:
+def fetch_sdist(spec: PypiSdistSource, progress: ProgressFn | None = None) -> Path:
     """The pinned sdist (hash-checked), cached by sha256; one download at a time per sha256.
 
-    Raises LlamactlError on a sha256 mismatch or when it cannot be fetched.
+    ``progress`` hears the download (bytes). Raises LlamactlError on a sha256 mismatch or when it cannot be fetched.
     """
     cache = paths.downloads_dir() / spec.sha256
-    with locks.hold(cache, f"the download of {spec.package}=={spec.version}", out.info if out else None):
+    with locks.hold(cache, f"the download of {spec.package}=={spec.version}"):
         if cache.is_dir():
             for f in cache.iterdir():
                 if f.name.endswith((".tar.gz", ".zip")) and sha256_file(f) == spec.sha256:
                     return f
-        if out:
-            out.info(f"downloading {spec.package}=={spec.version} (sdist, pinned sha256) ...")
+        log.info(f"downloading {spec.package}=={spec.version} (sdist, pinned sha256) ...")
         pin = pipdl.Pin(spec.package, spec.version, spec.sha256)
-        return pipdl.download([pin], cache, "sdist", f"{spec.package}=={spec.version}",
-                              info=out.info if out else None)[pin]
+        return pipdl.download([pin], cache, "sdist", f"{spec.package}=={spec.version}", progress=progress)[pin]
 
 
 def extract_sdist_subtree(archive: Path, subdir: str, dest: Path) -> None:
@@ -373,21 +371,20 @@ def extract_sdist_subtree(archive: Path, subdir: str, dest: Path) -> None:
         tf.extractall(dest, members=members, filter="data")
 
 
-def fetch_git(spec: GitSource, out: Output | None = None) -> Path:
+def fetch_git(spec: GitSource) -> Path:
     """Fetch one commit of a git source into a cached tarball keyed by the commit id."""
     cache = paths.downloads_dir() / f"git-{spec.commit}.tar"
     if cache.exists():
         return cache
-    with locks.hold(cache, f"the fetch of {spec.commit[:12]}", out.info if out else None):
+    with locks.hold(cache, f"the fetch of {spec.commit[:12]}"):
         if cache.exists():
             return cache
-        return _fetch_git(spec, cache, out)
+        return _fetch_git(spec, cache)
 
 
-def _fetch_git(spec: GitSource, cache: Path, out: Output | None) -> Path:
+def _fetch_git(spec: GitSource, cache: Path) -> Path:
     with tempfile.TemporaryDirectory(dir=paths.downloads_dir()) as tmp:
-        if out:
-            out.info(f"fetching {spec.url} at {spec.commit[:12]} ...")
+        log.info(f"fetching {spec.url} at {spec.commit[:12]} ...")
         repo = Path(tmp) / "repo"
         repo.mkdir()
         for argv in (["git", "init", "-q"], ["git", "fetch", "-q", "--depth", "1", spec.url, spec.commit]):

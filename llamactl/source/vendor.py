@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tarfile
 import time
@@ -12,11 +13,13 @@ from typing import ContextManager
 
 from llamactl.core import locks, paths
 from llamactl.core import proc
-from llamactl.core.console import Output
 from llamactl.core.errors import LlamactlError
+from llamactl.core.progress import ProgressFn
 from llamactl.source.git import Repo
 from llamactl.core.hashing import stable_key
 from llamactl.source.sources import GitSource, PathSource, PypiSdistSource, SourceSpec, export_path_tree, extract_sdist_subtree, fetch_git, fetch_sdist, load_lock, resolve
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -80,9 +83,11 @@ def is_current(name: str, spec: SourceSpec, tree: Path) -> bool:
     return prov.source == name and (prov.version, prov.hash) == ident
 
 
-def vendor(source: str | None = None, *, force: bool = False, out: Output | None = None,
+def vendor(source: str | None = None, *, force: bool = False, progress: ProgressFn | None = None,
            tree: Path | None = None, series: str | None = None) -> Provenance:
     """Make ``tree`` (default vendor/llama.cpp) hold the chosen source. Idempotent.
+
+    ``progress`` hears a download; what happens is logged (``llamactl.source.vendor``).
 
     The new tree is assembled beside the old one and swapped in only when complete,
     so a failed download or hash mismatch leaves the existing tree alone.
@@ -101,13 +106,12 @@ def vendor(source: str | None = None, *, force: bool = False, out: Output | None
     upstream_commit = None
     try:
         if isinstance(spec, PypiSdistSource):
-            archive = fetch_sdist(spec, out)
-            if out:
-                out.info(f"extracting {spec.subdir}/ from {archive.name} ...")
+            archive = fetch_sdist(spec, progress)
+            log.info(f"extracting {spec.subdir}/ from {archive.name} ...")
             extract_sdist_subtree(archive, spec.subdir, staging)
             version, digest, upstream_commit = spec.version, spec.sha256, spec.commit
         elif isinstance(spec, GitSource):
-            archive = fetch_git(spec, out)
+            archive = fetch_git(spec)
             staging.mkdir(parents=True)
             with tarfile.open(archive) as tf:
                 tf.extractall(staging, filter="data")
@@ -144,8 +148,7 @@ def vendor(source: str | None = None, *, force: bool = False, out: Output | None
     staging.rename(tree)
     provenance_path(tree).write_text(json.dumps(asdict(prov), indent=2) + "\n")
     shutil.rmtree(old, ignore_errors=True)
-    if out:
-        out.info(f"vendored {name} ({version}) into {tree} in {time.monotonic() - t0:.1f}s")
+    log.info(f"vendored {name} ({version}) into {tree} in {time.monotonic() - t0:.1f}s")
     return prov
 
 
@@ -166,9 +169,9 @@ def require_vendored(tree: Path | None = None) -> Provenance:
 # (builds clone it and apply their series to the clone).
 
 
-def vendor_lock(out: Output | None = None) -> ContextManager[None]:
+def vendor_lock() -> ContextManager[None]:
     """The lock of vendor/llama.cpp: one llamactl at a time may switch, patch or snapshot it."""
-    return locks.vendor_lock(out.info if out else None)
+    return locks.vendor_lock()
 
 
 def uses_vendor_tree(source: str | None) -> bool:
@@ -198,10 +201,10 @@ def cached_tree_path(source: str) -> Path:
     return paths.trees_dir() / tree_key(name, spec) / "llama.cpp"
 
 
-def ensure_cached_tree(source: str, out: Output | None = None, series: str | None = None) -> tuple[Path, Provenance]:
+def ensure_cached_tree(source: str, progress: ProgressFn | None = None, series: str | None = None) -> tuple[Path, Provenance]:
     """Vendor ``source`` into its cached tree (a no-op when it is current). Call it while
     holding ``locks.hold(tree, ...)``: a plain-directory source is re-exported each time."""
     tree = cached_tree_path(source)
     tree.parent.mkdir(parents=True, exist_ok=True)
-    prov = vendor(source, out=out, tree=tree, series=series)
+    prov = vendor(source, progress=progress, tree=tree, series=series)
     return tree, prov
