@@ -22,7 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from llamactl.cli import options as o
-from llamactl.core.console import Output, console
+from llamactl.cli.console import Output, console
 from llamactl.source import sources
 
 app = typer.Typer(help="Pinned llama.cpp sources and recorded upstream versions.", no_args_is_help=True)

@@ -235,16 +235,21 @@ def pip_versions(name: str) -> list[str]:
     raise LlamactlError(f"cannot list the versions of {name}: {lines[-1] if lines else 'pip index versions failed'}")
 
 
-def download_unpinned(name: str, version: str, dest: Path, kind: Kind, what: str) -> Path:
+def download_unpinned(name: str, version: str, dest: Path, kind: Kind, what: str,
+                      progress: ProgressFn | None = None) -> Path:
     """``pip download`` of ``name==version`` with no hash to check (a version's first fetch; the caller
-    hashes and records it). Raises LlamactlError with pip's reason when it cannot be fetched."""
+    hashes and records it); ``progress`` hears ``pip download WHAT`` (no total). Raises LlamactlError
+    with pip's reason when it cannot be fetched."""
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest) as tmp:
         argv = [sys.executable, "-m", "pip", "download", "--no-deps",
                 *(["--no-binary", ":all:"] if kind == "sdist" else ["--only-binary", ":all:"]),
                 f"{name}=={version}", "-d", tmp, "--quiet"]
-        with progress_bar(f"pip download {what}"):
+        report(progress, f"pip download {what}")
+        try:
             cp = subprocess.run(argv, capture_output=True, text=True)
+        finally:
+            report(progress, f"pip download {what}", finished=True)
         if cp.returncode != 0:
             lines = [ln.strip() for ln in (cp.stderr or cp.stdout).splitlines() if ln.strip()]
             why = next((ln for ln in lines if "ERROR" in ln), lines[-1] if lines else "pip failed")
