@@ -153,17 +153,12 @@ def prepare_tree(req: BuildRequest, progress: ProgressFn | None = None) -> tuple
 
 def dry_run(req: BuildRequest) -> cmake.CMakePlan:
     """The exact commands, with no toolchain needed; detects gfx/CUDA targets when it can."""
-    from llamactl.source.sources import PathSource, resolve
-    from llamactl.source.vendor import identity_of, path_identity
+    from llamactl.source.sources import resolve
+    from llamactl.source.vendor import expected_identity
 
     tc = toolchain.detect(req.backend, req.gpu_targets)
     name, spec = resolve(_source_name(req))
-    if isinstance(spec, PathSource):
-        commit = path_identity(spec) or "worktree"
-        version, digest = commit, commit
-    else:
-        version, digest = identity_of(name, spec) or ("?", "?")
-    ident = {"source": name, "kind": spec.kind, "version": version, "hash": digest}   # as Provenance.identity
+    ident = expected_identity(name, spec)
     series = None if req.no_patches else (req.series if req.series is not None else spec.series)
     material = key_material(req, ident, series_hashes(load_series(series)), None, toolchain.compiler_ids(),
                             series_hashes(backend_series(series, req.backend)))

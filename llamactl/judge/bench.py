@@ -15,7 +15,7 @@ from contextlib import ExitStack
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import httpx
 from pydantic import ValidationError
@@ -30,6 +30,42 @@ from llamactl.serve.endpoint import split_hosts
 from llamactl.serve.server import ServerDied, ServerProcess
 from llamactl.judge.stats import pct_change, ratio, summarize
 from llamactl.judge.validate import cell_profile, slug
+
+# Does MTP pay off? The cell's decode speed-up (MTP on / off, medians of interleaved samples, the
+# server's own timings): at or above PAYS_OFF_AT it pays off, at or below COSTS_AT it costs time,
+# between the two it makes no measurable difference (5%: about the spread of repeated medians here).
+PAYS_OFF_AT = 1.05
+COSTS_AT = 0.95
+MtpVerdictName = Literal["pays-off", "costs", "no-difference"]
+
+
+@dataclass(frozen=True)
+class MtpVerdict:
+    """One cell's answer to "does MTP pay off here", as ``bench --json`` carries it (``mtp_verdict``)."""
+
+    verdict: MtpVerdictName
+    speedup: float                 # decode tok/s MTP on / MTP off
+    acceptance: float | None       # accepted / drafted tokens of the MTP-on variant
+    line: str                      # the plain sentence people read
+    pays_off_at: float = PAYS_OFF_AT
+    costs_at: float = COSTS_AT
+
+
+def mtp_verdict(cell: str, speedup: float | None, acceptance: float | None,
+                pays_off_at: float = PAYS_OFF_AT, costs_at: float = COSTS_AT) -> MtpVerdict | None:
+    """The verdict on one cell from its speed-up (None without both variants: no verdict)."""
+    if not isinstance(speedup, (int, float)) or isinstance(speedup, bool):
+        return None
+    acc_s = "n/a" if acceptance is None else f"{acceptance:.0%}"
+    verdict: MtpVerdictName
+    if speedup >= pays_off_at:
+        verdict, line = "pays-off", f"{cell}: MTP pays off here: {speedup:.2f}x decode speed at {acc_s} draft acceptance"
+    elif speedup <= costs_at:
+        verdict, line = "costs", f"{cell}: MTP costs time here: {speedup:.2f}x decode speed (acceptance {acc_s}); leave it off"
+    else:
+        verdict, line = "no-difference", f"{cell}: MTP makes no measurable difference ({speedup:.2f}x, acceptance {acc_s})"
+    return MtpVerdict(verdict, float(speedup), acceptance, line, pays_off_at, costs_at)
+
 
 BUILTIN_PROMPTS = [
     "Hi.",
@@ -312,12 +348,18 @@ def bench_cell(base: profiles.Resolved, cell: Cell, binary: launcher.Binary, run
 
 
 def to_json(cells: list[CellBench], meta: dict) -> dict:
-    return {"meta": meta, "cells": [
-        {"cell": c.cell, "overrides": c.overrides, "speedup": c.speedup(),
-         "variants": {v: {"argv": r.argv, "error": r.error, "peak_rss_mb": r.peak_rss_mb, "aggregate_tps": r.aggregate_tps,
-                          "summary": r.summary(), "samples": [asdict(s) for s in r.samples]}
-                      for v, r in c.variants.items()}}
-        for c in cells]}
+    """The run as ``bench --json`` writes it; each cell with its ``mtp_verdict`` (None without MTP on and off)."""
+    out = []
+    for c in cells:
+        on = c.variants.get("mtp-on")
+        verdict = mtp_verdict(c.cell, c.speedup(), on.summary()["acceptance"] if on else None)
+        out.append({"cell": c.cell, "overrides": c.overrides, "speedup": c.speedup(),
+                    "mtp_verdict": asdict(verdict) if verdict else None,
+                    "variants": {v: {"argv": r.argv, "error": r.error, "peak_rss_mb": r.peak_rss_mb,
+                                     "aggregate_tps": r.aggregate_tps, "summary": r.summary(),
+                                     "samples": [asdict(s) for s in r.samples]}
+                                 for v, r in c.variants.items()}})
+    return {"meta": meta, "cells": out}
 
 
 def compare(a: dict, b: dict) -> list[dict]:

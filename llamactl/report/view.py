@@ -103,21 +103,24 @@ def validate_view(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def mtp_verdicts(data: dict[str, Any]) -> list[str]:
-    """One plain sentence per cell: does MTP pay off here (decode speed-up and acceptance)?"""
+    """One plain sentence per cell: does MTP pay off here (decode speed-up and acceptance)?
+
+    The run's own ``mtp_verdict`` lines; a run written before bench recorded them is judged now
+    (:func:`llamactl.judge.bench.mtp_verdict`)."""
+    from llamactl.judge.bench import mtp_verdict
+
     lines = []
     for c in data.get("cells") or []:
-        sp = c.get("speedup")
-        on = (c.get("variants") or {}).get("mtp-on")
-        if not isinstance(sp, (int, float)) or on is None:
+        stored = c.get("mtp_verdict")
+        if isinstance(stored, dict) and isinstance(stored.get("line"), str):
+            lines.append(stored["line"])
             continue
-        acc = runs.acceptance_of(on)
-        acc_s = "n/a" if acc is None else f"{acc:.0%}"
-        if sp >= 1.05:
-            lines.append(f"{c['cell']}: MTP pays off here: {sp:.2f}x decode speed at {acc_s} draft acceptance")
-        elif sp <= 0.95:
-            lines.append(f"{c['cell']}: MTP costs time here: {sp:.2f}x decode speed (acceptance {acc_s}); leave it off")
-        else:
-            lines.append(f"{c['cell']}: MTP makes no measurable difference ({sp:.2f}x, acceptance {acc_s})")
+        on = (c.get("variants") or {}).get("mtp-on")
+        if on is None:
+            continue
+        v = mtp_verdict(str(c.get("cell", "?")), c.get("speedup"), runs.acceptance_of(on))
+        if v is not None:
+            lines.append(v.line)
     return lines
 
 

@@ -72,6 +72,17 @@ def path_identity(spec: PathSource) -> str | None:
     return cp.stdout.strip() or None
 
 
+def expected_identity(name: str, spec: SourceSpec) -> dict[str, str]:
+    """The :attr:`Provenance.identity` that vendoring ``spec`` records, known without fetching. A plain
+    directory (no git) gives version and hash ``worktree``: its tree hash is known only once exported."""
+    if isinstance(spec, PathSource):
+        commit = path_identity(spec) or "worktree"
+        version, digest = commit, commit
+    else:
+        version, digest = identity_of(name, spec) or ("?", "?")
+    return {"source": name, "kind": spec.kind, "version": version, "hash": digest}
+
+
 def is_current(name: str, spec: SourceSpec, tree: Path) -> bool:
     prov = read_provenance(tree)
     ident = identity_of(name, spec)
@@ -186,12 +197,9 @@ def uses_vendor_tree(source: str | None) -> bool:
 
 def tree_key(name: str, spec: SourceSpec) -> str:
     """Key of the cached tree of a source: its pinned identity (a plain directory: its name)."""
+    ident = expected_identity(name, spec)
     if isinstance(spec, PathSource):
-        commit = path_identity(spec)
-        ident = {"source": name, "kind": "path", "version": commit or "worktree"}
-    else:
-        version, digest = identity_of(name, spec) or ("?", "?")
-        ident = {"source": name, "kind": spec.kind, "version": version, "hash": digest}
+        del ident["hash"]   # keys made before expected_identity had none for a path
     return stable_key(ident)
 
 

@@ -1,5 +1,6 @@
 import pytest
 
+from llamactl.judge import bench
 from llamactl.judge.bench import compare, load_prompts
 from llamactl.core.errors import LlamactlError
 from llamactl.judge.stats import pct_change, ratio, summarize
@@ -56,3 +57,30 @@ def test_bench_collapses_the_mtp_axis():
 
     cells = expand(MatrixSpec(axes={"parallel": [1, 2], "mtp": [False, True]}))
     assert [c.id for c in without_mtp_axis(cells)] == ["parallel=1", "parallel=2"]
+
+
+def _cell(off_tps: float, on_tps: float) -> bench.CellBench:
+    c = bench.CellBench("kv=f16", {})
+    for v, tps in (("mtp-off", off_tps), ("mtp-on", on_tps)):
+        c.variants[v] = bench.VariantResult(v, samples=[bench.Sample("kv=f16", v, 0, 0, server_decode_tps=tps,
+                                                                     draft_tokens=10, accepted_tokens=8)])
+    return c
+
+
+@pytest.mark.parametrize("off,on,verdict", [(100, 106, "pays-off"), (100, 104, "no-difference"), (100, 95, "costs")])
+def test_the_mtp_verdict_and_its_thresholds_reach_the_json(off, on, verdict):
+    data = bench.to_json([_cell(off, on)], {})
+    v = data["cells"][0]["mtp_verdict"]
+    assert v["verdict"] == verdict and (v["pays_off_at"], v["costs_at"]) == (bench.PAYS_OFF_AT, bench.COSTS_AT)
+    assert v["acceptance"] == pytest.approx(0.8) and v["line"].startswith("kv=f16: MTP ")
+    from llamactl.report import view
+
+    assert view.mtp_verdicts(data) == [v["line"]]
+    del data["cells"][0]["mtp_verdict"]   # a run saved before verdicts were recorded is judged the same way
+    assert view.mtp_verdicts(data) == [v["line"]]
+
+
+def test_no_mtp_verdict_without_both_variants():
+    c = _cell(100, 120)
+    del c.variants["mtp-on"]
+    assert bench.to_json([c], {})["cells"][0]["mtp_verdict"] is None

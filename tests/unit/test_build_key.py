@@ -96,3 +96,16 @@ def test_build_tests_adds_test_backend_ops_beside_llama_server(tmp_path, monkeyp
     assert lines[1] == f"--build {root / 'build'} --target test-backend-ops -j 3"
     saved = json.loads((root / "manifest.json").read_text())
     assert saved["tests"]["binaries"] == found and saved["binaries"] == {}
+
+
+def test_expected_identity_is_what_vendoring_records_and_keeps_tree_keys(tmp_path):
+    from llamactl.core.hashing import stable_key
+    from llamactl.source import vendor
+    from llamactl.source.sources import PathSource, resolve
+
+    name, spec = resolve("upstream")
+    assert vendor.expected_identity(name, spec) == {"source": "upstream", "kind": "pypi-sdist",
+                                                    "version": spec.version, "hash": spec.sha256}
+    plain = PathSource(kind="path", path=str(tmp_path))
+    assert vendor.expected_identity("path:x", plain)["version"] == "worktree"
+    assert vendor.tree_key("path:x", plain) == stable_key({"source": "path:x", "kind": "path", "version": "worktree"})
