@@ -67,8 +67,14 @@ def llamactl_build(env: dict[str, str], jobs: int) -> tuple[float, dict]:
 
 
 def raw_ninja(manifest: dict, touched: list[str]) -> float:
-    """Time the manifest's `cmake --build` after touching ``touched`` (paths in the work dir's src/)."""
+    """Time the manifest's `cmake --build` after touching ``touched`` and every file llamactl's sync wrote.
+
+    The work dir is shared by builds of one backend and options, so the sync may also restore files
+    another build changed there; raw ninja gets the same set, so the two compile the same steps.
+    """
     src = Path(manifest["work_dir"]) / "src"
+    written = (manifest.get("incremental") or {}).get("written") or []
+    touched = sorted({*touched, *(p for p in written if (src / p).is_file())})
     saved = {p: (src / p).stat().st_mtime_ns for p in touched}
     try:
         for p in touched:

@@ -364,6 +364,7 @@ def _compile(req: BuildRequest, prov: Provenance, applied: list[dict], local: st
         "cmake": {"configure": plan.configure, "build": plan.build, "env": plan.env, "shell": plan.shell_lines()},
         "work_dir": str(work),
         "incremental": {"files_written": len(synced.written), "files_removed": len(synced.removed),
+                        "written": sorted(synced.written)[:50], "removed": sorted(synced.removed)[:50],
                         "configured": not configured, "ninja_steps": steps},
         "toolchain": tc.tools,
         "gpu_targets": tc.gpu_targets,
