@@ -174,8 +174,9 @@ def work_material(material: dict) -> dict:
     Builds that differ only in source content share one work directory, so ninja can rebuild
     incrementally between them; the source's name stays in, so upstream and the fork keep apart.
     Versions of one source (``upstream@0.3.35``, ``NAME@COMMIT``, ``path:/dir@REV``) are one family
-    and share the work directory of the plain name: moving between them (bisect) recompiles only
-    what changed.
+    and share one work directory (``upstream@``), apart from the plain name's: moving between
+    versions (bisect) recompiles only what changed, and the pinned source's work directory keeps
+    its own incremental state.
     """
     m = {k: v for k, v in material.items() if k not in ("source", "patches", "local_changes")}
     m["source_name"] = source_family(material["source"].get("source"))
@@ -183,12 +184,11 @@ def work_material(material: dict) -> dict:
 
 
 def source_family(name: str | None) -> str | None:
-    """A source name without its ``@VERSION`` / ``@REV`` (as sources.family; no lock models loaded)."""
+    """``upstream@0.3.35`` -> ``upstream@``, ``path:/d@REV`` -> ``path:/d@``; a plain name is its own family."""
     if name is None:
         return None
-    if name.startswith("path:"):
-        return "path:" + name[5:].partition("@")[0]
-    return name.partition("@")[0]
+    head, at, _rev = (name[5:] if name.startswith("path:") else name).partition("@")
+    return ("path:" if name.startswith("path:") else "") + head + at
 
 
 def work_root() -> Path:

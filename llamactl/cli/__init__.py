@@ -40,6 +40,8 @@ COMMANDS: dict[str, tuple[str, str | None, tuple[str, ...], str]] = {
                  "Start the server for each matrix cell, run the HTTP checks, report; exit 0 only if all ran cells pass."),
     "bench": ("bench_cmd", "bench", (),
               "Decode/prompt speed, TTFT, all-slots throughput, peak RSS and MTP acceptance; MTP on vs off, interleaved."),
+    "sync": ("sync_cmd", "sync", (),
+             "Rebase the profile's series onto a new base, build and validate before and after, one table; exit says if it is safe."),
     "report": ("report_cmd", "report", (),
                "Render runs as one self-contained HTML page and/or Markdown; Markdown on stdout when no file is named."),
     "history": ("history_cmd", "history", (),

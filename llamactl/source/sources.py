@@ -148,13 +148,6 @@ def canonical(name: str | None, lock: Lock | None = None) -> str:
     return name
 
 
-def family(name: str) -> str:
-    """A source name without its ``@VERSION``/``@REV`` (what its versions share, e.g. a build work dir)."""
-    if name.startswith("path:"):
-        return "path:" + name[5:].partition("@")[0]
-    return name.partition("@")[0]
-
-
 # --- versions of a pypi-sdist source: the committed record (vendor/upstream-versions.yaml) ---------
 
 _VERSION = re.compile(r"^[0-9][0-9A-Za-z.+!_-]*$")

@@ -152,15 +152,17 @@ def test_sdist_commit_is_none_without_git_metadata(tmp_path):
     assert sources.sdist_commit(f, "vendor/llama.cpp") == COMMIT
 
 
-def test_a_version_is_part_of_the_build_key_but_shares_the_work_dir():
+def test_a_version_is_part_of_the_build_key_and_versions_share_one_work_dir():
     compilers = {"cc": "cc 12"}
     idents = [{"source": "upstream", "kind": "pypi-sdist", "version": "0.3.36", "hash": "a"},
-              {"source": "upstream@0.3.35", "kind": "pypi-sdist", "version": "0.3.35", "hash": "b"}]
+              {"source": "upstream@0.3.35", "kind": "pypi-sdist", "version": "0.3.35", "hash": "b"},
+              {"source": "upstream@0.3.34", "kind": "pypi-sdist", "version": "0.3.34", "hash": "c"}]
     mats = [key_material(BuildRequest(), i, [], None, compilers) for i in idents]
-    assert build_key(mats[0]) != build_key(mats[1])
-    assert work_dir_for("cpu", mats[0]) == work_dir_for("cpu", mats[1])   # incremental between versions
+    assert len({build_key(m) for m in mats}) == 3
+    assert work_dir_for("cpu", mats[1]) == work_dir_for("cpu", mats[2])   # incremental between versions (bisect)
+    assert work_dir_for("cpu", mats[0]) != work_dir_for("cpu", mats[1])   # the pinned source's work dir keeps its state
     fork = key_material(BuildRequest(), dict(idents[0], source="atomic-turboquant@" + "1" * 40), [], None, compilers)
-    assert work_dir_for("cpu", fork) != work_dir_for("cpu", mats[0])
+    assert work_dir_for("cpu", fork) != work_dir_for("cpu", mats[1])
     paths_ = [key_material(BuildRequest(), dict(idents[0], source=f"path:/src/llama.cpp@{r}"), [], None, compilers) for r in ("a", "b")]
     assert work_dir_for("cpu", paths_[0]) == work_dir_for("cpu", paths_[1])
 
