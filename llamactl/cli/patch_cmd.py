@@ -123,8 +123,7 @@ def rebase(
     from llamactl.source import rebase as rebase_lib
 
     out = Output(json)
-    report = rebase_lib.rebase(onto, series, write=write, conflicts_dir=conflicts_dir,
-                               progress=lambda name: out.info(f"  {name} ...") if not json else None)
+    report = rebase_lib.rebase(onto, series, write=write, conflicts_dir=conflicts_dir, progress=out.progress)
 
     def human(_: object) -> None:
         t = Table("patch", "subject", "on the new base", "detail")

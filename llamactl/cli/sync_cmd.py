@@ -24,7 +24,7 @@ from rich.table import Table
 from llamactl.cli import options as o
 from llamactl.cli.profile_cmd import resolve_from_cli
 from llamactl.cli.run_cmd import stop_on_signals
-from llamactl.core.console import Output, console, err_console
+from llamactl.cli.console import Output, console, err_console
 from llamactl.core.errors import BadInput
 from llamactl.judge import sync as sync_lib
 from llamactl.judge.matrix import expand, load_matrix_file, select
@@ -54,7 +54,7 @@ def sync(
         raise BadInput(f"the matrix of {base.name} selects no cells", hint="check its axes/include/exclude")
     out = Output(json)
     stop_on_signals()
-    report = sync_lib.sync(base, to, cells, fail_below=fail_below, progress=out.info)
+    report = sync_lib.sync(base, to, cells, fail_below=fail_below, progress=out.progress)
     out.result(report.to_dict(), lambda _: _human(report))
     if json:
         err_console.print(_closing(report), highlight=False)

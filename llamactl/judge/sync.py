@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 from llamactl.core import paths
 from llamactl.core.errors import ExitCode, LlamactlError
+from llamactl.core.progress import ProgressFn
 from llamactl.judge.matrix import Cell
 from llamactl.judge.status import Status
 from llamactl.judge.validate import Report, run_matrix
@@ -46,7 +47,7 @@ class Steps:
     """The work sync orchestrates; tests pass fakes."""
 
     rebase: Callable[..., rebase_lib.RebaseReport] = rebase_lib.rebase
-    ensure_binary: Callable[[profiles.Profile], launcher.Binary] = launcher.ensure_binary
+    ensure_binary: Callable[..., launcher.Binary] = launcher.ensure_binary
     validate: Callable[..., Report] = run_matrix
 
 
@@ -155,15 +156,15 @@ def pair(before: Report | None, after: Report | None, fail_below: float | None =
 
 
 def sync(base: profiles.Resolved, to: str, cells: list[Cell], *, fail_below: float | None = None, steps: Steps | None = None,
-         progress: Callable[[str], None] | None = None, on_update: Callable[[Report, str | None], None] | None = None) -> SyncReport:
+         progress: ProgressFn | None = None, on_update: Callable[[Report, str | None], None] | None = None) -> SyncReport:
     """Rebase, build and validate ``base``'s matrix ``cells`` before (as the profile is) and after (on ``to``).
 
-    ``progress`` gets one line per step; ``on_update`` is validate's per-cell callback. Never raises for
-    a conflict or a failed build (they are the verdict); raises BadInput for an unknown source/series
-    and LlamactlError when ``to`` cannot be fetched.
+    Each step is a log line; ``progress`` hears the rebase, the builds and the cells; ``on_update`` is
+    validate's per-cell callback. Never raises for a conflict or a failed build (they are the verdict);
+    raises BadInput for an unknown source/series and LlamactlError when ``to`` cannot be fetched.
     """
     steps = steps or Steps()
-    say = progress or (lambda _m: None)
+    say = log.info
     t0 = time.monotonic()
     prof = base.profile
     series = own_series(prof)
@@ -176,7 +177,7 @@ def sync(base: profiles.Resolved, to: str, cells: list[Cell], *, fail_below: flo
             out_dir = scratch_series_dir(base.name, to)
             shutil.rmtree(out_dir, ignore_errors=True)
             say(f"rebasing {series} onto {to} ...")
-            report.rebase = rb = steps.rebase(to, series, write=True, write_to=out_dir)
+            report.rebase = rb = steps.rebase(to, series, write=True, write_to=out_dir, progress=progress)
             if not rb.ok:
                 bad = [p for p in rb.patches if p.status == rebase_lib.CONFLICTS]
                 report.verdict = CONFLICTS
@@ -188,7 +189,7 @@ def sync(base: profiles.Resolved, to: str, cells: list[Cell], *, fail_below: flo
         else:
             after_prof = _with_build(prof, source=to)
         for side, p in ((before, prof), (after, after_prof)):
-            if not _run_side(side, base, p, cells, steps, say, on_update):
+            if not _run_side(side, base, p, cells, steps, say, progress, on_update):
                 report.verdict = INTERRUPTED if side.report and side.report.interrupted else BUILD_FAILED
                 report.reason = f"{side.label} ({side.source}): {side.error or 'interrupted'}"
                 return report
@@ -212,20 +213,21 @@ def _with_build(prof: profiles.Profile, **updates: Any) -> profiles.Profile:
 
 
 def _run_side(side: Side, base: profiles.Resolved, prof: profiles.Profile, cells: list[Cell], steps: Steps,
-              say: Callable[[str], None], on_update: Callable[[Report, str | None], None] | None) -> bool:
+              say: Callable[[str], None], progress: ProgressFn | None,
+              on_update: Callable[[Report, str | None], None] | None) -> bool:
     t0 = time.monotonic()
     try:
         series = "the rebased series" if side.series and Path(side.series).is_absolute() else (side.series or "no series")
         say(f"{side.label}: building {side.source} + {series} ...")
         tb = time.monotonic()
-        binary = steps.ensure_binary(prof)
+        binary = steps.ensure_binary(prof, progress)
         m = binary.manifest or {}
         side.build = {"key": m.get("key"), "version": (m.get("version") or "").splitlines()[:1], "binary": str(binary.path),
                       "build_s": round(time.monotonic() - tb, 1), "duration_s": m.get("duration_s"),
                       "source_commit": (m.get("source") or {}).get("upstream_commit")}
         say(f"{side.label}: validating {len(cells)} cell(s) ...")
         side.report = steps.validate(profiles.Resolved(base.name, prof, dict(base.origins), base.path), cells,
-                                     binary=binary, on_update=on_update)
+                                     binary=binary, progress=progress, on_update=on_update)
         return not side.report.interrupted
     except LlamactlError as exc:
         side.error = str(exc)

@@ -28,11 +28,10 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
-
 from llamactl.core import locks, paths
 from llamactl.core.errors import BadInput, LlamactlError
 from llamactl.core import proc
+from llamactl.core.progress import ProgressFn, report as report_progress
 from llamactl.source.git import Repo
 from llamactl.source.patches import Patch, load_series, series_dir
 
@@ -96,13 +95,14 @@ class RebaseReport:
 
 def rebase_tree(groups: list[tuple[str, list[Patch]]], new_base: Path, scratch: Path, *,
                 lend_objects: list[Path] | None = None, conflicts_dir: Path | None = None,
-                write_to: Path | None = None, progress: Callable[[str], None] | None = None) -> tuple[list[PatchOutcome], list[str]]:
+                write_to: Path | None = None, progress: ProgressFn | None = None) -> tuple[list[PatchOutcome], list[str]]:
     """Rebase patch ``groups`` (("", series), ("vulkan", backend patches), ...) onto the git repo ``new_base``.
 
     ``scratch`` (must not exist) receives a ``--shared`` clone of ``new_base``; ``lend_objects`` are git
     object directories whose blobs three-way merges may use (the old base's). Conflicted files go to
     ``conflicts_dir/<patch stem>/``. With ``write_to`` and no conflict, the rebased patches are written
     there (``<group>/`` for a backend group), same names, upstream ones dropped; returns the written paths.
+    ``progress`` hears one item per patch.
     Raises LlamactlError when ``new_base`` is not a git repository.
     """
     if not (new_base / ".git").exists():
@@ -117,6 +117,8 @@ def rebase_tree(groups: list[tuple[str, list[Patch]]], new_base: Path, scratch: 
     main_head = repo.head()
     outcomes: list[PatchOutcome] = []
     heads: dict[str, tuple[str, list[tuple[Patch, str]]]] = {}
+    total = sum(len(ps) for _g, ps in groups)
+    what = f"rebasing onto {new_base.parent.name}"
     for group, patches in groups:
         if group:
             repo.reset_hard(heads[""][0] if "" in heads else main_head)
@@ -125,9 +127,9 @@ def rebase_tree(groups: list[tuple[str, list[Patch]]], new_base: Path, scratch: 
         broken: str | None = None
         for p in patches:
             name = f"{group}/{p.name}" if group else p.name
-            if progress:
-                progress(name)
+            report_progress(progress, what, len(outcomes), total)
             out = _one(repo, p, name, conflicts_dir)
+            log.debug("%s: %s%s", name, out.label, f" ({out.detail})" if out.detail else "")
             if broken and out.status != CONFLICTS:
                 out.detail = (out.detail + "; " if out.detail else "") + f"after {broken} conflicted (applied without it)"
             if out.status == CONFLICTS:
@@ -136,6 +138,7 @@ def rebase_tree(groups: list[tuple[str, list[Patch]]], new_base: Path, scratch: 
                 applied.append((p, repo.head()))
             outcomes.append(out)
         heads[group] = (repo.head() if group == "" else start, applied)
+    report_progress(progress, what, total, total, finished=True)
     written: list[str] = []
     if write_to is not None and not any(o.status == CONFLICTS for o in outcomes):
         for group, patches in groups:
@@ -288,7 +291,7 @@ def old_base_objects(series: str, notes: list[str]) -> list[Path]:
 
 
 def rebase(onto: str, series: str | None = None, *, write: bool = False, write_to: Path | None = None,
-           conflicts_dir: Path | None = None, progress: Callable[[str], None] | None = None) -> RebaseReport:
+           conflicts_dir: Path | None = None, progress: ProgressFn | None = None) -> RebaseReport:
     """Rebase ``series`` (default: the one ``onto`` belongs to) onto the source ``onto`` in a scratch clone.
 
     ``onto`` is any source name (``upstream@0.3.35``, ``NAME@COMMIT``, ``path:/dir@REV``); its tree is

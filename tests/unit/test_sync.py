@@ -42,13 +42,13 @@ class Fake:
         r.patches = [p]
         return r
 
-    def ensure_binary(self, prof):
+    def ensure_binary(self, prof, progress=None):
         self.calls.append(("build", prof.build.source, prof.build.series))
         if self.build_fails and prof.build.source == self.build_fails:
             raise LlamactlError("compile failed: error: boom")
         return launcher.Binary(Path(f"/b/{prof.build.source}/llama-server"), None, {"key": f"k-{prof.build.source}", "version": "v1"})  # type: ignore[arg-type]
 
-    def validate(self, resolved, cells, binary=None, on_update=None):
+    def validate(self, resolved, cells, binary=None, progress=None, on_update=None):
         side = self.after if "after" in str(binary.path) or "@" in str(binary.path) else self.before
         self.calls.append(("validate", resolved.profile.build.source, [c.id for c in cells]))
         rep = Report("default", str(binary.path), "v1")
