@@ -21,7 +21,7 @@ import httpx
 from pydantic import ValidationError
 
 from llamactl.serve import launcher
-from llamactl.judge import metrics
+from llamactl.judge import metrics, sse
 from llamactl.serve import profiles
 from llamactl.core.errors import BadInput, LlamactlError
 from llamactl.core.files import read_text
@@ -165,11 +165,11 @@ def stream_one(client: httpx.Client, url: str, model: str, prompt: str, n_predic
         if r.status_code != 200:
             r.read()
             raise LlamactlError(f"bench request failed: HTTP {r.status_code} {r.text[:200]}")
-        for line in r.iter_lines():
-            if not line.startswith("data:") or line.strip() == "data: [DONE]":
+        for ev in sse.events(r.iter_lines()):
+            if ev.done:
                 continue
             try:
-                chunk = json.loads(line[5:])
+                chunk = json.loads(ev.data)
             except ValueError:
                 continue
             if chunk.get("timings"):

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 
 import httpx
 
-from llamactl.judge import metrics as metrics_lib
+from llamactl.judge import metrics as metrics_lib, sse
 from llamactl.judge.status import Status
 from llamactl.serve.profiles import Profile
 
@@ -135,8 +135,8 @@ def request(ctx: CellContext, method: str, path: str, body: dict | None = None) 
         raise RequestTimedOut(f"{method} {path}: no answer within {name} ({type(exc).__name__})") from exc
 
 
-def sse_lines(ctx: CellContext, path: str, body: dict) -> Iterator[str]:
-    """The lines of a streamed (SSE) answer, bounded like :func:`request`.
+def sse_events(ctx: CellContext, path: str, body: dict) -> Iterator[sse.Event]:
+    """The events of a streamed (SSE) answer (:mod:`llamactl.judge.sse`), bounded like :func:`request`.
 
     Raises:
         CheckFailed: HTTP status other than 200.
@@ -149,10 +149,12 @@ def sse_lines(ctx: CellContext, path: str, body: dict) -> Iterator[str]:
             if r.status_code != 200:
                 r.read()
                 raise CheckFailed(f"HTTP {r.status_code}: {r.text[:200]}")
-            for line in r.iter_lines():
-                if time.monotonic() > end:
-                    raise RequestTimedOut(f"POST {path} (stream): not finished within {name}")
-                yield line
+            def lines() -> Iterator[str]:
+                for line in r.iter_lines():
+                    if time.monotonic() > end:
+                        raise RequestTimedOut(f"POST {path} (stream): not finished within {name}")
+                    yield line
+            yield from sse.events(lines())
     except httpx.TimeoutException as exc:
         raise RequestTimedOut(f"POST {path} (stream): no data within {name} ({type(exc).__name__})") from exc
 
@@ -459,25 +461,20 @@ def _check_anthropic_stream(events: list[tuple[str, dict]]) -> str | None:
 def streaming(ctx: CellContext) -> dict:
     """stream: true gives the full Anthropic SSE sequence, message_start ... message_stop, in order."""
     events: list[tuple[str, dict]] = []
-    pending: str | None = None
     text = ""
-    for line in sse_lines(ctx, "/v1/messages", {
+    for ev in sse_events(ctx, "/v1/messages", {
             "model": ctx.model, "max_tokens": 12, "stream": True,
             "messages": [{"role": "user", "content": "Say hello."}]}):
-        if line.startswith("event:"):
-            pending = line[6:].strip()
-        elif line.startswith("data:"):
-            try:
-                d = json.loads(line[5:])
-            except ValueError as exc:
-                raise CheckFailed(f"SSE data is not JSON: {line[:100]!r}") from exc
-            if not isinstance(d, dict):
-                raise CheckFailed(f"SSE data is not an object: {line[:100]!r}")
-            events.append((pending or str(d.get("type", "?")), d))
-            pending = None
-            ctx.add_timings(d.get("timings"))
-            if d.get("type") == "content_block_delta":
-                text += str((d.get("delta") or {}).get("text", ""))
+        try:
+            d = json.loads(ev.data)
+        except ValueError as exc:
+            raise CheckFailed(f"SSE data is not JSON: {ev.data[:100]!r}") from exc
+        if not isinstance(d, dict):
+            raise CheckFailed(f"SSE data is not an object: {ev.data[:100]!r}")
+        events.append((ev.event or str(d.get("type", "?")), d))
+        ctx.add_timings(d.get("timings"))
+        if d.get("type") == "content_block_delta":
+            text += str((d.get("delta") or {}).get("text", ""))
     bad = _check_anthropic_stream(events)
     if bad:
         raise CheckFailed(bad)
@@ -493,13 +490,11 @@ def chat_completions(ctx: CellContext) -> dict:
     if bad:
         raise CheckFailed(bad)
     chunks, done, finish = 0, False, None
-    for line in sse_lines(ctx, "/v1/chat/completions", {
+    for ev in sse_events(ctx, "/v1/chat/completions", {
             "model": ctx.model, "max_tokens": 16, "temperature": 0, "stream": True,
             "messages": [{"role": "user", "content": "Say hi."}]}):
-        if not line.startswith("data:"):
-            continue
-        payload = line[5:].strip()
-        if payload == "[DONE]":
+        payload = ev.data.strip()
+        if ev.done:
             done = True
             continue
         try:
