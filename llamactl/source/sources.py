@@ -22,6 +22,7 @@ from llamactl.core import proc
 from llamactl.core.errors import BadInput, LlamactlError
 from llamactl.core.hashing import sha256_file
 from llamactl.core.progress import ProgressFn
+from llamactl.source import trees
 
 log = logging.getLogger(__name__)
 
@@ -346,22 +347,8 @@ def fetch_sdist(spec: PypiSdistSource, progress: ProgressFn | None = None) -> Pa
 
 
 def extract_sdist_subtree(archive: Path, subdir: str, dest: Path) -> None:
-    """Extract ``<top>/<subdir>/`` of an sdist into ``dest`` (safe extraction filter)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(archive) as tf:
-        members = []
-        for m in tf.getmembers():
-            parts = m.name.split("/", 1)
-            if len(parts) < 2 or not (parts[1] == subdir or parts[1].startswith(subdir + "/")):
-                continue
-            rel = parts[1][len(subdir):].lstrip("/")
-            if not rel:
-                continue
-            m.name = rel
-            members.append(m)
-        if not members:
-            raise LlamactlError(f"{archive.name} has no {subdir}/ subtree")
-        tf.extractall(dest, members=members, filter="data")
+    """Extract ``<top>/<subdir>/`` of an sdist into ``dest`` (:func:`llamactl.source.trees.extract`)."""
+    trees.extract(archive, dest, subdir)
 
 
 def fetch_git(spec: GitSource) -> Path:
@@ -393,7 +380,8 @@ def _fetch_git(spec: GitSource, cache: Path) -> Path:
         if got != spec.commit:
             raise LlamactlError(f"fetched commit {got} but the lock pins {spec.commit}")
         part = cache.with_suffix(".part")
-        proc.run(["git", "archive", "--format=tar", "-o", str(part), spec.commit], cwd=repo)
+        with open(part, "wb") as f:
+            trees.git_archive(repo / ".git", spec.commit, f)
         part.rename(cache)
     return cache
 
@@ -405,14 +393,7 @@ def export_path_tree(spec: PathSource, dest: Path) -> str:
     dest.mkdir(parents=True, exist_ok=True)
     if git_dir is not None:
         commit = proc.run(["git", f"--git-dir={git_dir}", "rev-parse", f"{spec.rev}^{{commit}}"]).stdout.strip()
-        with tempfile.TemporaryFile() as t:
-            cp = subprocess.run(["git", f"--git-dir={git_dir}", "archive", "--format=tar", commit], stdout=t,
-                                stderr=subprocess.PIPE)
-            if cp.returncode != 0:
-                raise LlamactlError(f"git archive failed in {src}: {cp.stderr.decode().strip()}")
-            t.seek(0)
-            with tarfile.open(fileobj=t) as tf:
-                tf.extractall(dest, filter="data")
+        trees.export_commit(git_dir, commit, dest)
         return commit
     if spec.rev != "HEAD":
         raise LlamactlError(f"{src} is not a git checkout, so @{spec.rev} means nothing there")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tarfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from llamactl.core import locks, paths
 from llamactl.core import proc
 from llamactl.core.errors import LlamactlError
 from llamactl.core.progress import ProgressFn
+from llamactl.source import trees
 from llamactl.source.git import Repo
 from llamactl.core.hashing import stable_key
 from llamactl.source.sources import GitSource, PathSource, PypiSdistSource, SourceSpec, export_path_tree, extract_sdist_subtree, fetch_git, fetch_sdist, load_lock, resolve
@@ -123,9 +123,7 @@ def vendor(source: str | None = None, *, force: bool = False, progress: Progress
             version, digest, upstream_commit = spec.version, spec.sha256, spec.commit
         elif isinstance(spec, GitSource):
             archive = fetch_git(spec)
-            staging.mkdir(parents=True)
-            with tarfile.open(archive) as tf:
-                tf.extractall(staging, filter="data")
+            trees.extract(archive, staging)
             version, digest, upstream_commit = spec.commit, spec.commit, spec.commit
         else:
             assert isinstance(spec, PathSource)
