@@ -38,6 +38,7 @@ from llamactl.core import locks, paths
 from llamactl.core import proc
 from llamactl.build import srcsync, toolchain
 from llamactl.core.errors import LlamactlError
+from llamactl.core.files import write_atomic
 from llamactl.core.progress import ProgressFn, report
 from llamactl.source.git import Repo
 from llamactl.core.hashing import sha256_bytes, stable_key
@@ -375,9 +376,7 @@ def _compile(req: BuildRequest, prov: Provenance, applied: list[dict], local: st
         "log": str(log),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    tmp = root / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp.rename(root / MANIFEST)
+    write_atomic(root / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return BuildResult(manifest, False, time.monotonic() - t0)
 
 
@@ -536,10 +535,7 @@ def _record_stamp(req: BuildRequest, key: str, tree: Path | None = None) -> None
     if material is None:
         return
     f = _stamp_file(material)
-    f.parent.mkdir(parents=True, exist_ok=True)
-    tmp = f.with_name(f"{f.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"key": key}))
-    tmp.replace(f)
+    write_atomic(f, json.dumps({"key": key}))
 
 
 def apply_backend_patches(src: Path, patches: list[Patch]) -> None:
@@ -660,8 +656,6 @@ def build_tests(res: BuildResult, progress: ProgressFn | None = None, jobs: int 
         found[t] = str(dest)
     manifest = dict(res.manifest, tests={"binaries": found, "configure": conf, "build": bld, "log": str(log),
                                          "duration_s": round(time.monotonic() - t0, 1)})
-    tmp = root / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp.rename(root / MANIFEST)
+    write_atomic(root / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     res.manifest.update(manifest)
     return found

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llamactl.core.errors import LlamactlError
+from llamactl.core.files import write_atomic
 
 INDEX_VERSION = 1
 _MODES = {"100644", "100755", "120000"}
@@ -113,9 +114,7 @@ def sync_tree(repo: Path, rev: str, dest: Path, index: Path) -> SyncResult:
                 res.written.append(rel)
     _prune_empty_dirs(dest, {os.path.dirname(p) for p in want})
     if todo or res.removed or not index.exists():
-        tmp = index.with_name(index.name + ".tmp")
-        tmp.write_text(json.dumps({"version": INDEX_VERSION, "rev_tree": _tree_id(repo, rev), "files": files}))
-        tmp.replace(index)
+        write_atomic(index, json.dumps({"version": INDEX_VERSION, "rev_tree": _tree_id(repo, rev), "files": files}))
     return res
 
 

@@ -3,13 +3,18 @@
 Every file llamactl reads on the user's behalf (profiles, matrices, prompts) goes through
 :func:`read_text`: a directory, an unreadable file, a file too large or one that is not
 UTF-8 is a :class:`BadInput` naming the file. Report paths are checked with
-:func:`check_writable` before a run starts, not after it.
+:func:`check_writable` before a run starts, not after it. Every file llamactl writes for
+others to read (manifests, indexes, records, reports, models) is written whole or not at
+all by :func:`write_atomic` / :func:`atomic_path`.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from llamactl.core.errors import BadInput
 
@@ -47,6 +52,31 @@ def read_text(path: Path, what: str = "file", max_bytes: int = MAX_TEXT_BYTES) -
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise BadInput(f"{what} {path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})") from exc
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` (its folder is created) for the block to write; it replaces
+    ``path`` in one rename when the block ends, and is removed when the block raises. The name is
+    unique per process and thread, so concurrent writers never share a temporary file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write ``data`` (text as UTF-8) to ``path`` whole or not at all (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data, encoding="utf-8")
 
 
 def check_writable(path: Path, what: str = "report") -> Path:

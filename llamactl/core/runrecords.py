@@ -19,6 +19,7 @@ from typing import Any, Callable, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from llamactl.core import paths
+from llamactl.core.files import write_atomic
 from llamactl.core.proc import check_identity, signal_group
 
 RECORD = "run.json"
@@ -52,9 +53,7 @@ def write(run_dir: Path, data: dict[str, Any]) -> RunRecord:
     """Write (atomically) the record of the server started in ``run_dir``."""
     rec = RunRecord.model_validate(data)
     rec._dir = run_dir
-    tmp = run_dir / (RECORD + ".tmp")
-    tmp.write_text(json.dumps(rec.model_dump(), indent=1) + "\n")
-    os.replace(tmp, run_dir / RECORD)
+    write_atomic(run_dir / RECORD, json.dumps(rec.model_dump(), indent=1) + "\n")
     return rec
 
 

@@ -45,13 +45,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal
 
 from typing import TYPE_CHECKING
+
+from llamactl.core.files import atomic_path
 
 if TYPE_CHECKING:
     import numpy as np
@@ -569,24 +569,13 @@ def _add_tensors(w: gguf.GGUFWriter, tensors: list[tuple[str, np.ndarray]], dtyp
 
 def _write_gguf(path: Path, arch: str, fill) -> None:
     """Write a GGUF file atomically: temporary file in the same folder, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        w = gguf.GGUFWriter(tmp, arch)
+    with atomic_path(path) as tmp:
+        w = gguf.GGUFWriter(str(tmp), arch)
         fill(w)
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def _fill_target(spec: TinySpec, w: gguf.GGUFWriter) -> None:

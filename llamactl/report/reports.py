@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
+from llamactl.core.files import atomic_path, write_atomic
 from llamactl.judge.status import SUMMARY_WORDS, Status
 from llamactl.judge.validate import CellResult, Report
 
@@ -71,10 +72,7 @@ def summary_lines(report: Report) -> list[str]:
 
 
 def write_json(report: Report, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(report.to_dict(), indent=2, default=str) + "\n")
 
 
 def _server_out(c: CellResult) -> str:
@@ -134,9 +132,7 @@ def junit_tree(report: Report) -> ET.ElementTree:
 
 
 def write_junit(report: Report, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     tree = junit_tree(report)
     ET.indent(tree)
-    tmp = path.with_name(path.name + ".tmp")
-    tree.write(tmp, encoding="utf-8", xml_declaration=True)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tree.write(tmp, encoding="utf-8", xml_declaration=True)

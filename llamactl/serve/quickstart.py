@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from llamactl.core import paths
+from llamactl.core.files import write_atomic
 from llamactl.core.hashing import stable_key
 
 ENTRY_VERSION = 2
@@ -232,10 +233,7 @@ def remember(argv: list[str], env: dict[str, str], host: str, port: int, auto_po
         "fast": fast,
     }
     dest = _entry_path(_args)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f"{dest.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(entry))
-    tmp.replace(dest)
+    write_atomic(dest, json.dumps(entry))
 
 
 def _health_ok(host: str, port: int) -> bool:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from llamactl.core import locks, paths, pipdl
 from llamactl.core import proc
 from llamactl.core.errors import BadInput, LlamactlError
+from llamactl.core.files import write_atomic
 from llamactl.core.hashing import sha256_file
 from llamactl.core.progress import ProgressFn
 from llamactl.source import trees
@@ -207,9 +208,7 @@ def _write_versions(data: dict[str, dict[str, LockedVersion]]) -> None:
     plain = {pkg: {v: {k: x for k, x in e.model_dump().items() if x is not None}
                    for v, e in sorted(vers.items(), key=lambda kv: version_key(kv[0]))}
              for pkg, vers in sorted(data.items())}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(VERSIONS_HEADER + yaml.safe_dump(plain, sort_keys=False, default_flow_style=False))
-    tmp.replace(path)
+    write_atomic(path, VERSIONS_HEADER + yaml.safe_dump(plain, sort_keys=False, default_flow_style=False))
 
 
 def record_version(name: str, spec: PypiSdistSource, version: str, info: Callable[[str], None] | None = None) -> LockedVersion:

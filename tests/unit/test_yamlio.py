@@ -118,3 +118,18 @@ def test_check_writable(tmp_path):
         files.check_writable(blocker / "r.xml", "--junit")
     with pytest.raises(BadInput, match="cannot be created"):
         files.check_writable("/proc/llamactl-test/r.json", "--json")
+
+
+def test_write_atomic_replaces_whole_or_leaves_the_old_file(tmp_path):
+    from llamactl.core.files import atomic_path, write_atomic
+
+    target = tmp_path / "sub" / "m.json"
+    write_atomic(target, "old\n")
+    assert target.read_text() == "old\n"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("writer died")
+    assert target.read_text() == "old\n" and [p.name for p in target.parent.iterdir()] == ["m.json"]
+    write_atomic(target, b"new\n")
+    assert target.read_bytes() == b"new\n"
