@@ -64,8 +64,10 @@ class BuildRequest:
     jobs: int = 2
     gpu_targets: str | None = None
     cmake_options: list[str] = field(default_factory=list)
-    series: str | None = None        # None = the source's own series
+    series: str | None = None        # None = the source's own series; a directory path works too
     no_patches: bool = False
+    aside: bool = False              # never read vendor/llama.cpp: build from the source's cached tree
+    work_source: str | None = None   # compile in this source's work directory (a variant of it: bisect)
 
 
 @dataclass
@@ -163,13 +165,13 @@ def dry_run(req: BuildRequest) -> cmake.CMakePlan:
     series = None if req.no_patches else (req.series if req.series is not None else spec.series)
     material = key_material(req, ident, series_hashes(load_series(series)), None, toolchain.compiler_ids(),
                             series_hashes(backend_series(series, req.backend)))
-    work = work_dir_for(req.backend, material)
+    work = work_dir_for(req.backend, material, req.work_source)
     tree = work / "src" if (work / "src").is_dir() else paths.vendor_tree()
     return _plan(req, work, _extra_targets(tree), tc.gpu_targets or req.gpu_targets, tc.env or None,
                  tc.tools.get("ccache") is not None)
 
 
-def work_material(material: dict) -> dict:
+def work_material(material: dict, work_source: str | None = None) -> dict:
     """The key material without the source's content (provenance hash, patches, local edits).
 
     Builds that differ only in source content share one work directory, so ninja can rebuild
@@ -178,9 +180,11 @@ def work_material(material: dict) -> dict:
     and share one work directory (``upstream@``), apart from the plain name's: moving between
     versions (bisect) recompiles only what changed, and the pinned source's work directory keeps
     its own incremental state.
+    ``work_source`` names another source whose work directory to use (bisect: a ``path:`` checkout
+    of upstream compiles where upstream does).
     """
     m = {k: v for k, v in material.items() if k not in ("source", "patches", "local_changes")}
-    m["source_name"] = source_family(material["source"].get("source"))
+    m["source_name"] = source_family(work_source or material["source"].get("source"))
     return m
 
 
@@ -199,8 +203,8 @@ def work_root() -> Path:
     return p
 
 
-def work_dir_for(backend: str, material: dict) -> Path:
-    return work_root() / f"{backend}-{stable_key(work_material(material))}"
+def work_dir_for(backend: str, material: dict, work_source: str | None = None) -> Path:
+    return work_root() / f"{backend}-{stable_key(work_material(material, work_source))}"
 
 
 def build(req: BuildRequest, progress: ProgressFn | None = None) -> BuildResult:
@@ -216,7 +220,7 @@ def build(req: BuildRequest, progress: ProgressFn | None = None) -> BuildResult:
     """
     t0 = time.monotonic()
     toolchain.preflight(req.backend, req.gpu_targets)
-    own_tree = _uses_vendor_tree(req)
+    own_tree = not req.aside and _uses_vendor_tree(req)
     while True:
         with (locks.vendor_lock() if own_tree else _cached_tree_lock(req)):
             tree = paths.vendor_tree() if own_tree else _cached_tree(req)
@@ -233,7 +237,7 @@ def build(req: BuildRequest, progress: ProgressFn | None = None) -> BuildResult:
             cached = _load_manifest(root)
             if cached is not None:
                 return BuildResult(cached, True, time.monotonic() - t0)
-            work = work_dir_for(req.backend, material)
+            work = work_dir_for(req.backend, material, req.work_source)
             lock = locks.try_hold(work)
             if lock is not None:
                 try:

@@ -38,6 +38,8 @@ COMMANDS: dict[str, tuple[str, str | None, tuple[str, ...], str]] = {
              "Stop detached servers (SIGTERM, then SIGKILL after 10 s); a stale record is cleaned up, never signalled."),
     "validate": ("validate_cmd", "validate", (),
                  "Start the server for each matrix cell, run the HTTP checks, report; exit 0 only if all ran cells pass."),
+    "bisect": ("bisect_cmd", "bisect", (),
+               "Find the first commit, version or patch where one cell of a profile breaks (or, --fixed, passes)."),
     "bench": ("bench_cmd", "bench", (),
               "Decode/prompt speed, TTFT, all-slots throughput, peak RSS and MTP acceptance; MTP on vs off, interleaved."),
     "sync": ("sync_cmd", "sync", (),
