@@ -368,6 +368,7 @@ class Step:
     build_cached: bool = False
     ninja_steps: int | None = None     # what the build compiled (0 when cached)
     files_written: int | None = None   # source files the sync rewrote (what changed since the step before)
+    configured: bool = False           # the build ran CMake's configure (not only ninja)
     cell_s: float | None = None
     seconds: float = 0.0
     tokens_per_s: float | None = None
@@ -665,6 +666,7 @@ def run_step(c: Candidate, n: int, *, base: profiles.Resolved, cell: Cell, oracl
     step.build_s, step.build_cached = round(res.seconds, 3), res.cached
     step.ninja_steps = 0 if res.cached else inc.get("ninja_steps")
     step.files_written = 0 if res.cached else inc.get("files_written")
+    step.configured = bool(not res.cached and inc.get("configured"))
     step.build_log = res.manifest.get("log")
     if progress:
         progress(Event("built", candidate=c, step=step, build=res))
