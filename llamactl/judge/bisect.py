@@ -651,8 +651,9 @@ def run_step(c: Candidate, n: int, *, base: profiles.Resolved, cell: Cell, oracl
                        no_patches=c.no_patches or (b.no_patches and c.series is None),
                        cmake_options=list(b.cmake_options), jobs=jobs or os.cpu_count() or 2,
                        aside=True, work_source=work_source)
-    tree = _fresh_tree(c.source)
+    tree: Path | None = None
     try:
+        tree = _fresh_tree(c.source)
         res = build(req)
     except LlamactlError as exc:
         step.why = f"cannot be built: {exc.message}"
@@ -686,9 +687,9 @@ def run_step(c: Candidate, n: int, *, base: profiles.Resolved, cell: Cell, oracl
 
 
 def _fresh_tree(source: str) -> Path | None:
-    """The cached-tree directory a ``path:`` source at one commit is about to get, if it has none yet
-    (removed after the step: one full export per commit would fill the cache)."""
-    if not source.startswith("path:") or "@" not in source:
+    """The cached-tree directory a source at one commit or version is about to get, if it has none
+    yet (removed after the step: one full tree per step would fill the cache)."""
+    if "@" not in source:
         return None
     from llamactl.source.vendor import cached_tree_path
 
@@ -730,5 +731,14 @@ def make_space(req: Request, base: profiles.Resolved) -> Space:
     if req.source.startswith("path:"):
         return commit_space(req.source, req.good, req.bad, req.fixed, None if req.no_patches else series,
                             req.no_patches)
+    from llamactl.source.sources import PypiSdistSource, family, load_lock, versions_between
+
+    name = family(req.source)
+    spec = load_lock().sources.get(name)
+    if isinstance(spec, PypiSdistSource):
+        versions = versions_between(name, req.good, req.bad)
+        return version_space(versions, lambda v: f"{name}@{v}", req.good, req.bad, req.fixed,
+                             None if req.no_patches else series, req.no_patches)
     raise BadInput(f"source {req.source!r} has no history here to bisect",
-                   hint="bisect the commits of a checkout (--source path:/dir) or the series (--patches)")
+                   hint="bisect versions (--source upstream --good 0.3.30 --bad 0.3.36), the commits of a "
+                        "checkout (--source path:/dir) or the series (--patches)")
