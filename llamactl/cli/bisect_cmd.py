@@ -83,7 +83,7 @@ def _printer(out: Output):
     def show(ev: lib.Event) -> None:
         if ev.kind == "step" and ev.candidate is not None:
             left = f" (~{ev.left} left)" if ev.left else ""
-            out.info(f"step{left}: {escape(ev.candidate.ref[:12])} {escape(ev.candidate.label[:70])}")
+            out.info(f"step{left}: {escape(ev.candidate.ref[:12])} {escape(ev.candidate.label[:70])}".rstrip())
         elif ev.kind == "built" and ev.step is not None:
             out.info(f"  build: {_build_words(ev.step)}")
         elif ev.kind == "verdict" and ev.step is not None:
@@ -104,7 +104,7 @@ def _build_words(s: lib.Step) -> str:
 def _human(r: lib.Result) -> None:
     t = Table("#", "ref", "verdict", "build", "cell", "step", "why")
     for i, s in enumerate(r.steps, 1):
-        t.add_row(str(i), escape(f"{s.ref[:12]} {s.label[:40]}"), s.verdict, escape(_build_words(s)),
+        t.add_row(str(i), escape(f"{s.ref[:12]} {s.label[:40]}".strip()), s.verdict, escape(_build_words(s)),
                   f"{s.cell_s:.1f}s" if s.cell_s is not None else "-", f"{s.seconds:.1f}s", escape(s.why[:80]))
     console.print(t)
     what = "fixed" if r.fixed else "bad"

@@ -172,7 +172,7 @@ def patch_space(source: str, series: str, work: Path, good: str | None, bad: str
 
 
 def version_space(versions: list[str], source_of: Callable[[str], str], good: str, bad: str, fixed: bool,
-                  series: str | None, no_patches: bool) -> Space:
+                  series: str | None, no_patches: bool, label_of: Callable[[str], str] | None = None) -> Space:
     """An ordered list of versions (oldest first); ``source_of(v)`` names the source that builds ``v``.
 
     Raises BadInput when an endpoint is not in the list or they are in the wrong order.
@@ -186,7 +186,8 @@ def version_space(versions: list[str], source_of: Callable[[str], str], good: st
         raise BadInput(f"{'--bad' if fixed else '--good'} {versions[old]} must be older than "
                        f"{'--good' if fixed else '--bad'} {versions[new]}",
                        hint="swap them" + ("" if fixed else ", or pass --fixed to find the version that fixed it"))
-    cands = [Candidate(v, v, source_of(v), series, no_patches) for v in versions[old:new + 1]]
+    cands = [Candidate(v, label_of(v) if label_of else "", source_of(v), series, no_patches)
+             for v in versions[old:new + 1]]
     return Space("versions", cands[0], cands[-1], between=cands[1:-1])
 
 
@@ -731,14 +732,18 @@ def make_space(req: Request, base: profiles.Resolved) -> Space:
     if req.source.startswith("path:"):
         return commit_space(req.source, req.good, req.bad, req.fixed, None if req.no_patches else series,
                             req.no_patches)
-    from llamactl.source.sources import PypiSdistSource, family, load_lock, versions_between
+    from llamactl.source.sources import PypiSdistSource, family, load_lock, locked_version, versions_between
 
     name = family(req.source)
     spec = load_lock().sources.get(name)
     if isinstance(spec, PypiSdistSource):
         versions = versions_between(name, req.good, req.bad)
+        def label(v: str) -> str:   # the llama.cpp commit an sdist carries, once recorded
+            entry = locked_version(spec.package, v)
+            return f"llama.cpp {entry.commit[:9]}" if entry and entry.commit else ""
+
         return version_space(versions, lambda v: f"{name}@{v}", req.good, req.bad, req.fixed,
-                             None if req.no_patches else series, req.no_patches)
+                             None if req.no_patches else series, req.no_patches, label)
     raise BadInput(f"source {req.source!r} has no history here to bisect",
                    hint="bisect versions (--source upstream --good 0.3.30 --bad 0.3.36), the commits of a "
                         "checkout (--source path:/dir) or the series (--patches)")

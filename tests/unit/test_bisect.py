@@ -240,3 +240,23 @@ def test_untested_answer_is_run_for_its_log(tmp_path, monkeypatch):
     res = lib.bisect(lib.Request("default", the_cell.id, "0", "7", "upstream", "versions", signature="x"), base=base,
                      cell=the_cell, space=linear(8))
     assert res.first is None and "--bad 7 is not bad" in (res.note or "")
+
+
+def test_version_space_orders_and_checks_the_ends(tmp_path):
+    vs = ["0.3.30", "0.3.31", "0.3.32", "0.3.33", "0.3.34", "0.3.35", "0.3.36"]
+    space = lib.version_space(vs[1:], lambda v: f"upstream@{v}", "0.3.31", "0.3.36", False, "upstream", False)
+    assert space.old.source == "upstream@0.3.31" and space.new.ref == "0.3.36" and len(space.between) == 4
+    assert run(space, fake_versions("0.3.34"), tmp_path).first == "0.3.34"
+    fixed = lib.version_space(vs, lambda v: f"upstream@{v}", "0.3.36", "0.3.30", True, None, False)
+    assert (fixed.old.ref, fixed.new.ref) == ("0.3.30", "0.3.36")
+    with pytest.raises(BadInput, match="older"):
+        lib.version_space(vs, lambda v: v, "0.3.36", "0.3.30", False, None, False)
+    with pytest.raises(BadInput, match="not a known version"):
+        lib.version_space(vs, lambda v: v, "0.2.0", "0.3.30", False, None, False)
+
+
+def fake_versions(first_bad: str):
+    def evaluate(c: lib.Candidate, n: int) -> lib.Step:
+        bad = tuple(map(int, c.ref.split("."))) >= tuple(map(int, first_bad.split(".")))
+        return lib.Step(c.ref, c.label, lib.BAD if bad else lib.GOOD)
+    return evaluate
