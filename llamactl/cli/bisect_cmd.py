@@ -24,7 +24,7 @@ from rich.table import Table
 from llamactl.cli import options as o
 from llamactl.cli.profile_cmd import resolve_from_cli
 from llamactl.cli.run_cmd import stop_on_signals
-from llamactl.core.console import Output, console, err_console
+from llamactl.cli.console import Output, console, err_console
 from llamactl.core.errors import ExitCode
 from llamactl.judge import bisect as lib
 
@@ -69,7 +69,8 @@ def bisect(
              f"{escape(the_cell.id)}: {'broken' if fixed else 'good'} {escape(space.old.ref[:12])} .. "
              f"{'fixed' if fixed else 'bad'} {escape(space.new.ref[:12])}")
     try:
-        result = lib.bisect(req, base=base, cell=the_cell, space=space, resume=resume, progress=_printer(out), jobs=jobs)
+        result = lib.bisect(req, base=base, cell=the_cell, space=space, resume=resume, progress=_printer(out), jobs=jobs,
+                            build_progress=out.progress)
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]: the steps so far are saved; go on with the same command and --resume",
                           highlight=False)

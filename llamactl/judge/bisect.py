@@ -39,6 +39,7 @@ from llamactl.build.builder import BuildRequest, BuildResult, build
 from llamactl.core import paths
 from llamactl.core.errors import BadInput, LlamactlError
 from llamactl.core.hashing import stable_key
+from llamactl.core.progress import ProgressFn
 from llamactl.judge.matrix import Cell
 from llamactl.judge.status import Status
 from llamactl.judge.validate import CellResult, run_cell, slug
@@ -422,7 +423,7 @@ class Event:
     result: Result | None = None
 
 
-Progress = Callable[[Event], None]
+EventFn = Callable[[Event], None]
 
 
 def state_dir() -> Path:
@@ -476,7 +477,7 @@ Evaluate = Callable[[Candidate, int], Step]
 
 
 def search(space: Space, evaluate: Evaluate, *, fixed: bool = False, scratch: Path, done_steps: list[Step] | None = None,
-           on_step: Callable[[Step, Result], None] | None = None, progress: Progress | None = None,
+           on_step: Callable[[Step, Result], None] | None = None, progress: EventFn | None = None,
            result: Result) -> Result:
     """Drive git's bisect over ``space``, calling ``evaluate`` for each candidate it picks.
 
@@ -550,7 +551,7 @@ def search(space: Space, evaluate: Evaluate, *, fixed: bool = False, scratch: Pa
 
 
 def bisect(req: Request, *, base: profiles.Resolved, cell: Cell, space: Space, resume: bool = False,
-           progress: Progress | None = None, jobs: int | None = None) -> Result:
+           progress: EventFn | None = None, jobs: int | None = None, build_progress: ProgressFn | None = None) -> Result:
     """Bisect ``space`` for the first candidate where ``cell`` of ``base`` turns bad (or, ``fixed``, good).
 
     Each step builds its candidate (incrementally, in the work directory of the profile's source) and
@@ -581,7 +582,7 @@ def bisect(req: Request, *, base: profiles.Resolved, cell: Cell, space: Space, r
 
     def evaluate(c: Candidate, n: int) -> Step:
         return run_step(c, n, base=base, cell=cell, oracle=oracle, run_dir=run_dir, work_source=work_source,
-                        jobs=jobs, progress=progress)
+                        jobs=jobs, progress=progress, build_progress=build_progress)
 
     def saved(_step: Step, res: Result) -> None:
         res.wall_s = round(time.monotonic() - t0, 3)
@@ -642,8 +643,12 @@ def default_series(base: profiles.Resolved) -> str | None:
 
 
 def run_step(c: Candidate, n: int, *, base: profiles.Resolved, cell: Cell, oracle: Oracle, run_dir: Path,
-             work_source: str | None, jobs: int | None = None, progress: Progress | None = None) -> Step:
-    """Build one candidate and run the cell; a build that fails is a skip. KeyboardInterrupt passes."""
+             work_source: str | None, jobs: int | None = None, progress: EventFn | None = None,
+             build_progress: ProgressFn | None = None) -> Step:
+    """Build one candidate and run the cell; a build that fails is a skip. KeyboardInterrupt passes.
+
+    ``progress`` hears the step's events (built), ``build_progress`` the compile's ninja steps.
+    """
     t0 = time.monotonic()
     step = Step(c.ref, c.label, SKIP)
     b = base.profile.build
@@ -655,7 +660,7 @@ def run_step(c: Candidate, n: int, *, base: profiles.Resolved, cell: Cell, oracl
     tree: Path | None = None
     try:
         tree = _fresh_tree(c.source)
-        res = build(req)
+        res = build(req, build_progress)
     except LlamactlError as exc:
         step.why = f"cannot be built: {exc.message}"
         step.seconds = round(time.monotonic() - t0, 3)
