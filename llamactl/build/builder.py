@@ -171,6 +171,20 @@ def dry_run(req: BuildRequest) -> cmake.CMakePlan:
                  tc.tools.get("ccache") is not None)
 
 
+def work_dir_of(req: BuildRequest, series: str | None) -> Path:
+    """The work directory a build of ``req`` (with ``series``) compiles in; nothing is fetched or
+    resolved: ``req.work_source``, else ``req.source``, names its family."""
+    extra = [] if req.no_patches else backend_series(series, req.backend)
+    material = key_material(req, {"source": req.work_source or req.source}, [], None, toolchain.compiler_ids(),
+                            series_hashes(extra))
+    return work_dir_for(req.backend, material, req.work_source)
+
+
+def is_warm(work: Path) -> bool:
+    """True when ``work`` holds a configured build tree (a build there is incremental)."""
+    return (work / "build" / "build.ninja").is_file() and (work / "src.index.json").is_file()
+
+
 def work_material(material: dict, work_source: str | None = None) -> dict:
     """The key material without the source's content (provenance hash, patches, local edits).
 

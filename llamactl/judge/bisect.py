@@ -35,7 +35,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from llamactl.build.builder import BuildRequest, BuildResult, build
+from llamactl.build import srcsync
+from llamactl.build.builder import BuildRequest, BuildResult, build, is_warm, source_family, work_dir_of
 from llamactl.core import paths
 from llamactl.core.errors import BadInput, LlamactlError
 from llamactl.core.hashing import stable_key
@@ -578,7 +579,8 @@ def bisect(req: Request, *, base: profiles.Resolved, cell: Cell, space: Space, r
     run_dir = launcher.new_run_dir(f"bisect-{slug(base.name)}")
     result.run_dir = str(run_dir)
     t0 = time.monotonic()
-    work_source = base.profile.build.source
+    work_source = pick_work_dir(base, space)
+    log.info("bisect steps compile in the work directory of %s", work_source or "each step's source")
 
     def evaluate(c: Candidate, n: int) -> Step:
         return run_step(c, n, base=base, cell=cell, oracle=oracle, run_dir=run_dir, work_source=work_source,
@@ -621,6 +623,39 @@ def bisect(req: Request, *, base: profiles.Resolved, cell: Cell, space: Space, r
     if progress:
         progress(Event("done", result=result))
     return result
+
+
+def pick_work_dir(base: profiles.Resolved, space: Space) -> str | None:
+    """The source whose work directory the steps compile in (None: each step's own family).
+
+    Patch prefixes build the profile's source itself. Versions share the source's ``NAME@`` work
+    directory; when that was never built, the pinned source's is used if it was. Commits of a
+    ``path:`` checkout use whichever of the profile source's two work directories (``NAME@`` and
+    ``NAME``) holds the sources closest to the older end (fewest differing files), so the first step
+    is incremental too; a cold build only when neither was ever built.
+    """
+    b = base.profile.build
+    if space.kind == "patches":
+        return None
+    options = [source_family(f"{b.source}@x") or b.source, b.source]
+    warm = []
+    for name in options:
+        req = BuildRequest(source=space.old.source, backend=b.backend, gpu_targets=b.gpu_targets,
+                           cmake_options=list(b.cmake_options), no_patches=space.old.no_patches, work_source=name)
+        work = work_dir_of(req, space.old.series if space.old.series is not None else b.series)
+        if is_warm(work):
+            warm.append((name, work))
+    if not warm:
+        return options[0] if space.kind == "commits" else None
+    if space.kind != "commits" or space.git_dir is None or len(warm) == 1:
+        return warm[0][0]
+    want = srcsync.tree_entries(space.git_dir, space.old.ref)
+
+    def distance(work: Path) -> int:
+        have = srcsync.load_index(work / "src.index.json")
+        return sum(1 for p, (mode, oid) in want.items() if have.get(p, [None, None])[:2] != [mode, oid]) + \
+            sum(1 for p in have if p not in want)
+    return min(warm, key=lambda nw: distance(nw[1]))[0]
 
 
 def _candidate(space: Space, ref: str) -> Candidate:
@@ -737,9 +772,9 @@ def make_space(req: Request, base: profiles.Resolved) -> Space:
     if req.source.startswith("path:"):
         return commit_space(req.source, req.good, req.bad, req.fixed, None if req.no_patches else series,
                             req.no_patches)
-    from llamactl.source.sources import PypiSdistSource, family, load_lock, locked_version, versions_between
+    from llamactl.source.sources import PypiSdistSource, load_lock, locked_version, versions_between
 
-    name = family(req.source)
+    name = req.source.partition("@")[0]
     spec = load_lock().sources.get(name)
     if isinstance(spec, PypiSdistSource):
         versions = versions_between(name, req.good, req.bad)

@@ -182,8 +182,8 @@ def test_oracle():
 
 
 def test_source_family_keeps_one_work_dir_per_source():
-    assert source_family("path:/a/b@0123abc") == "path:/a/b"
-    assert source_family("upstream@0.3.35") == "upstream"
+    assert source_family("path:/a/b@0123abc") == "path:/a/b@"
+    assert source_family("upstream@0.3.35") == "upstream@"
     mat = {"source": {"source": "path:/a@1"}, "patches": [], "local_changes": None, "backend": "cpu"}
     other = dict(mat, source={"source": "path:/a@2"})
     assert work_material(mat) == work_material(other)
@@ -260,3 +260,28 @@ def fake_versions(first_bad: str):
         bad = tuple(map(int, c.ref.split("."))) >= tuple(map(int, first_bad.split(".")))
         return lib.Step(c.ref, c.label, lib.BAD if bad else lib.GOOD)
     return evaluate
+
+
+def test_steps_compile_in_the_closest_warm_work_dir(tmp_path, monkeypatch, history):
+    """Commits of a checkout of upstream compile where upstream compiled, not cold in a new directory."""
+    from llamactl.build import builder
+    from llamactl.serve import profiles
+
+    monkeypatch.setenv("LLAMACTL_CACHE", str(tmp_path / "cache"))
+    repo, shas = history
+    base = profiles.resolve("default", environ={})
+    space = lib.commit_space(f"path:{repo}", shas[0], shas[6], False, "upstream", False)
+    assert lib.pick_work_dir(base, space) == "upstream@"                 # nothing built yet: not the pinned one
+
+    def warm(name: str, files: dict) -> None:
+        req = builder.BuildRequest(source=space.old.source, work_source=name)
+        work = builder.work_dir_of(req, "upstream")
+        (work / "build").mkdir(parents=True)
+        (work / "build" / "build.ninja").write_text("")
+        (work / "src.index.json").write_text(json.dumps({"version": 1, "files": files}))
+
+    warm("upstream", {})
+    assert lib.pick_work_dir(base, space) == "upstream"                 # the only one ever built
+    from llamactl.build.srcsync import tree_entries
+    warm("upstream@", {p: [m, o, 0, 0] for p, (m, o) in tree_entries(repo, shas[0]).items()})
+    assert lib.pick_work_dir(base, space) == "upstream@"                # holds exactly the older end
