@@ -25,11 +25,10 @@ from llamactl.judge import metrics, sse
 from llamactl.serve import profiles
 from llamactl.core.errors import BadInput, LlamactlError
 from llamactl.core.files import read_text
-from llamactl.judge.matrix import Cell
+from llamactl.judge.matrix import Cell, cell_profile, slug
 from llamactl.serve.endpoint import split_hosts
 from llamactl.serve.server import ServerDied, ServerProcess
 from llamactl.judge.stats import pct_change, ratio, summarize
-from llamactl.judge.validate import cell_profile, slug
 
 # Does MTP pay off? The cell's decode speed-up (MTP on / off, medians of interleaved samples, the
 # server's own timings): at or above PAYS_OFF_AT it pays off, at or below COSTS_AT it costs time,

@@ -14,8 +14,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from llamactl.core import yamlio
-from llamactl.core.errors import BadInput
-from llamactl.serve.profiles import MatrixSpec, Profile, as_bool, enum_word
+from llamactl.core.errors import BadInput, LlamactlError
+from llamactl.serve.profiles import MatrixSpec, Profile, Resolved, as_bool, enum_word
 
 SHORTHAND = {"mtp": "enable_mtp", "np": "parallel"}
 
@@ -203,3 +203,23 @@ def shard_of(cell_id: str, n: int) -> int:
 def shard(cells: list[Cell], k: int, n: int) -> list[Cell]:
     """The cells of shard ``k`` of ``n`` (possibly none)."""
     return [c for c in cells if shard_of(c.id, n) == k]
+
+
+def cell_profile(base: Resolved, cell: Cell) -> Resolved:
+    """``base`` with the cell's overrides applied (its matrix dropped), validated as a profile.
+
+    Raises LlamactlError naming the cell and the first bad keys.
+    """
+    data = base.profile.model_dump(exclude={"matrix"})
+    data.update(cell.values)
+    try:
+        prof = Profile.model_validate(data)
+    except ValidationError as exc:
+        what = "; ".join(f"key '{'.'.join(str(x) for x in e['loc'][:2])}': {e['msg']}" for e in exc.errors()[:3])
+        raise LlamactlError(f"matrix cell {cell.id}: {what}") from exc
+    return Resolved(base.name, prof, dict(base.origins), base.path)
+
+
+def slug(s: str) -> str:
+    """A cell id as a file name (at most 120 characters)."""
+    return "".join(ch if ch.isalnum() or ch in "-_.=" else "_" for ch in s)[:120]

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import httpx
-from pydantic import ValidationError
 
 from llamactl.judge import backend as backend_check
 from llamactl.serve import launcher
@@ -19,7 +18,7 @@ from llamactl.judge.checks import CHECKS, RPC_CHECK, CellContext, CheckFailed, C
 from llamactl.judge.status import BAD, Status
 from llamactl.core.errors import LlamactlError
 from llamactl.core.progress import ProgressFn
-from llamactl.judge.matrix import Cell
+from llamactl.judge.matrix import Cell, cell_profile, slug
 from llamactl.serve.render import Unsupported, check_supported
 from llamactl.serve.server import ServerDied, ServerProcess
 
@@ -102,17 +101,6 @@ def repro_command(profile: str, cell: Cell) -> str:
         else:
             args += ["--set", f"{k}={str(v).lower() if isinstance(v, bool) else v}"]
     return " ".join(shlex.quote(a) for a in args)
-
-
-def cell_profile(base: profiles.Resolved, cell: Cell) -> profiles.Resolved:
-    data = base.profile.model_dump(exclude={"matrix"})
-    data.update(cell.values)
-    try:
-        prof = profiles.Profile.model_validate(data)
-    except ValidationError as exc:
-        what = "; ".join(f"key '{'.'.join(str(x) for x in e['loc'][:2])}': {e['msg']}" for e in exc.errors()[:3])
-        raise LlamactlError(f"matrix cell {cell.id}: {what}") from exc
-    return profiles.Resolved(base.name, prof, dict(base.origins), base.path)
 
 
 def run_cell(base: profiles.Resolved, cell: Cell, binary: launcher.Binary, run_dir: Path,
@@ -249,11 +237,6 @@ def _crashed(res: CellResult, crash, when: str) -> None:
     res.status = Status.FAIL
     res.crash = asdict(crash)
     res.reason = f"{crash.summary()} ({when})"
-
-
-def slug(s: str) -> str:
-    """A cell id as a file name."""
-    return "".join(ch if ch.isalnum() or ch in "-_.=" else "_" for ch in s)[:120]
 
 
 def new_report(base: profiles.Resolved, cells: list[Cell]) -> Report:
