@@ -26,18 +26,13 @@ from rich.table import Table
 from llamactl.judge import bench as bench_lib
 from llamactl.serve import launcher
 from llamactl.cli import options as o, report_cmd
-from llamactl.cli.profile_cmd import resolve_from_cli
-from llamactl.cli.run_cmd import stop_on_signals, warn_exposure
+from llamactl.cli.common import check_outputs, num, stop_on_signals, warn_exposure
 from llamactl.cli.console import Output, console, progress_bar
 from llamactl.core.errors import BadInput, ExitCode, LlamactlError
-from llamactl.core.files import check_writable, read_text
+from llamactl.core.files import read_text
 from llamactl.report import fingerprint, gate, publish, view
 from llamactl.report.history import History
 from llamactl.judge.matrix import expand, load_matrix_file, select
-
-
-def _f(x: float | None, fmt: str = "{:.1f}") -> str:
-    return "-" if x is None else fmt.format(x)
 
 
 def _table(data: dict) -> Table:
@@ -54,11 +49,11 @@ def _table(data: dict) -> Table:
             if dec["median"] and dec["min"] is not None:
                 spread = 100 * (dec["max"] - dec["min"]) / dec["median"]
             ttft = s["ttft_s"]["median"]
-            t.add_row(escape(c["cell"]), v if not r["error"] else f"{v} [red]({escape(r['error'][:60])})[/]", _f(dec["median"]),
-                      _f(spread, "±{:.0f}%"), _f(s["server_decode_tps"]["median"]), _f(s["server_prompt_tps"]["median"]),
-                      _f(None if ttft is None else ttft * 1000, "{:.0f}"), _f(s["aggregate_tps"]["median"]),
-                      _f(s["acceptance"], "{:.0%}"), _f(r["peak_rss_mb"], "{:.0f}"),
-                      _f(c["speedup"], "{:.2f}x") if v == "mtp-on" else "")
+            t.add_row(escape(c["cell"]), v if not r["error"] else f"{v} [red]({escape(r['error'][:60])})[/]", num(dec["median"]),
+                      num(spread, "±{:.0f}%"), num(s["server_decode_tps"]["median"]), num(s["server_prompt_tps"]["median"]),
+                      num(None if ttft is None else ttft * 1000, "{:.0f}"), num(s["aggregate_tps"]["median"]),
+                      num(s["acceptance"], "{:.0%}"), num(r["peak_rss_mb"], "{:.0f}"),
+                      num(c["speedup"], "{:.2f}x") if v == "mtp-on" else "")
     return t
 
 
@@ -66,8 +61,10 @@ def _verdicts(data: dict) -> list[str]:
     return view.mtp_verdicts(data)
 
 
+@o.with_overrides(exclude=("mtp", "port"))   # bench sets MTP per variant and runs servers side by side
 def bench(
     name: Annotated[Optional[str], typer.Argument(help="Profile to benchmark.")] = None,
+    overrides: o.Overrides = o.Overrides(),
     matrix: Annotated[Optional[Path], typer.Option("--matrix", help="YAML matrix file (default: the profile's matrix).")] = None,
     cell: Annotated[Optional[list[str]], typer.Option("--cell", help="Only cells matching key=value.")] = None,
     no_matrix: Annotated[bool, typer.Option("--no-matrix", help="Bench the profile as it is, ignoring its matrix.")] = False,
@@ -86,8 +83,6 @@ def bench(
     html: o.Html = None,
     md: o.Markdown = None,
     history: o.History = None,
-    set_: o.Set = None,
-    no_env: o.NoEnv = False,
 ) -> None:
     """Decode/prompt speed, TTFT, all-slots throughput, peak RSS and MTP acceptance; MTP on vs off, interleaved."""
     if compare:
@@ -97,11 +92,9 @@ def bench(
         raise BadInput("name a profile to benchmark (or use --compare A.json B.json)")
     if repeat < 1 or n_predict < 2:
         raise BadInput("--repeat must be >= 1 and --n-predict >= 2")
-    for path, what in ((json_path, "--json"), (plot, "--plot"), (html, "--html"), (md, "--markdown")):
-        if path is not None:
-            check_writable(path, what)    # before the build and the run, not after them
+    check_outputs((json_path, "--json"), (plot, "--plot"), (html, "--html"), (md, "--markdown"))   # before the build and the run, not after them
     thresholds = gate.Thresholds(warn_below, fail_below)
-    base = resolve_from_cli(name, no_env, sets=set_)
+    base = overrides.resolve(name)
     spec = load_matrix_file(matrix) if matrix else (None if no_matrix else base.profile.matrix)
     unique = bench_lib.without_mtp_axis(select(expand(spec, str(matrix or f"{base.path} matrix")), cell or []))
     texts = bench_lib.load_prompts(prompts)
@@ -205,6 +198,6 @@ def _compare(a: Path, b: Path) -> None:
         t.add_column(col)
     for r in rows:
         d, agg = r["client_decode_tps"], r["aggregate_tps"]
-        t.add_row(r["cell"], r["variant"], _f(d["a"]), _f(d["b"]), _f(d["change_pct"], "{:+.1f}%"), _f(agg["a"]), _f(agg["b"]),
-                  _f(agg["change_pct"], "{:+.1f}%"), _f(r["acceptance"]["a"], "{:.0%}"), _f(r["acceptance"]["b"], "{:.0%}"))
+        t.add_row(r["cell"], r["variant"], num(d["a"]), num(d["b"]), num(d["change_pct"], "{:+.1f}%"), num(agg["a"]), num(agg["b"]),
+                  num(agg["change_pct"], "{:+.1f}%"), num(r["acceptance"]["a"], "{:.0%}"), num(r["acceptance"]["b"], "{:.0%}"))
     console.print(t)

@@ -24,7 +24,7 @@ from llamactl.build import builder as build_lib
 from llamactl.core import paths
 from llamactl.source import vendor as vendor_lib
 from llamactl.cli import options as o
-from llamactl.cli.run_cmd import stop_on_signals
+from llamactl.cli.common import stop_on_signals
 from llamactl.cli.console import Output, console
 
 

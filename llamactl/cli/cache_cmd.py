@@ -20,17 +20,14 @@ from rich.table import Table
 from llamactl.build import cache as cache_lib
 from llamactl.cli import options as o
 from llamactl.core import paths
-from llamactl.cli.console import Output, console, err_console
+from llamactl.cli.common import warn
+from llamactl.cli.console import Output, console
 
 app = typer.Typer(help="What the cache holds (builds, downloads, models, trees, runs) and pruning it.",
                   no_args_is_help=True)
 
 OlderThan = Annotated[Optional[float], typer.Option(
     "--older-than", min=0, help="Days: runs older than this are stale (default 7); so is anything unused for this long.")]
-
-
-def _warn(msg: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False, soft_wrap=True)
 
 
 def _ago(days: float) -> str:
@@ -57,7 +54,7 @@ def _table(entries: list[cache_lib.Entry], title: str | None = None) -> None:
 @app.command("list")
 def list_(older_than: OlderThan = None, json: o.Json = False) -> None:
     """Everything in the cache with its size, last use, and whether it is stale or in use."""
-    entries = cache_lib.scan(older_than, on_warning=_warn)
+    entries = cache_lib.scan(older_than, on_warning=warn)
 
     def human(es: list[cache_lib.Entry]) -> None:
         _table(es)
@@ -76,7 +73,7 @@ def prune(
     json: o.Json = False,
 ) -> None:
     """Remove stale entries (with --all: everything not in use). Never a build in use or locked."""
-    entries = cache_lib.scan(older_than, on_warning=_warn)
+    entries = cache_lib.scan(older_than, on_warning=warn)
     gone = cache_lib.prune(entries, all_=all_, dry_run=dry_run)
     freed = sum(e.size for e in gone)
 

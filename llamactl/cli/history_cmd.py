@@ -17,14 +17,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from llamactl.cli import options as o
+from llamactl.cli.common import num
 from llamactl.cli.console import Output, console
 from llamactl.core.errors import BadInput
 from llamactl.report import fingerprint
 from llamactl.report.history import History
-
-
-def _f(x: float | None, fmt: str = "{:.1f}") -> str:
-    return "-" if x is None else fmt.format(x)
 
 
 def history(
@@ -54,9 +51,9 @@ def history(
         for col in ("run", "when", "arm", "status", "decode tok/s", "TTFT ms", "acceptance", "all slots tok/s", "build", "machine"):
             t.add_column(col)
         for r in rows:
-            t.add_row(f"#{r.run_id}", r.started_at, escape(r.variant or "-"), r.status, _f(r.decode_tps),
-                      _f(None if r.ttft_s is None else 1000 * r.ttft_s, "{:.0f}"), _f(r.acceptance, "{:.0%}"),
-                      _f(r.tokens_per_s), escape(fingerprint.build_label(r.build)), r.machine_id[:8])
+            t.add_row(f"#{r.run_id}", r.started_at, escape(r.variant or "-"), r.status, num(r.decode_tps),
+                      num(None if r.ttft_s is None else 1000 * r.ttft_s, "{:.0f}"), num(r.acceptance, "{:.0%}"),
+                      num(r.tokens_per_s), escape(fingerprint.build_label(r.build)), r.machine_id[:8])
         console.print(t)
         return
     run_rows = store.runs(profile=profile, kind=kind, limit=limit)

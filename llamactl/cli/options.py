@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional, TypeVar, cast
 
 import typer
+
+if TYPE_CHECKING:
+    from llamactl.serve.profiles import Resolved
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 Source = Annotated[Optional[str], typer.Option("--source", "-s", help="Source from vendor/sources.yaml (upstream, atomic-turboquant) or path:/dir.")]
@@ -37,6 +46,7 @@ def cli_overrides(
     kv_k: str | None = None, kv_v: str | None = None, mtp: bool | None = None, port: str | None = None,
     model: str | None = None, draft_model: str | None = None, sets: list[str] | None = None,
 ) -> dict:
+    """The profile keys the override options name (``--mtp`` is ``enable_mtp``), with ``--set`` merged in."""
     from llamactl.serve.profiles import merge, parse_set
 
     direct = {
@@ -47,3 +57,64 @@ def cli_overrides(
     if sets:
         out = merge(out, parse_set(sets), {}, "")
     return out
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """What a command was told about its profile on the command line: override values (profile keys;
+    ``cli`` is their origin) and whether to ignore CTX/PARALLEL/... in the environment."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    no_env: bool = False
+
+    def resolve(self, name: str) -> Resolved:
+        """The profile ``name`` with the environment (unless ``no_env``) and these values applied.
+
+        Raises what :func:`llamactl.serve.profiles.resolve` raises (BadInput naming the key or file).
+        """
+        from llamactl.serve import profiles
+
+        return profiles.resolve(name, environ={} if self.no_env else dict(os.environ), cli=self.values)
+
+
+# (parameter name, option, default): declared once, added to a command by :func:`with_overrides`
+OVERRIDE_OPTIONS: list[tuple[str, Any, Any]] = [
+    ("parallel", Parallel, None), ("ctx", Ctx, None), ("batch", Batch, None), ("ubatch", Ubatch, None),
+    ("kv_k", KvK, None), ("kv_v", KvV, None), ("mtp", Mtp, None), ("port", Port, None), ("model", Model, None),
+    ("draft_model", DraftModel, None), ("set_", Set, None), ("no_env", NoEnv, False),
+]
+ALWAYS = ("set_", "no_env")
+ONLY_SET = tuple(n for n, _, _ in OVERRIDE_OPTIONS if n not in ALWAYS)   # exclude=ONLY_SET: just --set and --no-env
+
+
+def _is_argument(p: inspect.Parameter) -> bool:
+    """A positional argument of the command: no default, or a ``typer.Argument``."""
+    if p.default is inspect.Parameter.empty:
+        return True
+    return any(isinstance(m, typer.models.ArgumentInfo) for m in getattr(p.annotation, "__metadata__", ()))
+
+
+def with_overrides(exclude: tuple[str, ...] = ()) -> Callable[[F], F]:
+    """Give a command the profile override options (``--parallel ... --draft-model``, ``--set``,
+    ``--no-env``; less those named in ``exclude``), declared once here. The command takes one
+    ``overrides: Overrides`` parameter instead; the options appear after its leading arguments."""
+    chosen = [x for x in OVERRIDE_OPTIONS if x[0] not in exclude or x[0] in ALWAYS]
+
+    def decorate(func: F) -> F:
+        sig = inspect.signature(func, eval_str=True)
+        own = [p for p in sig.parameters.values() if p.name != "overrides"]
+        lead = next((i for i, p in enumerate(own) if not _is_argument(p)), len(own))
+        added = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=a, default=d) for n, a, d in chosen]
+        params = [*own[:lead], *added, *own[lead:]]
+
+        @functools.wraps(func)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            given = {n: kwargs.pop(n, d) for n, _, d in chosen}
+            sets, no_env = given.pop("set_"), given.pop("no_env")
+            kwargs["overrides"] = Overrides(cli_overrides(**given, sets=sets), bool(no_env))
+            return func(*args, **kwargs)
+
+        command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return cast(F, command)
+    return decorate

@@ -23,11 +23,6 @@ from llamactl.judge.matrix import expand
 app = typer.Typer(help="List, show and render profiles.", no_args_is_help=True)
 
 
-def resolve_from_cli(name: str, no_env: bool, **kw) -> profiles.Resolved:
-    overrides = o.cli_overrides(**kw)
-    return profiles.resolve(name, environ={} if no_env else dict(os.environ), cli=overrides)
-
-
 @app.command("list")
 def list_(json: o.Json = False) -> None:
     """Profiles under profiles/."""
@@ -51,14 +46,12 @@ def list_(json: o.Json = False) -> None:
 
 
 @app.command()
+@o.with_overrides()
 def show(
-    name: o.ProfileName, parallel: o.Parallel = None, ctx: o.Ctx = None, batch: o.Batch = None, ubatch: o.Ubatch = None,
-    kv_k: o.KvK = None, kv_v: o.KvV = None, mtp: o.Mtp = None, port: o.Port = None, model: o.Model = None,
-    draft_model: o.DraftModel = None, set_: o.Set = None, no_env: o.NoEnv = False, json: o.Json = False,
+    name: o.ProfileName, overrides: o.Overrides, json: o.Json = False,
 ) -> None:
     """Resolved values, each with where it came from (default, profile, env VAR, cli)."""
-    r = resolve_from_cli(name, no_env, parallel=parallel, ctx=ctx, batch=batch, ubatch=ubatch, kv_k=kv_k, kv_v=kv_v,
-                         mtp=mtp, port=port, model=model, draft_model=draft_model, sets=set_)
+    r = overrides.resolve(name)
     data = r.profile.model_dump(mode="json", exclude={"matrix"})
     rows = []
     for k, v in data.items():
@@ -84,14 +77,12 @@ def show(
 
 
 @app.command()
+@o.with_overrides()
 def cmd(
-    name: o.ProfileName, parallel: o.Parallel = None, ctx: o.Ctx = None, batch: o.Batch = None, ubatch: o.Ubatch = None,
-    kv_k: o.KvK = None, kv_v: o.KvV = None, mtp: o.Mtp = None, port: o.Port = None, model: o.Model = None,
-    draft_model: o.DraftModel = None, set_: o.Set = None, no_env: o.NoEnv = False, json: o.Json = False,
+    name: o.ProfileName, overrides: o.Overrides, json: o.Json = False,
 ) -> None:
     """The exact llama-server argv for this profile on its build (builds/fetches if needed)."""
-    r = resolve_from_cli(name, no_env, parallel=parallel, ctx=ctx, batch=batch, ubatch=ubatch, kv_k=kv_k, kv_v=kv_v,
-                         mtp=mtp, port=port, model=model, draft_model=draft_model, sets=set_)
+    r = overrides.resolve(name)
     out = Output(json)
     p = launcher.plan(r, out.progress)
     out.result({"argv": p.argv, "env": p.env, "env_dropped": p.env_dropped, "url": p.url},

@@ -20,9 +20,9 @@ import typer
 from rich.markup import escape
 
 from llamactl.cli import options as o
+from llamactl.cli.common import check_outputs
 from llamactl.cli.console import err_console
 from llamactl.core.errors import BadInput, LlamactlError
-from llamactl.core.files import check_writable
 from llamactl.report import fingerprint, markdown, publish, runs, view
 from llamactl.report.history import History
 
@@ -69,9 +69,7 @@ def report(
         return
     if json_path or junit:
         raise BadInput("--json and --junit belong to `llamactl report merge A.json B.json ...`")
-    for path, what in ((html, "--html"), (md, "--markdown"), (png, "--png")):
-        if path is not None:
-            check_writable(path, what)
+    check_outputs((html, "--html"), (md, "--markdown"), (png, "--png"))
     store = History(history)
     run_list = [r for f in files or [] for r in _load(f, store)]
     if png and not trend:
@@ -112,9 +110,7 @@ def _merge(files: list[Path], json_path: Path | None, junit: Path | None, html: 
     from llamactl.judge.status import Status
     from llamactl.report import merge as merge_lib, reports
 
-    for path, what in ((json_path, "--json"), (junit, "--junit"), (html, "--html"), (md, "--markdown")):
-        if path is not None:
-            check_writable(path, what)
+    check_outputs((json_path, "--json"), (junit, "--junit"), (html, "--html"), (md, "--markdown"))
     merged, info = merge_lib.merge(files)
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)

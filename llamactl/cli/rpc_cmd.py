@@ -14,8 +14,7 @@ import typer
 from rich.markup import escape
 
 from llamactl.cli import options as o
-from llamactl.cli.profile_cmd import resolve_from_cli
-from llamactl.cli.run_cmd import stop_on_signals
+from llamactl.cli.common import stop_on_signals
 from llamactl.cli.console import Output, console, err_console
 from llamactl.core.errors import BadInput, ServerFailed
 from llamactl.serve import launcher, rpc
@@ -24,16 +23,16 @@ from llamactl.serve.server import ensure_port_free, free_port
 DEFAULT_PORT = 50052   # rpc-server's own default
 
 
+@o.with_overrides(exclude=o.ONLY_SET)
 def rpc_worker(
     name: Annotated[str, typer.Argument(help="Profile whose build the worker comes from.")] = "default",
+    overrides: o.Overrides = o.Overrides(),
     host: Annotated[str, typer.Option("--host", help="Address to bind (loopback unless --allow-remote).")] = "127.0.0.1",
     port: Annotated[str, typer.Option("--port", "-p", help="Port, or 0/'auto' for a free one.")] = str(DEFAULT_PORT),
     device: Annotated[Optional[list[str]], typer.Option("--device", "-d", help="Backend device(s) to serve, e.g. CPU, Vulkan0 (repeatable).")] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", "-t", help="CPU threads.", min=1)] = None,
     cache: Annotated[bool, typer.Option("--cache", help="Keep a local tensor cache (rpc-server -c).")] = False,
     allow_remote: Annotated[bool, typer.Option("--allow-remote", help="Bind a non-loopback address (the RPC protocol has no authentication).")] = False,
-    set_: o.Set = None,
-    no_env: o.NoEnv = False,
     json: o.Json = False,
 ) -> None:
     """Start an RPC worker from the profile's cached build (same source, series, backend); Ctrl-C stops it."""
@@ -47,7 +46,7 @@ def rpc_worker(
     else:
         raise BadInput(f"--port must be a number 1-65535, or 0/'auto' for a free one; got {port!r}")
     out = Output(json)
-    r = resolve_from_cli(name, no_env, sets=set_)
+    r = overrides.resolve(name)
     binary = launcher.ensure_binary(r.profile, out.progress)
     wbin = rpc.worker_binary(binary.path, binary.manifest)
     key = rpc.build_key(binary.manifest, binary.path)

@@ -10,7 +10,6 @@ Examples:
 from __future__ import annotations
 
 import json as jsonlib
-import signal
 from typing import Annotated, Optional
 
 import typer
@@ -20,10 +19,10 @@ from rich.table import Table
 from llamactl.serve import launcher, quickstart
 from llamactl.core import runrecords
 from llamactl.cli import options as o
-from llamactl.cli.profile_cmd import resolve_from_cli
+from llamactl.cli.common import stop_on_signals, warn as _warn, warn_exposure
 from llamactl.cli.console import Output, console, err_console, progress_bar
 from llamactl.core.errors import LlamactlError
-from llamactl.serve.endpoint import Endpoint, exposure_warning
+from llamactl.serve.endpoint import Endpoint
 from llamactl.serve.server import ServerDied
 
 
@@ -33,32 +32,16 @@ def _echo(line: str) -> None:
     err_console.print(f"[{style}]{escape(line)}[/]", highlight=False, soft_wrap=True)
 
 
-def _sigterm_to_interrupt(signum, frame):  # noqa: ARG001
-    raise KeyboardInterrupt
-
-
-def stop_on_signals() -> None:
-    """Ctrl-C and SIGTERM both unwind through the `finally` that stops llama-server.
-
-    SIGINT is set explicitly: a process started in the background by a non-interactive
-    shell inherits SIGINT as ignored, and Python then never raises KeyboardInterrupt.
-    """
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
-
-
+@o.with_overrides()
 def run(
-    name: o.ProfileName, parallel: o.Parallel = None, ctx: o.Ctx = None, batch: o.Batch = None, ubatch: o.Ubatch = None,
-    kv_k: o.KvK = None, kv_v: o.KvV = None, mtp: o.Mtp = None, port: o.Port = None, model: o.Model = None,
-    draft_model: o.DraftModel = None, set_: o.Set = None, no_env: o.NoEnv = False,
+    name: o.ProfileName, overrides: o.Overrides,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not echo the server log (it is still written).")] = False,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Leave the server running; see `ps`/`stop`.")] = False,
     json: o.Json = False,
 ) -> None:
     """Launch llama-server from a profile; Ctrl-C stops it (nothing is left running)."""
     out = Output(json)
-    r = resolve_from_cli(name, no_env, parallel=parallel, ctx=ctx, batch=batch, ubatch=ubatch, kv_k=kv_k, kv_v=kv_v,
-                         mtp=mtp, port=port, model=model, draft_model=draft_model, sets=set_)
+    r = overrides.resolve(name)
     plan = launcher.plan(r, out.progress)
     run_dir = launcher.new_run_dir(r.name)
     log = run_dir / "server.log"
@@ -115,19 +98,8 @@ def run(
                 runrecords.write(run_dir, dict(record, state="stopped", stopped_why="did not become ready"))
 
 
-def _warn(msg: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False, soft_wrap=True)
-
-
 def _row(rec: runrecords.RunRecord, alive: bool) -> dict:
     return dict(rec.model_dump(), id=rec.id, alive=alive)
-
-
-def warn_exposure(host: str) -> None:
-    """A yellow warning line when the profile makes llama-server listen beyond loopback."""
-    msg = exposure_warning(host)
-    if msg:
-        err_console.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False, soft_wrap=True)
 
 
 def ps(all_: Annotated[bool, typer.Option("--all", "-a", help="Include stopped runs.")] = False, json: o.Json = False) -> None:

@@ -22,8 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from llamactl.cli import options as o
-from llamactl.cli.profile_cmd import resolve_from_cli
-from llamactl.cli.run_cmd import stop_on_signals
+from llamactl.cli.common import stop_on_signals
 from llamactl.cli.console import Output, console, err_console
 from llamactl.core.errors import BadInput
 from llamactl.judge import sync as sync_lib
@@ -35,19 +34,19 @@ VERDICT_STYLE = {sync_lib.SAFE: "bold green", sync_lib.REGRESSION: "bold red", s
                  sync_lib.BUILD_FAILED: "bold red", sync_lib.INTERRUPTED: "yellow"}
 
 
+@o.with_overrides(exclude=o.ONLY_SET)
 def sync(
     name: o.ProfileName,
+    overrides: o.Overrides,
     to: Annotated[str, typer.Option("--to", help="The new base: upstream@VERSION, NAME@COMMIT, path:/dir@REV, or a source name.")],
     cell: Annotated[Optional[list[str]], typer.Option("--cell", help="Only cells matching key=value (repeatable).")] = None,
     matrix: Annotated[Optional[Path], typer.Option("--matrix", help="YAML file with a matrix (axes/include/exclude).")] = None,
     fail_below: Annotated[Optional[float], typer.Option("--fail-below", min=0.0, max=1.0,
                                                         help="Also a regression: a cell's tok/s after below this ratio of before.")] = None,
-    set_: o.Set = None,
-    no_env: o.NoEnv = False,
     json: o.Json = False,
 ) -> None:
     """Rebase the profile's series onto a new base, build and validate before and after, one table; exit says if it is safe."""
-    base = resolve_from_cli(name, no_env, sets=set_)
+    base = overrides.resolve(name)
     spec = load_matrix_file(matrix) if matrix else base.profile.matrix
     cells = select(expand(spec, str(matrix or f"{base.path} matrix")), cell or [])
     if not cells:

@@ -22,18 +22,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 from llamactl.report import fingerprint, reports
 from llamactl.cli import options as o, report_cmd
-from llamactl.cli.profile_cmd import resolve_from_cli
-from llamactl.cli.run_cmd import stop_on_signals, warn_exposure
+from llamactl.cli.common import check_outputs, stop_on_signals, warn_exposure
 from llamactl.cli.console import Output, console, err_console, quiet_progress
 from llamactl.core.errors import BadInput, ExitCode, LlamactlError
-from llamactl.core.files import check_writable
 from llamactl.judge.matrix import expand, load_matrix_file, parse_shard, select, shard as shard_of_cells
 from llamactl.judge.status import Status
 from llamactl.judge.validate import Report, new_report, run_matrix, run_url
 
 
+@o.with_overrides()
 def validate(
     name: Annotated[str, typer.Argument(help="Profile whose matrix to run.")] = "default",
+    overrides: o.Overrides = o.Overrides(),
     matrix: Annotated[Optional[Path], typer.Option("--matrix", help="YAML file with a matrix (axes/include/exclude).")] = None,
     cell: Annotated[Optional[list[str]], typer.Option("--cell", help="Only cells matching key=value (repeatable).")] = None,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failing cell.")] = False,
@@ -42,8 +42,6 @@ def validate(
     html: o.Html = None,
     md: o.Markdown = None,
     history: o.History = None,
-    set_: o.Set = None,
-    no_env: o.NoEnv = False,
     url: Annotated[Optional[str], typer.Option("--url", help="Check a server that is already running here (no launch); the profile says how it was started.")] = None,
     shard: Annotated[Optional[str], typer.Option("--shard", help="Run only shard K/N of the matrix (by a hash of each cell id).")] = None,
 ) -> None:
@@ -52,10 +50,8 @@ def validate(
     The JSON and JUnit reports are written whatever happens (Ctrl-C, SIGTERM, a failed build, an
     internal error), with every cell listed; their paths are checked before anything runs.
     """
-    for path, what in ((json_path, "--json"), (junit, "--junit"), (html, "--html"), (md, "--markdown")):
-        if path is not None:
-            check_writable(path, what)    # before the build and the run, not after them
-    base = resolve_from_cli(name, no_env, sets=set_)
+    check_outputs((json_path, "--json"), (junit, "--junit"), (html, "--html"), (md, "--markdown"))   # before the build and the run, not after them
+    base = overrides.resolve(name)
     spec = load_matrix_file(matrix) if matrix else base.profile.matrix
     cells = select(expand(spec, str(matrix or f"{base.path} matrix")), cell or [])
     if not cells:

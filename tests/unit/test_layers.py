@@ -10,6 +10,7 @@ import pytest
 
 import llamactl
 from llamactl.cli import console
+from llamactl.cli import options as o
 from llamactl.core.progress import Progress
 
 PKG = Path(llamactl.__file__).parent
@@ -60,3 +61,34 @@ def test_a_compile_without_a_terminal_prints_a_line_every_tenth(capsys):
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("building llama-server: [")]
     assert lines[0] == "building llama-server: [1/20]" and lines[-1] == "building llama-server: [20/20]"
     assert len(lines) == 11   # the first step, then each tenth
+
+
+@pytest.mark.parametrize("command,has,lacks", [
+    (["run"], {"parallel", "ctx", "mtp", "port", "set_", "no_env"}, set()),
+    (["profile", "show"], {"parallel", "mtp", "model", "set_", "no_env"}, set()),
+    (["profile", "cmd"], {"parallel", "mtp", "model", "set_", "no_env"}, set()),
+    (["validate"], {"parallel", "ctx", "kv_k", "set_", "no_env"}, set()),
+    (["bench"], {"parallel", "ctx", "set_", "no_env"}, {"mtp", "port"}),
+    (["rpc-worker"], {"set_", "no_env", "port"}, {"parallel", "ctx"}),   # its own --port: the worker's
+])
+def test_override_options_are_declared_once_and_reach_each_command(command, has, lacks):
+    from llamactl.cli import load_command
+
+    cmd = load_command(command[0])
+    for sub in command[1:]:
+        cmd = cmd.commands[sub]
+    names = {p.name for p in cmd.params}
+    assert has <= names and not (lacks & names) and "overrides" not in names
+
+
+def test_overrides_become_profile_keys_with_the_cli_origin():
+    seen = {}
+
+    @o.with_overrides()
+    def cmd(name: str, overrides: o.Overrides) -> None:
+        seen["o"] = overrides
+
+    cmd("default", parallel=2, mtp=True, set_=["ctx=512"], no_env=True)
+    assert seen["o"] == o.Overrides({"parallel": 2, "enable_mtp": True, "ctx": 512}, True)
+    r = seen["o"].resolve("default")
+    assert (r.profile.parallel, r.profile.ctx, r.origin("ctx")) == (2, 512, "cli")

@@ -1,0 +1,55 @@
+"""Helpers every command shares: signals, warning lines, number cells, check-before-run of output paths."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+
+from llamactl.cli.console import err_console
+
+
+def _sigterm_to_interrupt(signum: int, frame: Any) -> None:  # noqa: ARG001
+    raise KeyboardInterrupt
+
+
+def stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM both unwind through the `finally` that stops llama-server.
+
+    SIGINT is set explicitly: a process started in the background by a non-interactive
+    shell inherits SIGINT as ignored, and Python then never raises KeyboardInterrupt.
+    """
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+
+
+def warn(msg: str) -> None:
+    """One yellow ``warning:`` line on stderr."""
+    err_console.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False, soft_wrap=True)
+
+
+def warn_exposure(host: str) -> None:
+    """A yellow warning line when the profile makes llama-server listen beyond loopback."""
+    from llamactl.serve.endpoint import exposure_warning
+
+    msg = exposure_warning(host)
+    if msg:
+        warn(msg)
+
+
+def num(x: float | None, fmt: str = "{:.1f}") -> str:
+    """A table cell for a number: ``-`` when there is none."""
+    return "-" if x is None else fmt.format(x)
+
+
+def check_outputs(*paths: tuple[Path | None, str]) -> None:
+    """Check, before any work, that each named output file (path, its option) can be written.
+
+    Raises BadInput naming the option (:func:`llamactl.core.files.check_writable`)."""
+    from llamactl.core.files import check_writable
+
+    for path, what in paths:
+        if path is not None:
+            check_writable(path, what)
