@@ -12,7 +12,7 @@ import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -56,9 +56,31 @@ def enum_word(v: Any) -> Any:
     return v.strip().lower() if isinstance(v, str) else v
 
 
-def flag(*candidates: str, env: tuple[str, ...] = (), mtp: bool = False, kind: str = "value") -> dict:
-    """Schema metadata: llama-server spellings (first the build knows wins) and the env vars of the user's scripts."""
-    return {"flags": list(candidates), "env": list(env), "mtp_only": mtp, "kind": kind}
+# How a value becomes argv (serve/render.py has one renderer per kind): value (flag VALUE, checked against
+# the choices --help lists), model (flag PATH), kv (a cache type), onoff (--flag / --no-flag), switch (--flag
+# when true), mtp (--spec-type of the build), rpc (--rpc host:port,...), list (flag a,b), extra (extra_args
+# as they are), none (not a flag: read by llamactl itself).
+FlagKind = Literal["value", "model", "kv", "onoff", "switch", "mtp", "rpc", "list", "extra", "none"]
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A profile key's way to llama-server, attached to the field as ``Annotated[type, Flag(...)]``.
+
+    ``flags``: llama-server spellings, the first the build's ``--help`` knows wins; ``env``: the
+    environment variables of the user's run scripts that set the key; ``mtp_only``: rendered only
+    with ``enable_mtp``; ``kind``: how the value is rendered (:data:`FlagKind`).
+    """
+
+    flags: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+    mtp_only: bool = False
+    kind: FlagKind = "value"
+
+
+def flag(*candidates: str, env: tuple[str, ...] = (), mtp: bool = False, kind: FlagKind = "value") -> Flag:
+    """A :class:`Flag` marker: ``flag("--ctx-size", env=("CTX",))``."""
+    return Flag(tuple(candidates), tuple(env), mtp, kind)
 
 
 class BuildSpec(BaseModel):
@@ -123,39 +145,39 @@ class Profile(BaseModel):
     description: str = ""
     extends: str | None = None
     build: BuildSpec = Field(default_factory=BuildSpec)
-    server_binary: Path | None = Field(None, json_schema_extra=flag(env=("LLAMA_SERVER",), kind="none"))
+    server_binary: Annotated[Path | None, flag(env=("LLAMA_SERVER",), kind="none")] = None
 
-    model: str = Field(..., json_schema_extra=flag("--model", "-m", env=("MAIN_GGUF",), kind="model"))
-    draft_model: str | None = Field(None, json_schema_extra=flag("--model-draft", "--mtp-head", env=("DRAFT_GGUF",), mtp=True, kind="model"))
-    alias: str | None = Field(None, json_schema_extra=flag("--alias"))
-    ctx: int | None = Field(None, ge=0, json_schema_extra=flag("--ctx-size", env=("CTX",)))
-    parallel: int = Field(1, ge=1, le=256, json_schema_extra=flag("--parallel", env=("PARALLEL",)))
-    batch: int | None = Field(None, ge=1, json_schema_extra=flag("--batch-size", env=("BATCH",)))
-    ubatch: int | None = Field(None, ge=1, json_schema_extra=flag("--ubatch-size", env=("UBATCH",)))
-    split_mode: SplitMode | None = Field(None, json_schema_extra=flag("--split-mode", env=("SPLIT_MODE",)))
-    kv_k: str | None = Field(None, json_schema_extra=flag("--cache-type-k", env=("KV_K", "CTK"), kind="kv"))
-    kv_v: str | None = Field(None, json_schema_extra=flag("--cache-type-v", env=("KV_V", "CTV"), kind="kv"))
-    kv_k_draft: str | None = Field(None, json_schema_extra=flag("--cache-type-k-draft", "--spec-draft-type-k", env=("CTKD",), mtp=True, kind="kv"))
-    kv_v_draft: str | None = Field(None, json_schema_extra=flag("--cache-type-v-draft", "--spec-draft-type-v", env=("CTVD",), mtp=True, kind="kv"))
-    kv_unified: bool | None = Field(None, json_schema_extra=flag("--kv-unified", kind="onoff"))
-    reasoning_budget: int | None = Field(None, ge=-1, json_schema_extra=flag("--reasoning-budget", env=("REASONING_BUDGET",)))
-    enable_mtp: bool = Field(False, json_schema_extra=flag(env=("ENABLE_MTP",), kind="mtp"))
-    draft_n: int | None = Field(None, ge=1, json_schema_extra=flag("--spec-draft-n-max", "--draft-max", env=("DRAFT_N",), mtp=True))
-    draft_block_size: int | None = Field(None, ge=2, json_schema_extra=flag("--draft-block-size", mtp=True))
-    n_gpu_layers: int | str | None = Field(None, json_schema_extra=flag("--n-gpu-layers", env=("NGL",)))
-    n_gpu_layers_draft: int | str | None = Field(None, json_schema_extra=flag("--n-gpu-layers-draft", env=("NGL_DRAFT",), mtp=True))
-    flash_attn: FlashAttn | None = Field(None, json_schema_extra=flag("--flash-attn", env=("FA",)))
-    threads: int | None = Field(None, ge=1, json_schema_extra=flag("--threads"))
-    rpc: RpcSpec | None = Field(None, json_schema_extra=flag("--rpc", kind="rpc"))
-    tensor_split: list[float] | None = Field(None, json_schema_extra=flag("--tensor-split", kind="list"))
-    temperature: float | None = Field(None, ge=0, json_schema_extra=flag("--temp"))
-    host: str = Field("127.0.0.1", json_schema_extra=flag("--host"))
-    port: int | Literal["auto"] = Field("auto", json_schema_extra=flag("--port", env=("PORT",)))
-    no_warmup: bool = Field(False, json_schema_extra=flag("--no-warmup", env=("NO_WARMUP",), kind="switch"))
-    metrics: bool = Field(True, json_schema_extra=flag("--metrics", env=("ENABLE_METRICS",), kind="switch"))
-    slots: bool = Field(True, json_schema_extra=flag("--slots", env=("ENABLE_SLOTS",), kind="switch"))
-    api_key: str | None = Field(None, json_schema_extra=flag("--api-key"))
-    extra_args: list[str] = Field(default_factory=list, json_schema_extra=flag(kind="extra"))
+    model: Annotated[str, flag("--model", "-m", env=("MAIN_GGUF",), kind="model")] = Field(...)
+    draft_model: Annotated[str | None, flag("--model-draft", "--mtp-head", env=("DRAFT_GGUF",), mtp=True, kind="model")] = None
+    alias: Annotated[str | None, flag("--alias")] = None
+    ctx: Annotated[int | None, flag("--ctx-size", env=("CTX",))] = Field(None, ge=0)
+    parallel: Annotated[int, flag("--parallel", env=("PARALLEL",))] = Field(1, ge=1, le=256)
+    batch: Annotated[int | None, flag("--batch-size", env=("BATCH",))] = Field(None, ge=1)
+    ubatch: Annotated[int | None, flag("--ubatch-size", env=("UBATCH",))] = Field(None, ge=1)
+    split_mode: Annotated[SplitMode | None, flag("--split-mode", env=("SPLIT_MODE",))] = None
+    kv_k: Annotated[str | None, flag("--cache-type-k", env=("KV_K", "CTK"), kind="kv")] = None
+    kv_v: Annotated[str | None, flag("--cache-type-v", env=("KV_V", "CTV"), kind="kv")] = None
+    kv_k_draft: Annotated[str | None, flag("--cache-type-k-draft", "--spec-draft-type-k", env=("CTKD",), mtp=True, kind="kv")] = None
+    kv_v_draft: Annotated[str | None, flag("--cache-type-v-draft", "--spec-draft-type-v", env=("CTVD",), mtp=True, kind="kv")] = None
+    kv_unified: Annotated[bool | None, flag("--kv-unified", kind="onoff")] = None
+    reasoning_budget: Annotated[int | None, flag("--reasoning-budget", env=("REASONING_BUDGET",))] = Field(None, ge=-1)
+    enable_mtp: Annotated[bool, flag(env=("ENABLE_MTP",), kind="mtp")] = False
+    draft_n: Annotated[int | None, flag("--spec-draft-n-max", "--draft-max", env=("DRAFT_N",), mtp=True)] = Field(None, ge=1)
+    draft_block_size: Annotated[int | None, flag("--draft-block-size", mtp=True)] = Field(None, ge=2)
+    n_gpu_layers: Annotated[int | str | None, flag("--n-gpu-layers", env=("NGL",))] = None
+    n_gpu_layers_draft: Annotated[int | str | None, flag("--n-gpu-layers-draft", env=("NGL_DRAFT",), mtp=True)] = None
+    flash_attn: Annotated[FlashAttn | None, flag("--flash-attn", env=("FA",))] = None
+    threads: Annotated[int | None, flag("--threads")] = Field(None, ge=1)
+    rpc: Annotated[RpcSpec | None, flag("--rpc", kind="rpc")] = None
+    tensor_split: Annotated[list[float] | None, flag("--tensor-split", kind="list")] = None
+    temperature: Annotated[float | None, flag("--temp")] = Field(None, ge=0)
+    host: Annotated[str, flag("--host")] = "127.0.0.1"
+    port: Annotated[int | Literal["auto"], flag("--port", env=("PORT",))] = "auto"
+    no_warmup: Annotated[bool, flag("--no-warmup", env=("NO_WARMUP",), kind="switch")] = False
+    metrics: Annotated[bool, flag("--metrics", env=("ENABLE_METRICS",), kind="switch")] = True
+    slots: Annotated[bool, flag("--slots", env=("ENABLE_SLOTS",), kind="switch")] = True
+    api_key: Annotated[str | None, flag("--api-key")] = None
+    extra_args: Annotated[list[str], flag(kind="extra")] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
     health_timeout: float = Field(120.0, gt=0, description="seconds from launch until /health must answer 200")
     request_timeout: float = Field(
@@ -171,9 +193,9 @@ class Profile(BaseModel):
         None, description="validate: the backend that must hold the models' weights (read from the server log)")
     expect_offload: int | Literal["all"] | None = Field(
         None, description="validate: layers offloaded to the GPU, 'all' or at least N (main model and drafter)")
-    log_verbosity: int | None = Field(
+    log_verbosity: Annotated[int | None, flag("--log-verbosity", "-lv")] = Field(
         None, ge=0, le=5, description="--log-verbosity; 4 when expect_backend/expect_offload is set (device, buffer and "
-                                      "offload lines)", json_schema_extra=flag("--log-verbosity", "-lv"))
+                                      "offload lines)")
     matrix: MatrixSpec | None = None
 
     @model_validator(mode="before")
@@ -275,15 +297,18 @@ class Profile(BaseModel):
         return as_bool(v, {"mtp": True, "draft-mtp": True, "none": False})   # SPEC=mtp|off too
 
 
-def field_meta(name: str) -> dict:
-    extra = Profile.model_fields[name].json_schema_extra
-    return extra if isinstance(extra, dict) else {}
+def field_flag(name: str) -> Flag | None:
+    """The :class:`Flag` marker of Profile field ``name`` (None: not a llama-server flag, no env var)."""
+    return next((m for m in Profile.model_fields[name].metadata if isinstance(m, Flag)), None)
+
+
+def flag_fields() -> list[tuple[str, Flag]]:
+    """Every Profile field with a :class:`Flag` marker, in declaration order (the order argv is rendered in)."""
+    return [(name, f) for name in Profile.model_fields if (f := field_flag(name)) is not None]
 
 
 # environment variable -> field (the user's script names, plus the fork scripts' names)
-ENV_VARS: dict[str, str] = {
-    env: name for name in Profile.model_fields for env in field_meta(name).get("env", [])
-}
+ENV_VARS: dict[str, str] = {env: name for name, f in flag_fields() for env in f.env}
 ENV_VARS["SPEC"] = "enable_mtp"
 
 

@@ -1,17 +1,19 @@
 """Render a resolved profile into llama-server argv for one specific binary.
 
-Driven by the schema: each Profile field carries its candidate flag spellings and a
-kind; the binary's parsed ``--help`` decides which spelling exists and which values
+Driven by the schema: each Profile field carries a :class:`~llamactl.serve.profiles.Flag`
+marker (its candidate flag spellings, env vars and a kind), one renderer per kind; the binary's parsed ``--help`` decides which spelling exists and which values
 are allowed. Values the build cannot take are refused before launch.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from llamactl.serve.dialect import Help, Option
 from llamactl.core.errors import BadInput, ExitCode, LlamactlError
-from llamactl.serve.profiles import Profile, field_meta
+from llamactl.serve.profiles import Flag, Profile, field_flag, flag_fields
 
 MTP_SPEC_TYPES = ("draft-mtp", "mtp")   # upstream, AtomicBot fork at the seed's base
 
@@ -95,6 +97,74 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
+@dataclass(frozen=True)
+class _Target:
+    """What every renderer needs to know about the launch besides the value."""
+
+    profile: Profile
+    help: Help
+    binary: str
+    model_paths: dict[str, Path]
+    rpc_endpoints: list[str] | None
+
+
+def _flag(t: _Target, spec: Flag, fname: str, value: object) -> str:
+    return _need(t.help, list(spec.flags), fname, value, t.binary)
+
+
+def _render_value(t: _Target, spec: Flag, fname: str, value: Any) -> list[str]:
+    """``flag VALUE``, the value checked against the choices the build's --help lists (kinds value, kv)."""
+    flag = _flag(t, spec, fname, value)
+    allowed = t.help.allowed(flag)
+    if allowed is not None and _fmt(value) not in allowed:
+        raise Unsupported(fname, value, allowed, t.binary)
+    return [flag, _fmt(value)]
+
+
+def _render_model(t: _Target, spec: Flag, fname: str, value: Any) -> list[str]:
+    return [_flag(t, spec, fname, value), str(t.model_paths.get(fname, value))]
+
+
+def _render_onoff(t: _Target, spec: Flag, fname: str, value: Any) -> list[str]:
+    flag = _flag(t, spec, fname, value)
+    off = "--no-" + flag.lstrip("-")
+    if not value and not t.help.has(off):
+        raise Unsupported(fname, value, None, t.binary)
+    return [flag if value else off]
+
+
+def _render_switch(t: _Target, spec: Flag, fname: str, value: Any) -> list[str]:
+    if value:
+        return [_flag(t, spec, fname, value)]
+    return ["--no-slots"] if fname == "slots" and t.help.has("--no-slots") else []
+
+
+def _render_mtp_kind(t: _Target, spec: Flag, fname: str, value: Any) -> list[str]:
+    return _render_mtp(t.profile, t.help, t.binary) if value else []
+
+
+def _render_rpc(t: _Target, spec: Flag, fname: str, value: Any) -> list[str]:
+    flag = _flag(t, spec, fname, "workers")
+    return [flag, ",".join(t.rpc_endpoints or value.workers or ["127.0.0.1:0"] * value.local_workers)]
+
+
+def _render_list(t: _Target, spec: Flag, fname: str, value: Any) -> list[str]:
+    return [_flag(t, spec, fname, value), ",".join(_fmt(x) for x in value)]
+
+
+def _render_extra(t: _Target, spec: Flag, fname: str, value: Any) -> list[str]:
+    check_extra_args([str(a) for a in value], t.help)
+    return [str(a) for a in value]
+
+
+# one renderer per FlagKind ("none": read by llamactl, never rendered)
+RENDERERS: dict[str, Callable[[_Target, Flag, str, Any], list[str]]] = {
+    "value": _render_value, "kv": _render_value, "model": _render_model, "onoff": _render_onoff,
+    "switch": _render_switch, "mtp": _render_mtp_kind, "rpc": _render_rpc, "list": _render_list,
+    "extra": _render_extra,
+}
+
+
 def render_argv(
     profile: Profile,
     help_: Help,
@@ -106,64 +176,23 @@ def render_argv(
 ) -> list[str]:
     """argv for ``binary``; ``model_paths`` maps field name -> resolved file for model fields.
 
-    ``rpc_endpoints`` (host:port) are the RPC workers of this launch: ``rpc.workers``, or the
-    loopback ports chosen for ``rpc.local_workers`` (placeholders when only checking support).
+    Each field with a :class:`~llamactl.serve.profiles.Flag` marker is rendered by the renderer of
+    its kind (:data:`RENDERERS`), in declaration order; unset values and MTP-only fields without MTP
+    render nothing. ``rpc_endpoints`` (host:port) are the RPC workers of this launch: ``rpc.workers``,
+    or the loopback ports chosen for ``rpc.local_workers`` (placeholders when only checking support).
+
+    Raises:
+        Unsupported: a value or flag this build lacks (a matrix cell is skipped).
+        Refused: a combination llama-server rejects at start (:func:`prelaunch_rules`).
     """
-    model_paths = model_paths or {}
-    name = binary.name
+    t = _Target(profile, help_, binary.name, model_paths or {}, rpc_endpoints)
     argv: list[str] = [str(binary)]
-    mtp = profile.enable_mtp
-    for fname in Profile.model_fields:
-        meta = field_meta(fname)
-        kind = meta.get("kind")
-        if not kind or kind == "none":
+    for fname, spec in flag_fields():
+        render = RENDERERS.get(spec.kind)
+        value = port if fname == "port" else getattr(profile, fname)
+        if render is None or value is None or (spec.mtp_only and not profile.enable_mtp):
             continue
-        value = getattr(profile, fname)
-        if fname == "port":
-            value = port
-        if value is None:
-            continue
-        if meta.get("mtp_only") and not mtp:
-            continue
-        cands = meta.get("flags", [])
-        if kind == "mtp":
-            if value:
-                argv += _render_mtp(profile, help_, name)
-            continue
-        if kind == "rpc":
-            flag = _need(help_, cands, fname, "workers", name)
-            argv += [flag, ",".join(rpc_endpoints or value.workers
-                                    or ["127.0.0.1:0"] * value.local_workers)]
-            continue
-        if kind == "list":
-            flag = _need(help_, cands, fname, value, name)
-            argv += [flag, ",".join(_fmt(x) for x in value)]
-            continue
-        if kind == "extra":
-            check_extra_args([str(a) for a in value], help_)
-            argv += [str(a) for a in value]
-            continue
-        if kind == "switch":
-            if value:
-                flag = _need(help_, cands, fname, value, name)
-                argv.append(flag)
-            elif fname == "slots" and help_.has("--no-slots"):
-                argv.append("--no-slots")
-            continue
-        flag = _need(help_, cands, fname, value, name)
-        if kind == "onoff":
-            off = "--no-" + flag.lstrip("-")
-            if not value and not help_.has(off):
-                raise Unsupported(fname, value, None, name)
-            argv.append(flag if value else off)
-            continue
-        if kind == "model":
-            argv += [flag, str(model_paths.get(fname, value))]
-            continue
-        allowed = help_.allowed(flag)
-        if allowed is not None and _fmt(value) not in allowed:
-            raise Unsupported(fname, value, allowed, name)
-        argv += [flag, _fmt(value)]
+        argv += render(t, spec, fname, value)
     prelaunch_rules(profile)   # after the support checks: a value this build lacks is a SKIP, not a refusal
     return argv
 
@@ -213,10 +242,9 @@ class ExtraArgConflict(BadInput):
 def owned_options(help_: Help) -> dict[int, tuple[Option, str]]:
     """id(option) -> (option, profile key) for every llama-server option a profile key renders."""
     owned: dict[int, tuple[Option, str]] = {}
-    for fname in Profile.model_fields:
-        meta = field_meta(fname)
-        cands = list(meta.get("flags", []))
-        if meta.get("kind") == "mtp":
+    for fname, spec in flag_fields():
+        cands = list(spec.flags)
+        if spec.kind == "mtp":
             cands.append("--spec-type")
         for c in cands:
             opt = help_.option(c)
@@ -239,7 +267,7 @@ def check_extra_args(args: list[str], help_: Help) -> None:
             continue
         key = owned[id(opt)][1]
         value: str | None = tok.split("=", 1)[1] if "=" in tok else None
-        if field_meta(key).get("kind") in ("switch", "onoff", "mtp"):
+        if getattr(field_flag(key), "kind", None) in ("switch", "onoff", "mtp"):
             value = "false" if tok.split("=", 1)[0].startswith(("--no-", "-no-")) else "true"
         elif value is None and i + 1 < len(args) and help_.option(args[i + 1]) is None:
             value = args[i + 1]
