@@ -22,15 +22,16 @@ from rich.markup import escape
 from rich.table import Table
 
 from llamactl.cli import options as o
-from llamactl.cli.profile_cmd import resolve_from_cli
 from llamactl.cli.run_cmd import stop_on_signals
 from llamactl.cli.console import Output, console, err_console
 from llamactl.core.errors import ExitCode
 from llamactl.judge import bisect as lib
 
 
+@o.with_overrides(exclude=o.ONLY_SET)
 def bisect(
     name: o.ProfileName,
+    overrides: o.Overrides,
     cell: Annotated[list[str], typer.Option("--cell", help="The one matrix cell to judge: key=value filters or its name (repeatable).")],
     good: Annotated[Optional[str], typer.Option("--good", help="A ref where the cell passes (commit, version, or with --patches a count/patch).")] = None,
     bad: Annotated[Optional[str], typer.Option("--bad", help="A ref where it fails (with --fixed: the older, still broken one).")] = None,
@@ -45,8 +46,6 @@ def bisect(
     resume: Annotated[bool, typer.Option("--resume", help="Go on from the state an interrupted run with the same arguments saved.")] = False,
     jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Parallel compile jobs (default: the cores).")] = None,
     json: o.Json = False,
-    set_: o.Set = None,
-    no_env: o.NoEnv = False,
 ) -> None:
     """Find the first commit, version or patch where one cell of a profile breaks (or, --fixed, passes).
 
@@ -56,7 +55,7 @@ def bisect(
     """
     if series and ("/" in series or series.startswith(".")):   # a directory of patches, not a name under patches/
         series = str(Path(series).expanduser().resolve())
-    base = resolve_from_cli(name, no_env, sets=set_)
+    base = overrides.resolve(name)
     the_cell = lib.one_cell(base, cell)
     req = lib.Request(profile=base.name, cell=the_cell.id, good=good or "", bad=bad or "",
                       source=source or base.profile.build.source, space="patches" if patches else "history",
