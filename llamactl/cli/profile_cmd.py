@@ -1,14 +1,19 @@
-"""`llamactl profile`: list, show (resolved values with their origin) and cmd (exact argv).
+"""`llamactl profile`: list, show (resolved values with their origin), cmd (exact argv) and schema (JSON Schema).
 
 Examples:
     llamactl profile list
     CTX=2048 PARALLEL=2 llamactl profile show default --port 0
     llamactl profile cmd gemma4-26b-a4b-mtp --parallel 2 --json
+    llamactl profile schema --output profiles/profile.schema.json
 """
 
 from __future__ import annotations
 
+import json as jsonlib
 import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
@@ -17,7 +22,9 @@ from llamactl.serve import launcher
 from llamactl.serve import profiles
 from llamactl.serve.dialect import server_environment
 from llamactl.cli import options as o
-from llamactl.cli.console import Output, console
+from llamactl.cli.common import check_outputs
+from llamactl.cli.console import Output, console, err_console
+from llamactl.core.files import write_atomic
 from llamactl.judge.matrix import expand
 
 app = typer.Typer(help="List, show and render profiles.", no_args_is_help=True)
@@ -46,6 +53,18 @@ def list_(json: o.Json = False) -> None:
 
 
 @app.command()
+def schema(out: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write it to this file instead of stdout.")] = None) -> None:
+    """The JSON Schema of profile files, for editors (yaml-language-server) and other tools."""
+    text = jsonlib.dumps(profiles.file_schema(), indent=2) + "\n"
+    if out is None:
+        sys.stdout.write(text)
+        return
+    check_outputs((out, "--output"))
+    write_atomic(out, text)
+    err_console.print(f"schema: {out}", highlight=False, markup=False)
+
+
+@app.command()
 @o.with_overrides()
 def show(
     name: o.ProfileName, overrides: o.Overrides, json: o.Json = False,
@@ -55,7 +74,7 @@ def show(
     data = r.profile.model_dump(mode="json", exclude={"matrix"})
     rows = []
     for k, v in data.items():
-        if isinstance(v, dict) and k == "build":
+        if isinstance(v, dict) and k in ("build", "harness"):
             for sk, sv in v.items():
                 rows.append({"key": f"build.{sk}", "value": sv, "origin": r.origin(f"build.{sk}")})
         else:

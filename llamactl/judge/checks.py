@@ -312,7 +312,7 @@ def concurrency(ctx: CellContext) -> dict:
     def one(i: int) -> tuple[int, dict | str, float, float]:
         t = time.monotonic()
         r = _post(ctx, "/v1/chat/completions", {
-            "model": ctx.model, "max_tokens": ctx.profile.concurrent_max_tokens, "temperature": 0,
+            "model": ctx.model, "max_tokens": ctx.profile.harness.concurrent_max_tokens, "temperature": 0,
             "messages": [{"role": "user", "content": CONCURRENT_PROMPTS[i % len(CONCURRENT_PROMPTS)] + f" (request {i})"}]})
         end = time.monotonic()
         try:
@@ -548,7 +548,7 @@ def speculative_metrics(ctx: CellContext) -> dict:
                               "carried timings")
         if not delta.draft_tokens:
             raise CheckFailed(f"MTP is on but no draft tokens were generated ({delta.scheme})", data)
-        band = ctx.profile.expect_acceptance
+        band = ctx.profile.harness.expect_acceptance
         acc = delta.acceptance
         if band is not None and acc is None:
             raise CannotJudge(f"acceptance cannot be measured ({delta.scheme} has no accepted-token count); "

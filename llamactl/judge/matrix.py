@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from llamactl.core import yamlio
 from llamactl.core.errors import BadInput, LlamactlError
-from llamactl.serve.profiles import MatrixSpec, Profile, Resolved, as_bool, enum_word
+from llamactl.serve.profiles import HARNESS_KEYS, MatrixSpec, Profile, Resolved, as_bool, enum_word
 
 SHORTHAND = {"mtp": "enable_mtp", "np": "parallel"}
 
@@ -69,7 +69,8 @@ def normalise(entry: dict[str, Any], where: str = "matrix") -> dict[str, Any]:
             kk, _, vv = v.partition("/")
             out["kv_k"], out["kv_v"] = kk.strip(), (vv or kk).strip()
         else:
-            if not isinstance(k, str) or k not in Profile.model_fields or k in ("matrix", "extends", "build"):
+            if not isinstance(k, str) or (k not in Profile.model_fields and k not in HARNESS_KEYS) or \
+                    k in ("matrix", "extends", "build", "harness"):   # harness keys go flat in a cell
                 raise BadInput(f"{where}: unknown key {k!r}", hint="axes and cells take profile fields, kv: K/V or mtp")
             if k in BOOL_KEYS:
                 try:

@@ -126,7 +126,7 @@ def run_cell(base: profiles.Resolved, cell: Cell, binary: launcher.Binary, run_d
         return res
     finally:
         res.seconds = round(time.monotonic() - t0, 3)
-    known = resolved.profile.expect_failure
+    known = resolved.profile.harness.expect_failure
     if known and res.status == Status.FAIL:
         evidence = " ".join([res.reason, *(res.crash or {}).get("frames", [])])
         if known in evidence:
@@ -142,7 +142,7 @@ def _run_cell(resolved: profiles.Resolved, binary: launcher.Binary, run_dir: Pat
               after_check: Hook | None, res: CellResult, cell: Cell) -> None:
     prof = resolved.profile
     t0 = time.monotonic()
-    deadline = t0 + prof.cell_timeout if prof.cell_timeout else None
+    deadline = t0 + prof.harness.cell_timeout if prof.harness.cell_timeout else None
     unsupported = check_supported(prof, binary.help, binary.path.name)
     if unsupported is not None:
         res.status, res.reason = Status.SKIP, str(unsupported)
@@ -169,14 +169,14 @@ def _run_cell(resolved: profiles.Resolved, binary: launcher.Binary, run_dir: Pat
             return
         except LlamactlError as exc:
             bound = f"health_timeout {prof.health_timeout:g}s" if health == prof.health_timeout \
-                else f"cell_timeout {prof.cell_timeout:g}s"
+                else f"cell_timeout {prof.harness.cell_timeout:g}s"
             res.status, res.reason = Status.FAIL, f"{exc.message} ({bound})"
             return
         t_req = time.monotonic()
         # no keep-alive: llama-server may close an idle connection just as the next request reuses it
         with sp.client(limits=httpx.Limits(max_keepalive_connections=0)) as client:
-            ctx = CellContext(plan.base_url, prof, client, alive=sp.alive, request_timeout=prof.request_timeout,
-                              deadline=deadline, cell_timeout=prof.cell_timeout, log_lines=sp.log_lines,
+            ctx = CellContext(plan.base_url, prof, client, alive=sp.alive, request_timeout=prof.harness.request_timeout,
+                              deadline=deadline, cell_timeout=prof.harness.cell_timeout, log_lines=sp.log_lines,
                               model_paths=dict(plan.model_paths), rpc_endpoints=[w.endpoint for w in plan.rpc_workers]
                               or list(prof.rpc.workers if prof.rpc else []))
             if plan.rpc_workers:
@@ -192,7 +192,7 @@ def _run_cell(resolved: profiles.Resolved, binary: launcher.Binary, run_dir: Pat
                         res.checks.append(CheckResult(name, Status.SKIP, detail="server died"))
                         continue
                     if deadline is not None and time.monotonic() >= deadline:
-                        res.checks.append(CheckResult(name, Status.NOT_RUN, detail=f"cell_timeout {prof.cell_timeout:g}s reached"))
+                        res.checks.append(CheckResult(name, Status.NOT_RUN, detail=f"cell_timeout {prof.harness.cell_timeout:g}s reached"))
                         continue
                     r = run_check(name, fn, ctx)
                     res.checks.append(r)
@@ -201,7 +201,7 @@ def _run_cell(resolved: profiles.Resolved, binary: launcher.Binary, run_dir: Pat
             finally:
                 res.server, res.warnings = dict(ctx.server), [*res.warnings, *ctx.warnings]
             # backend truth: what the startup log says the server used, against expect_backend/expect_offload
-            res.checks.append(backend_check.check(log_path, prof.expect_backend, prof.expect_offload, alive=sp.alive()))
+            res.checks.append(backend_check.check(log_path, prof.harness.expect_backend, prof.harness.expect_offload, alive=sp.alive()))
             res.backend = res.checks[-1].data or None
         res.requests_s = round(time.monotonic() - t_req, 3)
         conc = next((c for c in res.checks if c.name == "concurrency" and c.status == Status.PASS), None)
@@ -212,7 +212,7 @@ def _run_cell(resolved: profiles.Resolved, binary: launcher.Binary, run_dir: Pat
             res.acceptance = spec.data.get("acceptance")
         if not sp.alive():
             _crashed(res, sp.crash(), "during the checks")
-        _verdict(res, prof.cell_timeout)
+        _verdict(res, prof.harness.cell_timeout)
     finally:
         sp.stop()
 
@@ -327,7 +327,7 @@ def run_url(base: profiles.Resolved, url: str, cells: list[Cell] | None = None) 
     report.cells.append(res)
     report.matrix = ["url"]
     t0 = time.monotonic()
-    deadline = t0 + prof.cell_timeout if prof.cell_timeout else None
+    deadline = t0 + prof.harness.cell_timeout if prof.harness.cell_timeout else None
     headers = {"Authorization": f"Bearer {prof.api_key}"} if prof.api_key else {}
     try:
         with httpx.Client(headers=headers, limits=httpx.Limits(max_keepalive_connections=0)) as client:
@@ -342,8 +342,8 @@ def run_url(base: profiles.Resolved, url: str, cells: list[Cell] | None = None) 
             if r.status_code != 200:
                 res.status, res.reason = Status.FAIL, f"{url}/health: HTTP {r.status_code}"
                 return report
-            ctx = CellContext(url, prof, client, request_timeout=prof.request_timeout, deadline=deadline,
-                              cell_timeout=prof.cell_timeout, rpc_endpoints=list(prof.rpc.workers if prof.rpc else []))
+            ctx = CellContext(url, prof, client, request_timeout=prof.harness.request_timeout, deadline=deadline,
+                              cell_timeout=prof.harness.cell_timeout, rpc_endpoints=list(prof.rpc.workers if prof.rpc else []))
             try:
                 ctx.metrics_before = read_metrics(ctx) if prof.metrics else []
             except (CheckFailed, httpx.HTTPError):
@@ -361,7 +361,7 @@ def run_url(base: profiles.Resolved, url: str, cells: list[Cell] | None = None) 
         spec = next((c for c in res.checks if c.name == "speculative_metrics" and c.data), None)
         if spec:
             res.spec, res.acceptance = spec.data, spec.data.get("acceptance")
-        _verdict(res, prof.cell_timeout)
+        _verdict(res, prof.harness.cell_timeout)
     except KeyboardInterrupt:
         report.interrupted = True
         res.status, res.reason = Status.INTERRUPTED, "interrupted (Ctrl-C or SIGTERM)"

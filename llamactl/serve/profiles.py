@@ -137,6 +137,54 @@ class MatrixSpec(BaseModel):
     exclude: list[dict[str, Any]] = Field(default_factory=list)
 
 
+class Harness(BaseModel):
+    """What llamactl's harness (validate, bench) expects of a cell and how long it waits: not llama-server
+    flags. A profile's ``harness:`` block; the same keys at the top level (the older form) and in matrix
+    cells are moved into it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_timeout: float = Field(
+        default=120.0, gt=0, description="validate: seconds one HTTP request may take (connect, send, whole answer)")
+    cell_timeout: float | None = Field(
+        default=900.0, gt=0, description="validate: deadline in seconds for a whole cell (start, /health, every check); null = none")
+    concurrent_max_tokens: int = Field(default=48, ge=1, description="validate: tokens per concurrent request (long enough that all slots decode together)")
+    expect_failure: str | None = Field(
+        default=None, description="validate: a known bug; the cell must fail with this text in its reason (reported as XFAIL)")
+    expect_acceptance: tuple[float, float] | None = Field(
+        default=None, description="validate: MTP draft acceptance must fall in [min, max] (a drafter with a known answer)")
+    expect_backend: Literal["hip", "cuda", "vulkan", "cpu", "rpc"] | None = Field(
+        default=None, description="validate: the backend that must hold the models' weights (read from the server log)")
+    expect_offload: int | Literal["all"] | None = Field(
+        default=None, description="validate: layers offloaded to the GPU, 'all' or at least N (main model and drafter)")
+
+    @field_validator("expect_offload", mode="before")
+    @classmethod
+    def _offload(cls, v: Any) -> Any:
+        if v is None or v == "all":
+            return v
+        if isinstance(v, str) and v.strip().isdigit():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"'all' or a number of layers (0 or more), got {v!r}")
+        return v
+
+
+HARNESS_KEYS = tuple(Harness.model_fields)
+
+
+def nest_harness(data: dict) -> dict:
+    """``data`` with top-level harness keys (``expect_backend: cpu``, the older flat form, and matrix cells)
+    moved into its ``harness:`` block; a flat key wins over the block's (a cell over its profile)."""
+    flat = {k: data[k] for k in HARNESS_KEYS if k in data}
+    if not flat:
+        return data
+    block = data.get("harness")
+    out = {k: v for k, v in data.items() if k not in flat}
+    out["harness"] = {**(block if isinstance(block, dict) else {}), **flat}
+    return out
+
+
 class Profile(BaseModel):
     """A llama-server launch, in semantic terms. Field metadata drives env mapping and argv rendering."""
 
@@ -180,19 +228,7 @@ class Profile(BaseModel):
     extra_args: Annotated[list[str], flag(kind="extra")] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
     health_timeout: float = Field(120.0, gt=0, description="seconds from launch until /health must answer 200")
-    request_timeout: float = Field(
-        120.0, gt=0, description="validate: seconds one HTTP request may take (connect, send, whole answer)")
-    cell_timeout: float | None = Field(
-        900.0, gt=0, description="validate: deadline in seconds for a whole cell (start, /health, every check); null = none")
-    concurrent_max_tokens: int = Field(48, ge=1, description="validate: tokens per concurrent request (long enough that all slots decode together)")
-    expect_failure: str | None = Field(
-        None, description="validate: a known bug; the cell must fail with this text in its reason (reported as XFAIL)")
-    expect_acceptance: tuple[float, float] | None = Field(
-        None, description="validate: MTP draft acceptance must fall in [min, max] (a drafter with a known answer)")
-    expect_backend: Literal["hip", "cuda", "vulkan", "cpu", "rpc"] | None = Field(
-        None, description="validate: the backend that must hold the models' weights (read from the server log)")
-    expect_offload: int | Literal["all"] | None = Field(
-        None, description="validate: layers offloaded to the GPU, 'all' or at least N (main model and drafter)")
+    harness: Harness = Field(default_factory=Harness, description="what validate and bench expect of a cell, and their timeouts")
     log_verbosity: Annotated[int | None, flag("--log-verbosity", "-lv")] = Field(
         None, ge=0, le=5, description="--log-verbosity; 4 when expect_backend/expect_offload is set (device, buffer and "
                                       "offload lines)")
@@ -200,24 +236,17 @@ class Profile(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _backend_evidence(cls, data: Any) -> Any:
+    def _harness_and_backend_evidence(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = nest_harness(data)
+        h = data.get("harness") if isinstance(data.get("harness"), dict) else {}
         # upstream logs devices, buffers and offloaded layers only from verbosity 4 on
-        if isinstance(data, dict) and data.get("log_verbosity") is None and (
-                data.get("expect_backend") is not None or data.get("expect_offload") is not None
+        if data.get("log_verbosity") is None and (
+                h.get("expect_backend") is not None or h.get("expect_offload") is not None
                 or data.get("rpc") is not None):      # rpc_placement reads the RPC devices and buffers too
             data = {**data, "log_verbosity": 4}
         return data
-
-    @field_validator("expect_offload", mode="before")
-    @classmethod
-    def _offload(cls, v: Any) -> Any:
-        if v is None or v == "all":
-            return v
-        if isinstance(v, str) and v.strip().isdigit():
-            v = int(v)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ValueError(f"'all' or a number of layers (0 or more), got {v!r}")
-        return v
 
     @field_validator("port", mode="before")
     @classmethod
@@ -297,6 +326,28 @@ class Profile(BaseModel):
         return as_bool(v, {"mtp": True, "draft-mtp": True, "none": False})   # SPEC=mtp|off too
 
 
+def file_schema() -> dict[str, Any]:
+    """The JSON Schema of a profile file (``llamactl profile schema``; profiles/profile.schema.json).
+
+    Profile's own schema, with each llama-server key's flag spellings and env vars as ``x-flags`` and
+    ``x-env``, the older flat harness keys accepted (marked deprecated), and no key required: a file
+    that ``extends`` another may leave ``model`` to its parent.
+    """
+    schema = Profile.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "llamactl profile"
+    props = schema["properties"]
+    for name, f in flag_fields():
+        if f.flags:
+            props[name]["x-flags"] = list(f.flags)
+        if f.env:
+            props[name]["x-env"] = list(f.env)
+    for name, sub in Harness.model_json_schema()["properties"].items():
+        props[name] = {**sub, "deprecated": True, "description": f"the older form of harness.{name}"}
+    schema.pop("required", None)
+    return schema
+
+
 def field_flag(name: str) -> Flag | None:
     """The :class:`Flag` marker of Profile field ``name`` (None: not a llama-server flag, no env var)."""
     return next((m for m in Profile.model_fields[name].metadata if isinstance(m, Flag)), None)
@@ -368,16 +419,19 @@ def _parent_path(parent: str, child: Path, root: Path | None) -> Path:
     return child.parent / f"{parent}.yaml"
 
 
+NESTED = ("build", "env", "harness")   # blocks merged key by key (a parent's other keys stay)
+
+
 def merge(base: dict, over: dict, origins: dict[str, str], origin: str, prefix: str = "") -> dict:
     out = dict(base)
     for k, v in over.items():
         key = f"{prefix}{k}"
-        if k in ("build", "env") and isinstance(v, dict) and isinstance(out.get(k), dict):
+        if k in NESTED and isinstance(v, dict) and isinstance(out.get(k), dict):
             out[k] = merge(out[k], v, origins, origin, prefix=f"{key}.")
         else:
             out[k] = v
             origins[key] = origin
-        if isinstance(v, dict) and k in ("build", "env"):
+        if isinstance(v, dict) and k in NESTED:
             for sub in v:
                 origins[f"{key}.{sub}"] = origin
     return out
@@ -404,7 +458,7 @@ def _load_chain(path: Path, origins: dict[str, str], seen: tuple[Path, ...] = ()
         merged = _load_chain(ppath, origins, (*seen, path), root, where)
     if where is not None:
         where.update({k: (path, ln) for k, ln in lines.items()})
-    own = {k: v for k, v in data.items() if k != "extends"}
+    own = nest_harness({k: v for k, v in data.items() if k != "extends"})
     return merge(merged, own, origins, f"profile {path.name}")
 
 
@@ -456,7 +510,7 @@ def resolve(
     data = merge(data, env_layer, {}, "")
     origins.update(env_origins)
     if cli:
-        data = merge(data, cli, origins, "cli")
+        data = merge(data, nest_harness(cli), origins, "cli")
     try:
         profile = Profile.model_validate(data)
     except ValidationError as exc:
@@ -499,6 +553,8 @@ def _allowed_keys(loc: tuple) -> list[str]:
         return list(BuildSpec.model_fields)
     if len(loc) > 1 and loc[0] == "rpc":
         return list(RpcSpec.model_fields)
+    if len(loc) > 1 and loc[0] == "harness":
+        return list(Harness.model_fields)
     if len(loc) > 1 and loc[0] == "matrix":
         return list(MatrixSpec.model_fields)
     return list(Profile.model_fields)

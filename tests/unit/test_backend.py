@@ -151,4 +151,4 @@ def test_bad_expectation_in_a_profile_file_is_one_line(tmp_path):
 ])
 def test_shipped_profiles_expect_their_backend(name, backend_, offload):
     p = resolve(name, environ={}).profile
-    assert (p.expect_backend, p.expect_offload, p.log_verbosity) == (backend_, offload, 4)
+    assert (p.harness.expect_backend, p.harness.expect_offload, p.log_verbosity) == (backend_, offload, 4)

@@ -93,3 +93,30 @@ def test_seed_profile_values():
     assert (p.ctx, p.batch, p.ubatch, p.split_mode, p.kv_k, p.kv_v, p.reasoning_budget, p.enable_mtp, p.port, p.no_warmup) == \
         (4096, 128, 64, "layer", "turbo4", "turbo4", 1024, True, 8084, True)
     assert p.build.backend == "hip" and p.build.source == "atomic-turboquant"
+
+
+def test_the_shipped_schema_is_current_and_names_every_key_the_profiles_use():
+    import json
+
+    from llamactl.core import paths, yamlio
+
+    shipped = json.loads((paths.profiles_dir() / "profile.schema.json").read_text())
+    assert shipped == json.loads(json.dumps(profiles.file_schema())), "run: llamactl profile schema --output profiles/profile.schema.json"
+    assert shipped["properties"]["ctx"]["x-flags"] == ["--ctx-size"] and "CTX" in shipped["properties"]["ctx"]["x-env"]
+    harness = shipped["$defs"]["Harness"]["properties"]
+    for path in paths.profiles_dir().glob("*.yaml"):
+        text = path.read_text()
+        assert text.startswith("# yaml-language-server: $schema=profile.schema.json"), path
+        data = yamlio.load_file(path, "profile")
+        assert set(data) <= set(shipped["properties"]), path
+        assert not set(data) & set(profiles.HARNESS_KEYS), f"{path}: harness keys belong in its harness: block"
+        assert set(data.get("harness") or {}) <= set(harness), path
+
+
+def test_flat_harness_keys_still_load_into_the_block_and_a_cell_wins():
+    p = profiles.Profile.model_validate({"model": "m", "expect_backend": "cpu", "harness": {"expect_offload": 3,
+                                                                                            "expect_backend": "hip"}})
+    assert (p.harness.expect_backend, p.harness.expect_offload, p.log_verbosity) == ("cpu", 3, 4)
+    r = profiles.resolve("tiny-gemma4-mtp", environ={}, cli={"expect_acceptance": [0.1, 0.2]})
+    assert r.profile.harness.expect_acceptance == (0.1, 0.2) and r.origin("harness.expect_acceptance") == "cli"
+    assert r.profile.harness.concurrent_max_tokens == 400 and r.origin("harness.concurrent_max_tokens") == "profile tiny-gemma4-mtp.yaml"
