@@ -95,14 +95,16 @@ class RebaseReport:
 
 def rebase_tree(groups: list[tuple[str, list[Patch]]], new_base: Path, scratch: Path, *,
                 lend_objects: list[Path] | None = None, conflicts_dir: Path | None = None,
-                write_to: Path | None = None, progress: ProgressFn | None = None) -> tuple[list[PatchOutcome], list[str]]:
+                write_to: Path | None = None, progress: ProgressFn | None = None,
+                upstream_ids: dict[str, str] | None = None) -> tuple[list[PatchOutcome], list[str]]:
     """Rebase patch ``groups`` (("", series), ("vulkan", backend patches), ...) onto the git repo ``new_base``.
 
     ``scratch`` (must not exist) receives a ``--shared`` clone of ``new_base``; ``lend_objects`` are git
     object directories whose blobs three-way merges may use (the old base's). Conflicted files go to
     ``conflicts_dir/<patch stem>/``. With ``write_to`` and no conflict, the rebased patches are written
     there (``<group>/`` for a backend group), same names, upstream ones dropped; returns the written paths.
-    ``progress`` hears one item per patch.
+    ``progress`` hears one item per patch. ``upstream_ids`` (``git patch-id --stable`` -> commit, from
+    the new base's history: :func:`history_patch_ids`) marks a patch with the same patch-id as upstream.
     Raises LlamactlError when ``new_base`` is not a git repository.
     """
     if not (new_base / ".git").exists():
@@ -128,7 +130,7 @@ def rebase_tree(groups: list[tuple[str, list[Patch]]], new_base: Path, scratch: 
         for p in patches:
             name = f"{group}/{p.name}" if group else p.name
             report_progress(progress, what, len(outcomes), total)
-            out = _one(repo, p, name, conflicts_dir)
+            out = _one(repo, p, name, conflicts_dir, upstream_ids or {})
             log.debug("%s: %s%s", name, out.label, f" ({out.detail})" if out.detail else "")
             if broken and out.status != CONFLICTS:
                 out.detail = (out.detail + "; " if out.detail else "") + f"after {broken} conflicted (applied without it)"
@@ -146,9 +148,14 @@ def rebase_tree(groups: list[tuple[str, list[Patch]]], new_base: Path, scratch: 
     return outcomes, written
 
 
-def _one(repo: Repo, p: Patch, name: str, conflicts_dir: Path | None) -> PatchOutcome:
+def _one(repo: Repo, p: Patch, name: str, conflicts_dir: Path | None, upstream_ids: dict[str, str]) -> PatchOutcome:
     out = PatchOutcome(name, p.subject, CLEAN)
     path = str(p.path)
+    if upstream_ids:
+        pid = repo.patch_id(p.path.read_text(errors="replace"))
+        if pid in upstream_ids:
+            out.status, out.detail = UPSTREAM, f"same patch-id as upstream commit {upstream_ids[pid][:12]}"
+            return out
     if repo.git("apply", "--check", "--reverse", path, check=False).returncode == 0:
         out.status, out.detail = UPSTREAM, "its change is in the new base (the patch reverse-applies)"
         return out
@@ -251,6 +258,25 @@ def _write(repo: Repo, dest: Path, applied: list[tuple[Patch, str]], patches: li
     return out
 
 
+def history_patch_ids(git_dir: Path, rev: str, since: str | None = None, limit: int = 2000) -> dict[str, str]:
+    """``git patch-id --stable`` -> commit for the commits of ``rev``'s history (``since..rev`` when
+    ``since`` is a commit of that repository, else the newest ``limit``); merges are left out.
+    Empty when git cannot read them."""
+    rng = [f"{since}..{rev}"] if since and proc.run(["git", f"--git-dir={git_dir}", "cat-file", "-e", f"{since}^{{commit}}"],
+                                                     check=False).returncode == 0 else [rev]
+    log_ = proc.run(["git", f"--git-dir={git_dir}", "log", "-p", "--no-merges", "--format=commit %H", "-n", str(limit), *rng],
+                    check=False)
+    if log_.returncode != 0:
+        return {}
+    ids = proc.run(["git", "patch-id", "--stable"], input=log_.stdout.encode(), check=False)
+    out: dict[str, str] = {}
+    for ln in (ids.stdout or "").splitlines():
+        parts = ln.split()
+        if len(parts) == 2:
+            out.setdefault(parts[0], parts[1])
+    return out
+
+
 # --- from source names ---------------------------------------------------------------------------
 
 
@@ -300,7 +326,7 @@ def rebase(onto: str, series: str | None = None, *, write: bool = False, write_t
     ``conflicts_dir`` (default ``<cache>/rebase/<series>-onto-<source>/``).
     Raises BadInput for an unknown source or series, LlamactlError when the source cannot be fetched.
     """
-    from llamactl.source.sources import canonical, resolve
+    from llamactl.source.sources import PathSource, canonical, resolve
     from llamactl.source.vendor import cached_tree_path, ensure_cached_tree
 
     name, spec = resolve(onto)
@@ -321,12 +347,31 @@ def rebase(onto: str, series: str | None = None, *, write: bool = False, write_t
     with locks.hold(tree, f"the cached tree of {name}"):
         tree, prov = ensure_cached_tree(name)
         report.onto_commit = prov.upstream_commit or report.onto_commit
+        ids: dict[str, str] = {}
+        if isinstance(spec, PathSource):   # a checkout with history: a patch upstream took as a commit has its patch-id
+            git_dir = spec.git_dir()
+            if git_dir is not None:
+                ids = history_patch_ids(git_dir, spec.rev, since=_series_base_commit(series))
         with tempfile.TemporaryDirectory(dir=work, prefix=f".{slug}.") as tmp:
             target = (write_to or series_dir(series)) if write else None
             report.patches, report.written = rebase_tree(groups, tree, Path(tmp) / "llama.cpp", lend_objects=lend,
-                                                         conflicts_dir=conflicts_dir, write_to=target, progress=progress)
+                                                         conflicts_dir=conflicts_dir, write_to=target, progress=progress,
+                                                         upstream_ids=ids)
     if any(p.conflict_dir for p in report.patches):
         report.conflicts_dir = str(conflicts_dir)
     if write and report.ok:
         report.dropped = [p.name for p in report.patches if p.status == UPSTREAM]
     return report
+
+
+def _series_base_commit(series: str) -> str | None:
+    """The upstream commit the series was made on (its owning source's pinned commit), when known."""
+    from llamactl.source.sources import load_lock, load_versions
+
+    for spec in load_lock().sources.values():
+        if spec.series == series:
+            commit = getattr(spec, "commit", None)
+            package = getattr(spec, "package", None)
+            rec = load_versions().get(package, {}).get(getattr(spec, "version", "")) if package else None
+            return (rec.commit if rec and rec.commit else None) or commit
+    return None

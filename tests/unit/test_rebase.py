@@ -160,3 +160,23 @@ def test_cli_conflict_exits_1_and_says_where_the_conflict_is(tmp_path, series, m
     data = json.loads(capsys.readouterr().out)
     assert data["ok"] is False and [p["status"] for p in data["patches"]] == ["conflicts", "clean"]
     assert data["patches"][0]["conflicts"] == {"f.txt": 1}
+
+
+def test_already_upstream_by_patch_id_when_upstream_changed_the_lines_again(tmp_path, series, monkeypatch):
+    """Upstream took 0001 as a commit and then edited the same line: it no longer reverse-applies and
+    a 3-way merge conflicts, but its patch-id is in the new base's history."""
+    old, patches, f, _g = series
+    hist = make_repo(tmp_path / "upstream", {"f.txt": "".join(LINES), "g.txt": "".join(LINES)})
+    subprocess.run(["git", "-c", "user.name=u", "-c", "user.email=u@u", "am", "-q", str(patches[0].path)], cwd=hist, check=True)
+    f2 = list(f)
+    f2[14] = "line 15 patched, then changed again\n"
+    (hist / "f.txt").write_text("".join(f2))
+    Repo(hist).git("commit", "-qam", "upstream: change line 15 again")
+    monkeypatch.setenv("LLAMACTL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(rebase, "old_base_objects", lambda series, notes: [old / ".git" / "objects"])
+    report = rebase.rebase(f"path:{hist}", str(patches[0].path.parent))
+    by = {p.name: p for p in report.patches}
+    assert by["0001-f.patch"].status == rebase.UPSTREAM and "same patch-id as upstream commit" in by["0001-f.patch"].detail
+    assert by["0002-g.patch"].status == rebase.CLEAN and report.ok
+    ids = rebase.history_patch_ids(hist / ".git", "HEAD")
+    assert len(ids) == 3     # base, 0001, the later edit
