@@ -16,7 +16,7 @@ $(BIN)/llamactl: pyproject.toml
 setup: $(BIN)/llamactl
 
 demo: setup
-	$(BIN)/llamactl validate default --no-env --json $(REPORTS)/validate-default.json --junit $(REPORTS)/validate-default.xml --html $(REPORTS)/validate-default.html
+	$(BIN)/llamactl validate default --no-env --json-out $(REPORTS)/validate-default.json --junit $(REPORTS)/validate-default.xml --html $(REPORTS)/validate-default.html
 
 unit: setup
 	$(BIN)/pytest -m "not integration" -q
@@ -26,6 +26,6 @@ lint: setup
 	$(BIN)/mypy llamactl
 
 test: setup lint
-	$(BIN)/llamactl validate default --no-env --junit $(REPORTS)/validate-default.xml --json $(REPORTS)/validate-default.json --html $(REPORTS)/validate-default.html
-	$(BIN)/llamactl validate tiny-gemma4-mtp --no-env --junit $(REPORTS)/validate-tiny-gemma4-mtp.xml --json $(REPORTS)/validate-tiny-gemma4-mtp.json --html $(REPORTS)/validate-tiny-gemma4-mtp.html
+	$(BIN)/llamactl validate default --no-env --junit $(REPORTS)/validate-default.xml --json-out $(REPORTS)/validate-default.json --html $(REPORTS)/validate-default.html
+	$(BIN)/llamactl validate tiny-gemma4-mtp --no-env --junit $(REPORTS)/validate-tiny-gemma4-mtp.xml --json-out $(REPORTS)/validate-tiny-gemma4-mtp.json --html $(REPORTS)/validate-tiny-gemma4-mtp.html
 	$(BIN)/pytest --junitxml=$(REPORTS)/pytest.xml

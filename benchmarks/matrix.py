@@ -31,7 +31,7 @@ def env() -> dict[str, str]:
 
 def once(profile: str, out: Path) -> tuple[float, dict]:
     t0 = time.monotonic()
-    cp = subprocess.run([sys.executable, "-m", "llamactl", "validate", profile, "--no-env", "--json", str(out)],
+    cp = subprocess.run([sys.executable, "-m", "llamactl", "validate", profile, "--no-env", "--json-out", str(out)],
                         capture_output=True, text=True, env=env())
     wall = time.monotonic() - t0
     if cp.returncode not in (0, 1):

@@ -2,7 +2,7 @@
 
 Examples:
     llamactl bench default --repeat 3
-    llamactl bench tiny-gemma4-bench --json reports/bench.json --plot reports/bench.png
+    llamactl bench tiny-gemma4-bench --json-out reports/bench.json --plot reports/bench.png
     llamactl bench tiny-gemma4-mtp --cell parallel=2 --n-predict 128 --prompts prompts.txt
     llamactl bench --compare before.json after.json
     llamactl bench tiny-gemma4-bench --cell echo --baseline last --html reports/bench.html
@@ -21,15 +21,16 @@ from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
+from rich.console import Console
 from rich.table import Table
 
 from llamactl.judge import bench as bench_lib
 from llamactl.serve import launcher
 from llamactl.cli import options as o, report_cmd
 from llamactl.cli.common import check_outputs, num, stop_on_signals, warn_exposure
-from llamactl.cli.console import Output, console, progress_bar
+from llamactl.cli.console import Output, console, err_console, progress_bar
 from llamactl.core.errors import BadInput, ExitCode, LlamactlError
-from llamactl.core.files import read_text
+from llamactl.core.files import read_text, write_atomic
 from llamactl.report import fingerprint, gate, publish, view
 from llamactl.report.history import History
 from llamactl.judge.matrix import expand, load_matrix_file, select
@@ -71,7 +72,7 @@ def bench(
     prompts: Annotated[Optional[Path], typer.Option("--prompts", help="Prompts file (one per line, or blank-line separated blocks).")] = None,
     n_predict: Annotated[int, typer.Option("--n-predict", help="Tokens to generate per request.")] = 64,
     repeat: Annotated[int, typer.Option("--repeat", help="Repeats per prompt (warm-up excluded).")] = 3,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write every sample as JSON here.")] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json-out", help="Also write the run, every sample, as JSON to this file.", show_default=False)] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG bar chart here (needs matplotlib).")] = None,
     compare: Annotated[Optional[tuple[Path, Path]], typer.Option("--compare", help="Compare two saved runs: A.json B.json.")] = None,
     build: Annotated[Optional[list[str]], typer.Option("--build", help="A/B: two or more builds interleaved in one run, the first is "
@@ -83,22 +84,24 @@ def bench(
     html: o.Html = None,
     md: o.Markdown = None,
     history: o.History = None,
+    json: o.Json = False,
 ) -> None:
     """Decode/prompt speed, TTFT, all-slots throughput, peak RSS and MTP acceptance; MTP on vs off, interleaved."""
     if compare:
-        _compare(*compare)
+        _compare(*compare, json=json)
         return
     if not name:
         raise BadInput("name a profile to benchmark (or use --compare A.json B.json)")
     if repeat < 1 or n_predict < 2:
         raise BadInput("--repeat must be >= 1 and --n-predict >= 2")
-    check_outputs((json_path, "--json"), (plot, "--plot"), (html, "--html"), (md, "--markdown"))   # before the build and the run, not after them
+    check_outputs((json_path, "--json-out"), (plot, "--plot"), (html, "--html"), (md, "--markdown"))   # before the build and the run, not after them
     thresholds = gate.Thresholds(warn_below, fail_below)
     base = overrides.resolve(name)
     spec = load_matrix_file(matrix) if matrix else (None if no_matrix else base.profile.matrix)
     unique = bench_lib.without_mtp_axis(select(expand(spec, str(matrix or f"{base.path} matrix")), cell or []))
     texts = bench_lib.load_prompts(prompts)
-    out = Output(False)
+    out = Output(json)
+    screen = err_console if json else console   # stdout carries only the JSON with --json
     against_lookup = (publish.baseline_lookup(baseline, base.name, fingerprint.machine()["id"], History(history))
                       if baseline else None)   # resolved before the bench runs
     arms, builds = _build_arms(base, build or [], out)
@@ -121,23 +124,24 @@ def bench(
     if arms:
         meta.update(builds=builds, ab=[a.label for a in arms])
     data = bench_lib.to_json(results, meta)
-    console.print(_table(data))
+    screen.print(_table(data))
     for line in _verdicts(data):
-        console.print(line, highlight=False, markup=False)
+        screen.print(line, highlight=False, markup=False)
     if arms:
         data["ab"] = view.gate_summary(gate.compare_arms(data, thresholds), f"arm {arms[0].label}", thresholds)
     if against_lookup:
         against, lookup = against_lookup
         data["gate"] = view.gate_summary(gate.compare_runs(data, lookup, thresholds), against, thresholds)
-    worst = _print_gates(data)
+    worst = _print_gates(data, screen)
     data = report_cmd.after_run(data, history, html, md)   # history store (+ machine, build) and --html/--markdown
     if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(jsonlib.dumps(data, indent=2, default=str) + "\n")
-        console.print(f"samples: {json_path}")
+        write_atomic(json_path, jsonlib.dumps(data, indent=2, default=str) + "\n")
+        screen.print(f"samples: {json_path}")
     if plot:
         bench_lib.plot(data, plot)
-        console.print(f"chart: {plot}")
+        screen.print(f"chart: {plot}")
+    if json:
+        out.result(data)
     if worst == gate.REGRESSION:
         sys.exit(int(ExitCode.REGRESSION))
 
@@ -162,7 +166,7 @@ def _build_arms(base, texts: list[str], out: Output) -> tuple[list[bench_lib.Arm
     return arms, builds
 
 
-def _print_gates(data: dict) -> str:
+def _print_gates(data: dict, screen: Console = console) -> str:
     """Print the A/B and baseline verdicts; return the worst of them."""
     worst = gate.OK
     for key, title in (("ab", "A/B"), ("gate", "baseline gate")):
@@ -171,15 +175,15 @@ def _print_gates(data: dict) -> str:
             continue
         for v in g["verdicts"]:
             colour = {"regression": "bold red", "warn": "yellow", "faster": "green", "ok": "green"}.get(v["verdict"], "")
-            console.print(f"  [{colour}]{escape(v['line'])}[/]" if colour else f"  {escape(v['line'])}", highlight=False)
-        console.print(f"{title}: {g['worst'].upper()} against {escape(g['against'])}"
+            screen.print(f"  [{colour}]{escape(v['line'])}[/]" if colour else f"  {escape(v['line'])}", highlight=False)
+        screen.print(f"{title}: {g['worst'].upper()} against {escape(g['against'])}"
                       + (f" (exit {int(ExitCode.REGRESSION)})" if g["worst"] == gate.REGRESSION else ""), highlight=False)
         if gate.SEVERITY.get(g["worst"], 0) > gate.SEVERITY.get(worst, 0):
             worst = g["worst"]
     return worst
 
 
-def _compare(a: Path, b: Path) -> None:
+def _compare(a: Path, b: Path, json: bool = False) -> None:
     data = []
     for p in (a, b):
         try:
@@ -190,9 +194,17 @@ def _compare(a: Path, b: Path) -> None:
     try:
         rows = bench_lib.compare(da, db)
     except (KeyError, TypeError, AttributeError, IndexError) as exc:
-        raise BadInput(f"{a} / {b}: not llamactl bench JSON (from `llamactl bench --json`): {type(exc).__name__} {exc}") from exc
+        raise BadInput(f"{a} / {b}: not llamactl bench JSON (from `llamactl bench --json-out F`): {type(exc).__name__} {exc}") from exc
     if not rows:
         raise LlamactlError(f"{a.name} and {b.name} share no cells to compare")
+
+    def human(rows: list[dict]) -> None:
+        console.print(_compare_table(a, b, rows))
+
+    Output(json).result(rows, human)
+
+
+def _compare_table(a: Path, b: Path, rows: list[dict]) -> Table:
     t = Table(title=f"{a.name} -> {b.name} (median decode tok/s, change)", title_justify="left")
     for col in ("cell", "variant", "decode A", "decode B", "change", "all slots A", "all slots B", "change", "acceptance A", "acceptance B"):
         t.add_column(col)
@@ -200,4 +212,4 @@ def _compare(a: Path, b: Path) -> None:
         d, agg = r["client_decode_tps"], r["aggregate_tps"]
         t.add_row(r["cell"], r["variant"], num(d["a"]), num(d["b"]), num(d["change_pct"], "{:+.1f}%"), num(agg["a"]), num(agg["b"]),
                   num(agg["change_pct"], "{:+.1f}%"), num(r["acceptance"]["a"], "{:.0%}"), num(r["acceptance"]["b"], "{:.0%}"))
-    console.print(t)
+    return t

@@ -16,7 +16,11 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+# One meaning for --json in every command: print JSON on stdout (and nothing else there; people's output
+# goes to stderr). A command that also writes its JSON to a file takes --json-out FILE, beside --junit,
+# --html, --markdown and --plot.
+Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout (the rest goes to stderr).")]
+JsonOut = Annotated[Optional[Path], typer.Option("--json-out", help="Also write the JSON report to this file.", show_default=False)]
 Source = Annotated[Optional[str], typer.Option("--source", "-s", help="Source from vendor/sources.yaml (upstream, atomic-turboquant) or path:/dir.")]
 Series = Annotated[Optional[str], typer.Option("--series", help="Patch series under patches/ (default: the vendored source's own).")]
 Backend = Annotated[str, typer.Option("--backend", "-b", help="cpu | hip | cuda | vulkan.")]

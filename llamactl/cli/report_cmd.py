@@ -7,7 +7,7 @@ Examples:
     llamactl report 12 --html run12.html                        # a run from the history, by id
     llamactl report reports/bench.json --trend --html reports/bench.html
     llamactl report --trend --profile tiny-gemma4-bench --png reports/trend.png
-    llamactl report merge shard1.json shard2.json --json reports/all.json --junit reports/all.xml
+    llamactl report merge shard1.json shard2.json --json-out reports/all.json --junit reports/all.xml
 """
 
 from __future__ import annotations
@@ -60,15 +60,16 @@ def report(
     cell: Annotated[Optional[str], typer.Option("--cell", help="Only this cell in --trend.")] = None,
     png: Annotated[Optional[Path], typer.Option("--png", help="Write the --trend chart as a PNG (needs matplotlib).")] = None,
     history: o.History = None,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="report merge: write the merged report as JSON here.")] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json-out", help="report merge: also write the merged report as JSON to this file.", show_default=False)] = None,
+    json: Annotated[bool, typer.Option("--json", help="report merge: print the merged report as JSON on stdout (the table goes to stderr).")] = False,
     junit: Annotated[Optional[Path], typer.Option("--junit", help="report merge: write the merged JUnit XML here.")] = None,
 ) -> None:
     """Render runs as one self-contained HTML page and/or Markdown; Markdown on stdout when no file is named."""
     if files and files[0] == "merge" and not Path("merge").exists():
-        _merge([Path(f) for f in files[1:]], json_path, junit, html, md)
+        _merge([Path(f) for f in files[1:]], json_path, junit, html, md, json)
         return
-    if json_path or junit:
-        raise BadInput("--json and --junit belong to `llamactl report merge A.json B.json ...`")
+    if json_path or junit or json:
+        raise BadInput("--json, --json-out and --junit belong to `llamactl report merge A.json B.json ...`")
     check_outputs((html, "--html"), (md, "--markdown"), (png, "--png"))
     store = History(history)
     run_list = [r for f in files or [] for r in _load(f, store)]
@@ -99,22 +100,24 @@ def report(
         sys.stdout.write(markdown.render(view.report_view(run_list, store, trend_data)))
 
 
-def _merge(files: list[Path], json_path: Path | None, junit: Path | None, html: Path | None, md: Path | None) -> None:
+def _merge(files: list[Path], json_path: Path | None, junit: Path | None, html: Path | None, md: Path | None,
+           json: bool = False) -> None:
     """`report merge`: one table of every cell with the machine it ran on; exit 1 on a cell run twice or nowhere."""
     import json as jsonlib
 
     from rich.table import Table
 
-    from llamactl.cli.console import console
+    from llamactl.cli.console import Output, console
+    from llamactl.core.files import write_atomic
     from llamactl.core.errors import ExitCode
     from llamactl.judge.status import Status
     from llamactl.report import merge as merge_lib, reports
 
-    check_outputs((json_path, "--json"), (junit, "--junit"), (html, "--html"), (md, "--markdown"))
+    check_outputs((json_path, "--json-out"), (junit, "--junit"), (html, "--html"), (md, "--markdown"))
     merged, info = merge_lib.merge(files)
+    screen = err_console if json else console   # stdout carries only the JSON with --json
     if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(jsonlib.dumps(merge_lib.merged_dict(merged, info), indent=2, default=str) + "\n")
+        write_atomic(json_path, jsonlib.dumps(merge_lib.merged_dict(merged, info), indent=2, default=str) + "\n")
     if junit:
         reports.write_junit(merged, junit)
     t = Table("cell", "status", "machine", "shard file", "reason", title=f"{merged.profile}: {len(files)} report(s) merged")
@@ -123,14 +126,16 @@ def _merge(files: list[Path], json_path: Path | None, junit: Path | None, html: 
         t.add_row(escape(row["cell"]), f"[{reports.STYLE[st]}]{st.label}[/]",
                   escape(str(row["machine"] or "-")) + (f" (x{row['ran']})" if row.get("ran", 1) > 1 else ""),
                   escape(Path(row["file"]).name if row["file"] else "-"), escape(row["reason"] or ""))
-    console.print(t)
+    screen.print(t)
     for d in info["duplicates"]:
         err_console.print(f"[red]ran twice:[/] {escape(d['cell'])} on {escape(', '.join(d['machines']))}", highlight=False)
     for cid in info["missing"]:
         err_console.print(f"[red]ran nowhere:[/] {escape(cid)}", highlight=False)
     for line in reports.summary_lines(merged):
-        console.print(line, highlight=False)
+        screen.print(line, highlight=False)
     publish.render([merged_run(merged, info)], html, md)
+    if json:
+        Output(True).result(merge_lib.merged_dict(merged, info))
     if info["duplicates"] or info["missing"] or not merged.ok:
         sys.exit(ExitCode.FAILED)
 

@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
-from rich.console import Group
+from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -37,40 +37,42 @@ def validate(
     matrix: Annotated[Optional[Path], typer.Option("--matrix", help="YAML file with a matrix (axes/include/exclude).")] = None,
     cell: Annotated[Optional[list[str]], typer.Option("--cell", help="Only cells matching key=value (repeatable).")] = None,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failing cell.")] = False,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the full report as JSON here.")] = None,
+    json_path: o.JsonOut = None,
     junit: Annotated[Optional[Path], typer.Option("--junit", help="Write JUnit XML here (one testcase per cell and check).")] = None,
     html: o.Html = None,
     md: o.Markdown = None,
     history: o.History = None,
     url: Annotated[Optional[str], typer.Option("--url", help="Check a server that is already running here (no launch); the profile says how it was started.")] = None,
     shard: Annotated[Optional[str], typer.Option("--shard", help="Run only shard K/N of the matrix (by a hash of each cell id).")] = None,
+    json: o.Json = False,
 ) -> None:
     """Start the server for each matrix cell, run the HTTP checks, report; exit 0 only if all ran cells pass.
 
     The JSON and JUnit reports are written whatever happens (Ctrl-C, SIGTERM, a failed build, an
     internal error), with every cell listed; their paths are checked before anything runs.
     """
-    check_outputs((json_path, "--json"), (junit, "--junit"), (html, "--html"), (md, "--markdown"))   # before the build and the run, not after them
+    check_outputs((json_path, "--json-out"), (junit, "--junit"), (html, "--html"), (md, "--markdown"))   # before the build and the run, not after them
     base = overrides.resolve(name)
     spec = load_matrix_file(matrix) if matrix else base.profile.matrix
     cells = select(expand(spec, str(matrix or f"{base.path} matrix")), cell or [])
     if not cells:
         raise BadInput(f"the matrix of {base.name} selects no cells", hint="check its axes/include/exclude")
     if url is not None:
-        _validate_url(base, url, cells if (matrix or base.profile.matrix) else [], json_path, junit, history, html, md)
+        _validate_url(base, url, cells if (matrix or base.profile.matrix) else [], json_path, junit, history, html, md, json)
         return
+    screen = err_console if json else console   # stdout carries only the JSON with --json
     all_ids = [c.id for c in cells]
     if shard:
         k, n = parse_shard(shard)
         cells = shard_of_cells(cells, k, n)
-        console.print(f"shard {k}/{n}: {len(cells)} of {len(all_ids)} cell(s)", highlight=False)
-    out = Output(False)
+        screen.print(f"shard {k}/{n}: {len(cells)} of {len(all_ids)} cell(s)", highlight=False)
+    out = Output(json)
     stop_on_signals()
     warn_exposure(base.profile.host)
-    console.print(f"validating [bold]{base.name}[/]: {len(cells)} cell(s)")
-    live_enabled = console.is_terminal and not quiet_progress()
+    screen.print(f"validating [bold]{base.name}[/]: {len(cells)} cell(s)")
+    live_enabled = screen.is_terminal and not quiet_progress()
     bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), console=console)
+                   TimeElapsedColumn(), console=screen)
     task = bar.add_task("cells", total=len(cells))
     report = new_report(base, cells)
     report.matrix, report.shard = all_ids, (f"{k}/{n}" if shard else None)
@@ -86,16 +88,18 @@ def validate(
                 live.update(Group(reports.table(rep, running), bar), refresh=True)
         elif running is None:
             for c in rep.cells[printed:done]:
-                console.print(f"  {escape(c.cell)}: {Status(c.status).label} {escape(c.reason)}", highlight=False)
+                screen.print(f"  {escape(c.cell)}: {Status(c.status).label} {escape(c.reason)}", highlight=False)
             printed = done
 
     if not cells:     # an empty shard: nothing to run here, still a report for the merge
         report.machine = fingerprint.run_fingerprint(None)
         _write_reports(report, json_path, junit)
-        console.print(f"validate: shard {report.shard} has no cells of {len(all_ids)}", highlight=False)
+        screen.print(f"validate: shard {report.shard} has no cells of {len(all_ids)}", highlight=False)
+        if json:
+            out.result(report.to_dict())
         return
     try:
-        with Live(console=console, refresh_per_second=4, transient=False) if live_enabled else nullcontext() as live:
+        with Live(console=screen, refresh_per_second=4, transient=False) if live_enabled else nullcontext() as live:
             run_matrix(base, cells, progress=out.progress, fail_fast=fail_fast, on_update=update, report=report)
     except LlamactlError as exc:
         report.error = str(exc)
@@ -105,8 +109,10 @@ def validate(
         raise
     finally:
         _write_reports(report, json_path, junit)
-    _print_outcome(report, live_enabled)
+    _print_outcome(report, live_enabled, screen)
     report_cmd.after_run(report.to_dict(), history, html, md)   # history store + --html/--markdown
+    if json:
+        out.result(report.to_dict())
     if report.interrupted:
         sys.exit(ExitCode.INTERRUPTED)
     if not report.ok:
@@ -114,7 +120,7 @@ def validate(
 
 
 def _validate_url(base, url: str, cells: list, json_path: Path | None, junit: Path | None,
-                  history: Path | None, html: Path | None, md: Path | None) -> None:
+                  history: Path | None, html: Path | None, md: Path | None, json: bool = False) -> None:
     """`validate --url`: the checks against a running server; no launch, no stop."""
     import httpx
 
@@ -125,11 +131,15 @@ def _validate_url(base, url: str, cells: list, json_path: Path | None, junit: Pa
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise BadInput(f"--url {url!r}: expected http(s)://HOST:PORT")
     stop_on_signals()
-    console.print(f"validating [bold]{escape(base.name)}[/] against {escape(url)} (no launch)", highlight=False)
+    out = Output(json)
+    screen = err_console if json else console
+    screen.print(f"validating [bold]{escape(base.name)}[/] against {escape(url)} (no launch)", highlight=False)
     report = run_url(base, url, cells)
     _write_reports(report, json_path, junit)
-    _print_outcome(report, False)
+    _print_outcome(report, False, screen)
     report_cmd.after_run(report.to_dict(), history, html, md)
+    if json:
+        out.result(report.to_dict())
     if report.interrupted:
         sys.exit(ExitCode.INTERRUPTED)
     if not report.ok:
@@ -153,22 +163,22 @@ def _write_reports(report: Report, json_path: Path | None, junit: Path | None) -
                               highlight=False)
 
 
-def _print_outcome(report: Report, live_enabled: bool) -> None:
+def _print_outcome(report: Report, live_enabled: bool, screen: Console = console) -> None:
     if not live_enabled:
-        console.print(reports.table(report))
+        screen.print(reports.table(report))
     for c in report.cells:
         st = Status(c.status)
         if st in (Status.FAIL, Status.ERROR, Status.XPASS, Status.INTERRUPTED):
-            console.print(f"[{reports.STYLE[st]}]{st.label}[/] {escape(c.cell)}: {escape(c.reason)}", highlight=False)
+            screen.print(f"[{reports.STYLE[st]}]{st.label}[/] {escape(c.cell)}: {escape(c.reason)}", highlight=False)
             for ln in (c.crash or {}).get("frames", [])[:8]:
-                console.print(f"    {ln}", highlight=False, markup=False)
+                screen.print(f"    {ln}", highlight=False, markup=False)
             if c.log:
-                console.print(f"    log:   {c.log}", highlight=False, markup=False)
-            console.print(f"    repro: {c.repro}", highlight=False, markup=False)
+                screen.print(f"    log:   {c.log}", highlight=False, markup=False)
+            screen.print(f"    repro: {c.repro}", highlight=False, markup=False)
         elif st == Status.XFAIL:
-            console.print(f"[yellow]XFAIL[/] {escape(c.cell)}: {escape(c.reason)}", highlight=False)
-            console.print(f"    log:   {c.log}", highlight=False, markup=False)
+            screen.print(f"[yellow]XFAIL[/] {escape(c.cell)}: {escape(c.reason)}", highlight=False)
+            screen.print(f"    log:   {c.log}", highlight=False, markup=False)
         for w in c.warnings:
-            console.print(f"[yellow]warning[/] {escape(c.cell)}: {escape(w)}", highlight=False)
+            screen.print(f"[yellow]warning[/] {escape(c.cell)}: {escape(w)}", highlight=False)
     for line in reports.summary_lines(report):
-        console.print(line, highlight=False)
+        screen.print(line, highlight=False)

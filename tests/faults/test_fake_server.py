@@ -65,7 +65,7 @@ def leftovers(token: str) -> list[int]:
 def validate(tmp_path: Path, profile: Path, *args: str, timeout: float = 90) -> tuple[subprocess.CompletedProcess, dict, ET.Element, float]:
     js, junit = tmp_path / "v.json", tmp_path / "v.xml"
     t = time.monotonic()
-    cp = subprocess.run([*LLAMACTL, "validate", str(profile), "--no-env", "--json", str(js), "--junit", str(junit), *args],
+    cp = subprocess.run([*LLAMACTL, "validate", str(profile), "--no-env", "--json-out", str(js), "--junit", str(junit), *args],
                         capture_output=True, text=True, env=env(), timeout=timeout)
     took = time.monotonic() - t
     return cp, json.loads(js.read_text()), ET.parse(junit).getroot(), took
@@ -139,7 +139,7 @@ def test_hanging_server_costs_the_cell_deadline_and_names_it(tmp_path):
 def test_sigterm_writes_every_cell_and_leaves_nothing(tmp_path):
     profile, token = fake_profile(tmp_path, "hang", matrix={"axes": {"parallel": [2, 1]}}, request_timeout=20)
     js, junit = tmp_path / "v.json", tmp_path / "v.xml"
-    p = subprocess.Popen([*LLAMACTL, "validate", str(profile), "--no-env", "--json", str(js), "--junit", str(junit)],
+    p = subprocess.Popen([*LLAMACTL, "validate", str(profile), "--no-env", "--json-out", str(js), "--junit", str(junit)],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env())
     try:
         deadline = time.monotonic() + 30
@@ -174,10 +174,10 @@ def test_report_paths_are_checked_before_the_run(tmp_path):
     profile, _ = fake_profile(tmp_path, "ok")
     for bad in (tmp_path, tmp_path / "file.txt" / "r.json"):
         (tmp_path / "file.txt").write_text("x")
-        cp = subprocess.run([*LLAMACTL, "validate", str(profile), "--no-env", "--json", str(bad)],
+        cp = subprocess.run([*LLAMACTL, "validate", str(profile), "--no-env", "--json-out", str(bad)],
                             capture_output=True, text=True, env=env(), timeout=60)
         assert cp.returncode != 0 and "Traceback" not in cp.stderr
-        assert "--json path" in cp.stderr and "validating" not in cp.stdout
+        assert "--json-out path" in cp.stderr and "validating" not in cp.stdout
         assert len(cp.stderr.strip().splitlines()) == 1
 
 
@@ -253,7 +253,7 @@ def test_reports_are_written_when_the_run_itself_breaks(tmp_path, monkeypatch, e
     monkeypatch.setenv("LLAMACTL_NO_PROGRESS", "1")
     profile, _ = fake_profile(tmp_path, "ok", matrix={"axes": {"parallel": [1, 2]}})
     js, junit = tmp_path / "v.json", tmp_path / "v.xml"
-    rc = cli_run(["validate", str(profile), "--no-env", "--json", str(js), "--junit", str(junit)])
+    rc = cli_run(["validate", str(profile), "--no-env", "--json-out", str(js), "--junit", str(junit)])
     assert rc == code
     data = json.loads(js.read_text())
     assert data["error"] == error and [c["status"] for c in data["cells"]] == ["not_run", "not_run"]

@@ -38,7 +38,7 @@ def test_url_checks_a_running_server_and_leaves_it_running(tmp_path: Path) -> No
                 time.sleep(0.05)
         js = tmp_path / "u.json"
         cp = subprocess.run([*LLAMACTL, "validate", "--url", f"http://127.0.0.1:{port}", str(profile), "--no-env",
-                             "--json", str(js)], capture_output=True, text=True, env=env(), timeout=90)
+                             "--json-out", str(js)], capture_output=True, text=True, env=env(), timeout=90)
         out = cp.stdout + cp.stderr
         assert cp.returncode == 0, out
         data = json.loads(js.read_text())
@@ -61,7 +61,7 @@ def test_url_nobody_listens_is_a_fail(tmp_path: Path) -> None:
     port = _free_port()
     js = tmp_path / "u.json"
     cp = subprocess.run([*LLAMACTL, "validate", "--url", f"http://127.0.0.1:{port}", str(profile), "--no-env",
-                         "--json", str(js)], capture_output=True, text=True, env=env(), timeout=50)
+                         "--json-out", str(js)], capture_output=True, text=True, env=env(), timeout=50)
     assert cp.returncode == 1 and "Traceback" not in cp.stdout + cp.stderr
     cell = json.loads(js.read_text())["cells"][0]
     assert cell["status"] == "fail" and "/health: ConnectError" in cell["reason"]

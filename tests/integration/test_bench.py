@@ -31,7 +31,7 @@ def test_cli_bench_mtp_on_off_json_and_png(built, clean_env, tmp_path):
                         capture_output=True, text=True, env=clean_env, timeout=120)
     assert cp.returncode != 0 and "Traceback" not in cp.stderr
     cp = subprocess.run([sys.executable, "-m", "llamactl", "bench", "tiny-gemma4-mtp", "--no-matrix", "--repeat", "2",
-                         "--n-predict", "32", "--json", str(js), "--plot", str(png)],
+                         "--n-predict", "32", "--json-out", str(js), "--plot", str(png)],
                         capture_output=True, text=True, env=clean_env, timeout=600)
     assert cp.returncode == 0, cp.stdout + cp.stderr
     data = json.loads(js.read_text())

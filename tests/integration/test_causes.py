@@ -89,7 +89,7 @@ def test_loader_rejection_in_validate_names_the_cause(built, clean_env, tmp_path
     bad = gguf_with(tmp_path / "nokeys.gguf", "llama")
     report = tmp_path / "r.json"
     cp = llamactl(["validate", "default", "--cell", "parallel=1", "--cell", "kv=f16/f16", "--set", f"model={bad}",
-                   "--json", str(report)], clean_env)
+                   "--json-out", str(report)], clean_env)
     assert cp.returncode != 0 and "Traceback" not in cp.stderr
     cell = json.loads(report.read_text())["cells"][0]
     assert cell["status"] == "fail"
@@ -101,7 +101,7 @@ def test_quantized_v_with_fa_off_refused_before_launch(built, clean_env, tmp_pat
     before = llama_server_pids()
     report = tmp_path / "r.json"
     cp = llamactl(["validate", "default", "--cell", "parallel=1", "--cell", "kv=q8_0/q8_0", "--set", 'flash_attn="off"',
-                   "--json", str(report)], clean_env)
+                   "--json-out", str(report)], clean_env)
     assert cp.returncode != 0 and "Traceback" not in cp.stderr
     cell = json.loads(report.read_text())["cells"][0]
     assert cell["status"] in ("fail", "error") and cell["argv"] == [] and cell["log"] is None
@@ -139,7 +139,7 @@ def test_bad_model_files_refused_before_launch(built, gemma3, clean_env, tmp_pat
     assert expect in cp.stderr and str(p) in cp.stderr and len(cp.stderr.strip().splitlines()) == 1, cp.stderr
     report = tmp_path / "r.json"
     cp = llamactl(["validate", "default", "--cell", "parallel=1", "--cell", "kv=f16/f16", "--set", f"model={p}",
-                   "--json", str(report)], clean_env)
+                   "--json-out", str(report)], clean_env)
     assert cp.returncode != 0 and "Traceback" not in cp.stderr
     cell = json.loads(report.read_text())["cells"][0]
     assert cell["status"] in ("fail", "error") and expect in cell["reason"] and cell["log"] is None
@@ -173,7 +173,7 @@ def test_missing_shards_are_named(split_g3, clean_env, tmp_path):
         (tmp_path / p.name).symlink_to(p)
     report = tmp_path / "r.json"
     cp = llamactl(["validate", "default", "--cell", "parallel=1", "--cell", "kv=f16/f16",
-                   "--set", f"model={tmp_path / split_g3[0].name}", "--json", str(report)], clean_env)
+                   "--set", f"model={tmp_path / split_g3[0].name}", "--json-out", str(report)], clean_env)
     assert cp.returncode != 0
     cell = json.loads(report.read_text())["cells"][0]
     assert cell["status"] in ("fail", "error")
@@ -183,7 +183,7 @@ def test_missing_shards_are_named(split_g3, clean_env, tmp_path):
 def test_split_model_passes_validation(split_g3, clean_env, tmp_path):
     report = tmp_path / "r.json"
     cp = llamactl(["validate", "default", "--cell", "parallel=1", "--cell", "kv=f16/f16",
-                   "--set", f"model={split_g3[0]}", "--json", str(report)], clean_env)
+                   "--set", f"model={split_g3[0]}", "--json-out", str(report)], clean_env)
     assert cp.returncode == 0, cp.stdout + cp.stderr
     cell = json.loads(report.read_text())["cells"][0]
     assert cell["status"] == "pass"

@@ -18,7 +18,7 @@ LLAMACTL = [sys.executable, "-m", "llamactl"]
 def validate(clean_env: dict[str, str], tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
     js = tmp_path / "v.json"
     # generous per-request time: these judge evidence, not speed, on a shared 2-core machine
-    cp = subprocess.run([*LLAMACTL, "validate", *args, "--no-env", "--set", "request_timeout=900", "--json", str(js)],
+    cp = subprocess.run([*LLAMACTL, "validate", *args, "--no-env", "--set", "request_timeout=900", "--json-out", str(js)],
                         capture_output=True, text=True, env=clean_env, timeout=900)
     return cp, json.loads(js.read_text())
 

@@ -29,11 +29,11 @@ def _decode_verdicts(data: dict) -> dict[str, str]:
 def test_gate_passes_unchanged_and_fails_slower_with_the_regression_exit_code(built, clean_env, tmp_path):
     hist = tmp_path / "history.sqlite"
     common = [*BENCH, "--history", str(hist)]
-    first = _llamactl([*common, "--json", str(tmp_path / "1.json")], clean_env)
+    first = _llamactl([*common, "--json-out", str(tmp_path / "1.json")], clean_env)
     assert first.returncode == 0, first.stdout + first.stderr
 
     # an unchanged build: wide thresholds, since two short runs on a shared 2-core machine can differ 2x by load alone
-    same = _llamactl([*common, "--baseline", "last", "--warn-below", "0.5", "--fail-below", "0.25", "--json", str(tmp_path / "2.json"),
+    same = _llamactl([*common, "--baseline", "last", "--warn-below", "0.5", "--fail-below", "0.25", "--json-out", str(tmp_path / "2.json"),
                       "--html", str(tmp_path / "2.html"), "--markdown", str(tmp_path / "2.md")], clean_env)
     assert same.returncode == 0, same.stdout + same.stderr
     data = json.loads((tmp_path / "2.json").read_text())
@@ -43,7 +43,7 @@ def test_gate_passes_unchanged_and_fails_slower_with_the_regression_exit_code(bu
     assert all(v["against"] == "run 1" for v in data["gate"]["verdicts"])
     assert "### Baseline gate" in (tmp_path / "2.md").read_text() and "Baseline gate" in (tmp_path / "2.html").read_text()
 
-    slower = _llamactl([*common, "--baseline", "last", "--set", RANDOM, "--json", str(tmp_path / "3.json")], clean_env)
+    slower = _llamactl([*common, "--baseline", "last", "--set", RANDOM, "--json-out", str(tmp_path / "3.json")], clean_env)
     assert slower.returncode == EXIT_REGRESSION, slower.stdout + slower.stderr
     data = json.loads((tmp_path / "3.json").read_text())
     verdicts = _decode_verdicts(data)

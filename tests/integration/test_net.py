@@ -58,7 +58,7 @@ def llamactl(args: list[str], env: dict, timeout: float = 900, cwd: Path | None 
 
 def validate(args: list[str], env: dict, tmp: Path, cwd: Path | None = None) -> tuple[subprocess.CompletedProcess, dict]:
     js = tmp / "report.json"
-    cp = llamactl(["validate", "default", *args, "--json", str(js)], env, cwd=cwd)
+    cp = llamactl(["validate", "default", *args, "--json-out", str(js)], env, cwd=cwd)
     assert "Traceback" not in cp.stderr, cp.stderr
     return cp, json.loads(js.read_text()) if js.exists() else {}
 
@@ -186,7 +186,7 @@ def test_live_listener_is_refused_before_launch_naming_the_pid(built, clean_env,
 def test_bench_on_a_unix_socket_runs_both_variants_side_by_side(built, clean_env, short_dir, tmp_path):
     js = tmp_path / "b.json"
     cp = llamactl(["bench", "tiny-gemma4-mtp", "--no-matrix", "--repeat", "1", "--n-predict", "8",
-                   "--set", "host=./b.sock", "--json", str(js)], clean_env, timeout=600, cwd=short_dir)
+                   "--set", "host=./b.sock", "--json-out", str(js)], clean_env, timeout=600, cwd=short_dir)
     assert cp.returncode == 0 and "Traceback" not in cp.stderr, cp.stdout + cp.stderr
     variants = json.loads(js.read_text())["cells"][0]["variants"]
     hosts = {v: r["argv"][r["argv"].index("--host") + 1] for v, r in variants.items()}
@@ -200,7 +200,7 @@ def test_bench_on_ipv6_with_a_fixed_port(built, clean_env, tmp_path):
     js = tmp_path / "b.json"
     port = _free("::1")
     cp = llamactl(["bench", "tiny-gemma4-mtp", "--no-matrix", "--repeat", "1", "--n-predict", "8",
-                   "--set", "host=::1", "--set", f"port={port}", "--json", str(js)], clean_env, timeout=600)
+                   "--set", "host=::1", "--set", f"port={port}", "--json-out", str(js)], clean_env, timeout=600)
     assert cp.returncode == 0 and "Traceback" not in cp.stderr, cp.stdout + cp.stderr
     variants = json.loads(js.read_text())["cells"][0]["variants"]
     off = variants["mtp-off"]["argv"]

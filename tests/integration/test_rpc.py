@@ -36,7 +36,7 @@ def workers_of(pid: int) -> list[int]:
 def test_rpc_cell_passes_with_placement_and_acceptance(built, clean_env, tmp_path):
     js = tmp_path / "v.json"
     cp = subprocess.run([*LLAMACTL, "validate", "tiny-gemma4-mtp", "--cell", RPC_CELL, "--cell", "parallel=2,enable_mtp=1,kv=f16/f16",
-                         "--json", str(js)], capture_output=True, text=True, env=clean_env, timeout=580)
+                         "--json-out", str(js)], capture_output=True, text=True, env=clean_env, timeout=580)
     assert js.exists(), cp.stdout + cp.stderr
     data = json.loads(js.read_text())
     cells = {c["cell"]: c for c in data["cells"]}
@@ -114,7 +114,7 @@ def test_rpc_worker_command_and_build_pairing(built, clean_env, tmp_path):
         prof.write_text(yaml.safe_dump({"extends": "tiny-gemma4-mtp", "enable_mtp": False, "n_gpu_layers": 99,
                                         "rpc": {"workers": [ep]}, "expect_backend": "rpc", "matrix": None}))
         js = tmp_path / "v.json"
-        cp = subprocess.run([*LLAMACTL, "validate", str(prof), "--json", str(js)], capture_output=True, text=True,
+        cp = subprocess.run([*LLAMACTL, "validate", str(prof), "--json-out", str(js)], capture_output=True, text=True,
                             env=clean_env, timeout=240)
         cell = json.loads(js.read_text())["cells"][0]
         assert cp.returncode == 0 and cell["status"] == "pass", (cp.stdout + cp.stderr)[-3000:]
@@ -141,10 +141,10 @@ def test_two_shards_concurrently_merge_to_the_unsharded_run(built, clean_env, tm
         {"parallel": 2, "mtp": True}, {"parallel": 2, "mtp": True, "kv": "q8_0/q8_0"}]}))
     common = ["validate", "tiny-gemma4-mtp", "--matrix", str(matrix), "--set", "concurrent_max_tokens=64"]
     full = tmp_path / "full.json"
-    cp = subprocess.run([*LLAMACTL, *common, "--json", str(full)], capture_output=True, text=True, env=clean_env, timeout=400)
+    cp = subprocess.run([*LLAMACTL, *common, "--json-out", str(full)], capture_output=True, text=True, env=clean_env, timeout=400)
     assert cp.returncode == 0, cp.stdout[-3000:]
     shards = [tmp_path / f"s{k}.json" for k in (1, 2)]
-    procs = [subprocess.Popen([*LLAMACTL, *common, "--shard", f"{k}/2", "--json", str(shards[k - 1])],
+    procs = [subprocess.Popen([*LLAMACTL, *common, "--shard", f"{k}/2", "--json-out", str(shards[k - 1])],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=clean_env) for k in (1, 2)]
     outs = [p.communicate(timeout=400)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
@@ -152,7 +152,7 @@ def test_two_shards_concurrently_merge_to_the_unsharded_run(built, clean_env, tm
     assert s1["shard"] == "1/2" and s2["shard"] == "2/2"
     assert not {c["cell"] for c in s1["cells"]} & {c["cell"] for c in s2["cells"]}
     merged = tmp_path / "merged.json"
-    cp = subprocess.run([*LLAMACTL, "report", "merge", str(shards[0]), str(shards[1]), "--json", str(merged),
+    cp = subprocess.run([*LLAMACTL, "report", "merge", str(shards[0]), str(shards[1]), "--json-out", str(merged),
                          "--junit", str(tmp_path / "merged.xml")], capture_output=True, text=True, env=clean_env, timeout=60)
     assert cp.returncode == 0, cp.stdout + cp.stderr
     (tmp_path / "merge-output.txt").write_text(cp.stdout)

@@ -17,7 +17,7 @@ def test_url_validates_a_real_running_server_and_leaves_it_running(built, clean_
     try:
         info = read_ready(p)
         js = tmp_path / "url.json"
-        cp = subprocess.run([*LLAMACTL, "validate", "--url", info["url"], "default", "--no-env", "--json", str(js)],
+        cp = subprocess.run([*LLAMACTL, "validate", "--url", info["url"], "default", "--no-env", "--json-out", str(js)],
                             capture_output=True, text=True, env=clean_env, timeout=600)
         data = json.loads(js.read_text())
         url_cell = data["cells"][0]

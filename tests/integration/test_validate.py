@@ -62,7 +62,7 @@ def test_mtp_acceptance_matches_the_drafter(built):
 def test_cli_junit_json_and_skip(built, clean_env, tmp_path):
     junit, js = tmp_path / "v.xml", tmp_path / "v.json"
     cp = subprocess.run([*LLAMACTL, "validate", "tiny-gemma4-mtp", "--cell", "parallel=2", "--cell", "enable_mtp=1",
-                         "--cell", "kv_k=turbo4", "--junit", str(junit), "--json", str(js)],
+                         "--cell", "kv_k=turbo4", "--junit", str(junit), "--json-out", str(js)],
                         capture_output=True, text=True, env=clean_env, timeout=300)
     # the only selected cell cannot run on upstream: reported as skipped, nothing ran, so not a pass
     assert cp.returncode == 1, cp.stdout + cp.stderr
@@ -88,7 +88,7 @@ def test_cli_junit_json_and_skip(built, clean_env, tmp_path):
 def test_ctrl_c_stops_the_cell_and_writes_what_was_measured(built, clean_env, tmp_path):
     js = tmp_path / "v.json"
     before = llama_server_pids()
-    p = subprocess.Popen([*LLAMACTL, "validate", "default", "--json", str(js)], stdout=subprocess.PIPE,
+    p = subprocess.Popen([*LLAMACTL, "validate", "default", "--json-out", str(js)], stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True, env=clean_env)
     try:
         assert p.stdout is not None

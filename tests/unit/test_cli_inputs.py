@@ -135,10 +135,10 @@ CASES = [
     ("matrix-field", ["validate", "default", "--matrix", "{d}/matrix-field.yaml"], BAD, "key 'axez': unknown key"),
     ("matrix-bomb", ["bench", "default", "--matrix", "{d}/bomb.yaml"], BAD, "expands to more than"),
     # report paths, checked before the run
-    ("json-is-directory", ["validate", "default", "--json", "{d}/adir"], BAD, "--json path {d}/adir is a directory"),
+    ("json-is-directory", ["validate", "default", "--json-out", "{d}/adir"], BAD, "--json-out path {d}/adir is a directory"),
     ("junit-under-file", ["validate", "default", "--junit", "{d}/afile/r.xml"], BAD, "is not a directory"),
-    ("json-unwritable", ["validate", "default", "--json", "/proc/llamactl/r.json"], BAD, "cannot be created"),
-    ("bench-json-dir", ["bench", "default", "--json", "{d}/adir"], BAD, "is a directory"),
+    ("json-unwritable", ["validate", "default", "--json-out", "/proc/llamactl/r.json"], BAD, "cannot be created"),
+    ("bench-json-dir", ["bench", "default", "--json-out", "{d}/adir"], BAD, "is a directory"),
     ("bench-plot-under-file", ["bench", "default", "--plot", "{d}/afile/p.png"], BAD, "is not a directory"),
     # prompts and saved bench runs
     ("prompts-directory", ["bench", "default", "--prompts", "{d}/adir"], BAD, "prompts file {d}/adir is a directory"),

@@ -68,7 +68,7 @@ def test_merge_finds_twice_and_nowhere(tmp_path: Path, capsys) -> None:
     b = _run(tmp_path / "2.json", "box2", [("a", "pass"), ("b", "pass")], m, "2/2")
     out = tmp_path / "all.json"
     junit = tmp_path / "all.xml"
-    rc = cli.run(["report", "merge", str(a), str(b), "--json", str(out), "--junit", str(junit)])
+    rc = cli.run(["report", "merge", str(a), str(b), "--json-out", str(out), "--junit", str(junit)])
     text = capsys.readouterr()
     assert rc == ExitCode.FAILED
     assert "ran twice: a on box1, box2" in text.err and "ran nowhere: c" in text.err
@@ -85,3 +85,16 @@ def test_merge_refuses_non_reports(tmp_path: Path, capsys) -> None:
     assert cli.run(["report", "merge", str(bad)]) == ExitCode.BAD_INPUT
     assert "not a validate report" in capsys.readouterr().err
     assert cli.run(["report", "merge"]) == ExitCode.BAD_INPUT
+
+
+def test_merge_json_prints_the_merged_report_alone_on_stdout(tmp_path: Path, capsys) -> None:
+    m = ["a", "b"]
+    a = _run(tmp_path / "1.json", "box1", [("a", "pass")], m, "1/2")
+    b = _run(tmp_path / "2.json", "box2", [("b", "pass")], m, "2/2")
+    out = tmp_path / "all.json"
+    rc = cli.run(["report", "merge", str(a), str(b), "--json", "--json-out", str(out)])
+    text = capsys.readouterr()
+    assert rc in (None, 0, ExitCode.OK)
+    printed = json.loads(text.out)   # nothing but the JSON: the table went to stderr
+    assert printed == json.loads(out.read_text()) and printed["merge"]["missing"] == []
+    assert "report(s) merged" in text.err
