@@ -140,81 +140,112 @@ def run_cell(base: profiles.Resolved, cell: Cell, binary: launcher.Binary, run_d
 
 def _run_cell(resolved: profiles.Resolved, binary: launcher.Binary, run_dir: Path, progress: ProgressFn | None,
               after_check: Hook | None, res: CellResult, cell: Cell) -> None:
+    """One cell: launch its server, run the checks while it is healthy, then sum up; fills ``res``."""
     prof = resolved.profile
-    t0 = time.monotonic()
-    deadline = t0 + prof.harness.cell_timeout if prof.harness.cell_timeout else None
+    deadline = time.monotonic() + prof.harness.cell_timeout if prof.harness.cell_timeout else None
+    launched = _launch(resolved, binary, run_dir, progress, res, cell)
+    if launched is None:
+        return
+    plan, sp, log_path = launched
+    try:
+        if not _wait_healthy(sp, prof, deadline, res):
+            return
+        t_req = time.monotonic()
+        _checks(plan, sp, prof, deadline, log_path, after_check, res, cell)
+        res.requests_s = round(time.monotonic() - t_req, 3)
+        _summary(res, sp, prof)
+    finally:
+        sp.stop()
+
+
+def _launch(resolved: profiles.Resolved, binary: launcher.Binary, run_dir: Path, progress: ProgressFn | None,
+            res: CellResult, cell: Cell) -> tuple[launcher.LaunchPlan, ServerProcess, Path] | None:
+    """Plan and start the cell's server (its log in ``run_dir``); None when the build cannot run the
+    cell (``res`` is SKIP with the reason)."""
+    prof = resolved.profile
     unsupported = check_supported(prof, binary.help, binary.path.name)
     if unsupported is not None:
         res.status, res.reason = Status.SKIP, str(unsupported)
-        return
+        return None
     try:
         plan = launcher.plan(resolved, progress, binary=binary)
     except Unsupported as exc:
         res.status, res.reason = Status.SKIP, str(exc)
-        return
+        return None
     res.argv = plan.argv
     res.env_dropped = plan.env_dropped
     res.warnings.extend(plan.notes)
     log_path = run_dir / f"{slug(cell.id)}.log"
     res.log = str(log_path)
-    sp = launcher.start(plan, log_path)
+    return plan, launcher.start(plan, log_path), log_path
+
+
+def _wait_healthy(sp: ServerProcess, prof: profiles.Profile, deadline: float | None, res: CellResult) -> bool:
+    """Wait for /health within health_timeout (or what is left of the cell's deadline); False (``res`` FAIL)
+    when the server died or did not become healthy."""
+    health = prof.health_timeout
+    if deadline is not None and deadline - time.monotonic() < health:
+        health = max(0.0, deadline - time.monotonic())
     try:
-        health = prof.health_timeout
-        if deadline is not None and deadline - time.monotonic() < health:
-            health = max(0.0, deadline - time.monotonic())
+        res.start_s = round(sp.wait_healthy(health), 3)
+    except ServerDied as exc:
+        _crashed(res, exc.crash, "before /health")
+        return False
+    except LlamactlError as exc:
+        bound = f"health_timeout {prof.health_timeout:g}s" if health == prof.health_timeout \
+            else f"cell_timeout {prof.harness.cell_timeout:g}s"
+        res.status, res.reason = Status.FAIL, f"{exc.message} ({bound})"
+        return False
+    return True
+
+
+def _checks(plan: launcher.LaunchPlan, sp: ServerProcess, prof: profiles.Profile, deadline: float | None,
+            log_path: Path, after_check: Hook | None, res: CellResult, cell: Cell) -> None:
+    """The HTTP checks in order (the RPC placement check second with RPC), then the backend check
+    from the startup log; a check after the server died is SKIP, after the deadline NOT_RUN."""
+    # no keep-alive: llama-server may close an idle connection just as the next request reuses it
+    with sp.client(limits=httpx.Limits(max_keepalive_connections=0)) as client:
+        ctx = CellContext(plan.base_url, prof, client, alive=sp.alive, request_timeout=prof.harness.request_timeout,
+                          deadline=deadline, cell_timeout=prof.harness.cell_timeout, log_lines=sp.log_lines,
+                          model_paths=dict(plan.model_paths), rpc_endpoints=[w.endpoint for w in plan.rpc_workers]
+                          or list(prof.rpc.workers if prof.rpc else []))
+        if plan.rpc_workers:
+            ctx.server["rpc_workers"] = [{"endpoint": w.endpoint, "pid": w.pid, "ready_s": w.ready_s}
+                                         for w in plan.rpc_workers]
         try:
-            res.start_s = round(sp.wait_healthy(health), 3)
-        except ServerDied as exc:
-            _crashed(res, exc.crash, "before /health")
-            return
-        except LlamactlError as exc:
-            bound = f"health_timeout {prof.health_timeout:g}s" if health == prof.health_timeout \
-                else f"cell_timeout {prof.harness.cell_timeout:g}s"
-            res.status, res.reason = Status.FAIL, f"{exc.message} ({bound})"
-            return
-        t_req = time.monotonic()
-        # no keep-alive: llama-server may close an idle connection just as the next request reuses it
-        with sp.client(limits=httpx.Limits(max_keepalive_connections=0)) as client:
-            ctx = CellContext(plan.base_url, prof, client, alive=sp.alive, request_timeout=prof.harness.request_timeout,
-                              deadline=deadline, cell_timeout=prof.harness.cell_timeout, log_lines=sp.log_lines,
-                              model_paths=dict(plan.model_paths), rpc_endpoints=[w.endpoint for w in plan.rpc_workers]
-                              or list(prof.rpc.workers if prof.rpc else []))
-            if plan.rpc_workers:
-                ctx.server["rpc_workers"] = [{"endpoint": w.endpoint, "pid": w.pid, "ready_s": w.ready_s}
-                                             for w in plan.rpc_workers]
-            try:
-                ctx.metrics_before = read_metrics(ctx) if prof.metrics else []
-            except (CheckFailed, httpx.HTTPError):
-                ctx.metrics_before = []   # the speculative_metrics check reports what is wrong
-            try:
-                for name, fn in ([CHECKS[0], RPC_CHECK, *CHECKS[1:]] if prof.rpc else CHECKS):
-                    if not sp.alive():
-                        res.checks.append(CheckResult(name, Status.SKIP, detail="server died"))
-                        continue
-                    if deadline is not None and time.monotonic() >= deadline:
-                        res.checks.append(CheckResult(name, Status.NOT_RUN, detail=f"cell_timeout {prof.harness.cell_timeout:g}s reached"))
-                        continue
-                    r = run_check(name, fn, ctx)
-                    res.checks.append(r)
-                    if after_check:
-                        after_check(cell, name, sp)
-            finally:
-                res.server, res.warnings = dict(ctx.server), [*res.warnings, *ctx.warnings]
-            # backend truth: what the startup log says the server used, against expect_backend/expect_offload
-            res.checks.append(backend_check.check(log_path, prof.harness.expect_backend, prof.harness.expect_offload, alive=sp.alive()))
-            res.backend = res.checks[-1].data or None
-        res.requests_s = round(time.monotonic() - t_req, 3)
-        conc = next((c for c in res.checks if c.name == "concurrency" and c.status == Status.PASS), None)
-        res.tokens_per_s = conc.data.get("tokens_per_s") if conc else None
-        spec = next((c for c in res.checks if c.name == "speculative_metrics" and c.data), None)
-        if spec:
-            res.spec = spec.data
-            res.acceptance = spec.data.get("acceptance")
-        if not sp.alive():
-            _crashed(res, sp.crash(), "during the checks")
-        _verdict(res, prof.harness.cell_timeout)
-    finally:
-        sp.stop()
+            ctx.metrics_before = read_metrics(ctx) if prof.metrics else []
+        except (CheckFailed, httpx.HTTPError):
+            ctx.metrics_before = []   # the speculative_metrics check reports what is wrong
+        try:
+            for name, fn in ([CHECKS[0], RPC_CHECK, *CHECKS[1:]] if prof.rpc else CHECKS):
+                if not sp.alive():
+                    res.checks.append(CheckResult(name, Status.SKIP, detail="server died"))
+                    continue
+                if deadline is not None and time.monotonic() >= deadline:
+                    res.checks.append(CheckResult(name, Status.NOT_RUN, detail=f"cell_timeout {prof.harness.cell_timeout:g}s reached"))
+                    continue
+                res.checks.append(run_check(name, fn, ctx))
+                if after_check:
+                    after_check(cell, name, sp)
+        finally:
+            res.server, res.warnings = dict(ctx.server), [*res.warnings, *ctx.warnings]
+        # backend truth: what the startup log says the server used, against expect_backend/expect_offload
+        res.checks.append(backend_check.check(log_path, prof.harness.expect_backend, prof.harness.expect_offload, alive=sp.alive()))
+        res.backend = res.checks[-1].data or None
+
+
+def _summary(res: CellResult, sp: ServerProcess, prof: profiles.Profile) -> None:
+    """The cell's figures from its checks (all-slots tok/s, speculative counters), a crash if the server
+    died, and its status from the checks (:func:`_verdict`)."""
+    conc = next((c for c in res.checks if c.name == "concurrency" and c.status == Status.PASS), None)
+    res.tokens_per_s = conc.data.get("tokens_per_s") if conc else None
+    spec = next((c for c in res.checks if c.name == "speculative_metrics" and c.data), None)
+    if spec:
+        res.spec = spec.data
+        res.acceptance = spec.data.get("acceptance")
+    if not sp.alive():
+        _crashed(res, sp.crash(), "during the checks")
+    _verdict(res, prof.harness.cell_timeout)
 
 
 def _verdict(res: CellResult, cell_timeout: float | None) -> None:
