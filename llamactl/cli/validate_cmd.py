@@ -109,14 +109,7 @@ def validate(
         raise
     finally:
         _write_reports(report, json_path, junit)
-    _print_outcome(report, live_enabled, screen)
-    report_cmd.after_run(report.to_dict(), history, html, md)   # history store + --html/--markdown
-    if json:
-        out.result(report.to_dict())
-    if report.interrupted:
-        sys.exit(ExitCode.INTERRUPTED)
-    if not report.ok:
-        sys.exit(ExitCode.FAILED)
+    _finish(report, out, screen, live_enabled, history, html, md)
 
 
 def _validate_url(base, url: str, cells: list, json_path: Path | None, junit: Path | None,
@@ -136,9 +129,16 @@ def _validate_url(base, url: str, cells: list, json_path: Path | None, junit: Pa
     screen.print(f"validating [bold]{escape(base.name)}[/] against {escape(url)} (no launch)", highlight=False)
     report = run_url(base, url, cells)
     _write_reports(report, json_path, junit)
-    _print_outcome(report, False, screen)
-    report_cmd.after_run(report.to_dict(), history, html, md)
-    if json:
+    _finish(report, out, screen, False, history, html, md)
+
+
+def _finish(report: Report, out: Output, screen: Console, live_enabled: bool,
+            history: Path | None, html: Path | None, md: Path | None) -> None:
+    """The outcome for people, the history and --html/--markdown, the JSON with --json, and the exit code
+    (INTERRUPTED after Ctrl-C, FAILED unless every cell that ran passed)."""
+    _print_outcome(report, live_enabled, screen)
+    report_cmd.after_run(report.to_dict(), history, html, md)   # history store + --html/--markdown
+    if out.json_mode:
         out.result(report.to_dict())
     if report.interrupted:
         sys.exit(ExitCode.INTERRUPTED)
