@@ -390,7 +390,7 @@ class Result:
     first: str | None = None
     first_label: str | None = None
     could_be: list[str] = field(default_factory=list)
-    signature: str | None = None
+    signature: str | None = None       # the answer's failure line (with fixed: the failure it fixed)
     log: str | None = None
     build_log: str | None = None
     steps: list[Step] = field(default_factory=list)
@@ -611,6 +611,9 @@ def bisect(req: Request, *, base: profiles.Resolved, cell: Cell, space: Space, r
         answer = tested.get(result.first or "")
         if answer is not None:
             result.signature, result.log, result.build_log = answer.signature, answer.log, answer.build_log
+            if req.fixed:   # the answer passes: the signature is that of the failure it fixed
+                broken = [s for s in result.steps if s.verdict == BAD and s.signature]
+                result.signature = broken[-1].signature if broken else None
     except KeyboardInterrupt:
         result.interrupted = True
         result.wall_s = round(time.monotonic() - t0, 3)

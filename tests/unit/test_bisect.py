@@ -242,6 +242,24 @@ def test_untested_answer_is_run_for_its_log(tmp_path, monkeypatch):
     assert res.first is None and "--bad 7 is not bad" in (res.note or "")
 
 
+def test_fixed_reports_the_failure_it_fixed(tmp_path, monkeypatch):
+    from llamactl.serve import profiles
+
+    monkeypatch.setenv("LLAMACTL_CACHE", str(tmp_path / "cache"))
+    base = profiles.resolve("default", environ={})
+    the_cell = lib.one_cell(base, ["parallel=2", "kv=f16/f16"])
+
+    def step(c, n, **_kw):
+        s = fake(3, fixed=True)(c, n)
+        s.signature = "GGML_ASSERT(x) failed" if s.verdict == lib.BAD else None
+        s.log = f"/logs/{c.ref}.log"
+        return s
+    monkeypatch.setattr(lib, "run_step", step)
+    res = lib.bisect(lib.Request("default", the_cell.id, "5", "0", "upstream", "versions", fixed=True), base=base,
+                     cell=the_cell, space=linear(6), )
+    assert res.first == "3" and res.signature == "GGML_ASSERT(x) failed" and res.log == "/logs/3.log"
+
+
 def test_version_space_orders_and_checks_the_ends(tmp_path):
     vs = ["0.3.30", "0.3.31", "0.3.32", "0.3.33", "0.3.34", "0.3.35", "0.3.36"]
     space = lib.version_space(vs[1:], lambda v: f"upstream@{v}", "0.3.31", "0.3.36", False, "upstream", False)
