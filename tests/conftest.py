@@ -36,13 +36,20 @@ def fork_help_text() -> str:
 
 
 def llama_server_pids() -> set[int]:
+    """Live llama-server processes started by this test session (other sessions on the machine run theirs).
+
+    A process is this session's when its environment holds this session's LLAMACTL_HISTORY
+    (``private_history`` sets it; llamactl passes it on to llama-server and RPC workers).
+    """
+    hist = os.environ.get("LLAMACTL_HISTORY")
+    tag = f"LLAMACTL_HISTORY={hist}".encode() if hist else None
     pids = set()
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
                 if (d / "comm").read_text().strip() == "llama-server":
                     stat = (d / "stat").read_text().split(")")[-1].split()
-                    if stat[0] != "Z":
+                    if stat[0] != "Z" and (tag is None or tag in (d / "environ").read_bytes().split(b"\0")):
                         pids.add(int(d.name))
             except OSError:
                 pass
