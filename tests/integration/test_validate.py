@@ -56,7 +56,9 @@ def test_mtp_acceptance_matches_the_drafter(built):
     rand = by_id["parallel=2,enable_mtp=1,drafter=random"]
     assert rand.status == "pass" and rand.acceptance is not None and rand.acceptance < 0.05
     conc = next(c for c in echo.checks if c.name == "concurrency")
-    assert conc.data["peak_busy_slots"] == 2
+    # both slots decoded together: seen busy in /slots, or (a short answer between two samples) the timings overlap
+    assert conc.data["peak_busy_slots"] == 2 or (conc.data["evidence"].startswith("response timings")
+                                                  and conc.data["overlap_s"] > 0)
 
 
 def test_cli_junit_json_and_skip(built, clean_env, tmp_path):
