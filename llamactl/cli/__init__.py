@@ -208,7 +208,10 @@ def run(argv: list[str] | None = None) -> int:
             return ExitCode.BAD_INPUT
         ctx = getattr(exc, "ctx", None)
         hint = f"see '{ctx.command_path} --help'" if ctx is not None else None
-        _error_line(" ".join(exc.format_message().split()), hint)
+        message = " ".join(exc.format_message().split())
+        if "unexpected extra argument" in message and "--json" in args:   # the older `validate --json FILE`
+            hint = "--json prints JSON on stdout; write a file with --json-out FILE"
+        _error_line(message, hint)
         return ExitCode.BAD_INPUT
     except LlamactlError as exc:
         _error_line(exc.message, exc.hint)

@@ -92,3 +92,11 @@ def test_overrides_become_profile_keys_with_the_cli_origin():
     assert seen["o"] == o.Overrides({"parallel": 2, "enable_mtp": True, "ctx": 512}, True)
     r = seen["o"].resolve("default")
     assert (r.profile.parallel, r.profile.ctx, r.origin("ctx")) == (2, 512, "cli")
+
+
+def test_the_older_json_file_spelling_gets_a_hint(tmp_path, capsys):
+    from llamactl import cli
+
+    rc = cli.run(["validate", "default", "--json", str(tmp_path / "v.json")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "unexpected extra argument" in err and "--json-out FILE" in err
