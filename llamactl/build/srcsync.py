@@ -65,9 +65,9 @@ def load_index(index: Path) -> dict[str, list]:
     return data["files"]
 
 
-def _stat_key(p: Path) -> list[int] | None:
+def _stat_key(p: Path | str) -> list[int] | None:
     try:
-        st = p.lstat()
+        st = os.lstat(p)
     except OSError:
         return None
     return [st.st_size, st.st_mtime_ns]
@@ -85,6 +85,7 @@ def sync_tree(repo: Path, rev: str, dest: Path, index: Path) -> SyncResult:
     have = load_index(index)
     dest.mkdir(parents=True, exist_ok=True)
     res = SyncResult()
+    root = str(dest)
 
     on_disk: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(dest):
@@ -99,7 +100,7 @@ def sync_tree(repo: Path, rev: str, dest: Path, index: Path) -> SyncResult:
     files: dict[str, list] = {}
     for rel, (mode, oid) in want.items():
         old = have.get(rel)
-        if rel in on_disk and old and old[0] == mode and old[1] == oid and _stat_key(dest / rel) == old[2:]:
+        if rel in on_disk and old and old[0] == mode and old[1] == oid and _stat_key(os.path.join(root, rel)) == old[2:]:
             files[rel] = old
             res.unchanged += 1
         else:
@@ -112,7 +113,8 @@ def sync_tree(repo: Path, rev: str, dest: Path, index: Path) -> SyncResult:
                 _write(dest / rel, mode, cat.read(oid))
                 files[rel] = [mode, oid, *(_stat_key(dest / rel) or [0, 0])]
                 res.written.append(rel)
-    _prune_empty_dirs(dest, {os.path.dirname(p) for p in want})
+    if res.removed or not have:     # only a removal (or a first sync over old files) leaves empty dirs
+        _prune_empty_dirs(dest, {os.path.dirname(p) for p in want})
     if todo or res.removed or not index.exists():
         write_atomic(index, json.dumps({"version": INDEX_VERSION, "rev_tree": _tree_id(repo, rev), "files": files}))
     return res

@@ -21,13 +21,14 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Callable, Literal, Sequence
 from urllib.parse import urljoin
-
-import httpx
 
 from llamactl.core.errors import LlamactlError
 from llamactl.core.progress import ProgressFn, report
+
+if TYPE_CHECKING:    # imported where a download happens: every build imports this module
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ def download(pins: Sequence[Pin], dest: Path, kind: Kind, what: str,
     Raises LlamactlError on a sha256 mismatch (naming the file) or when the file cannot
     be fetched at all (the index's or pip's one-line reason).
     """
+    import httpx
+
     dest.mkdir(parents=True, exist_ok=True)
     got: dict[Pin, Path] = {}
     try:
@@ -93,6 +96,8 @@ def _normalise(name: str) -> str:
 
 def _direct(client: httpx.Client, pin: Pin, kind: Kind, dest: Path, what: str,
             progress: ProgressFn | None = None) -> Path:
+    import httpx
+
     url = f"{index_url()}/{_normalise(pin.name)}/"
     try:
         r = client.get(url, headers={"Accept": PEP691})
@@ -204,6 +209,8 @@ def index_files(name: str, transport: httpx.BaseTransport | None = None) -> list
 
     Source: ``PIP_INDEX_URL`` (or PyPI), the same listing :func:`download` reads.
     """
+    import httpx
+
     url = f"{index_url()}/{_normalise(name)}/"
     try:
         with httpx.Client(timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=True, transport=transport) as client:
