@@ -15,9 +15,14 @@ import importlib
 import os
 import sys
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llamactl.core.errors import ExitCode, LlamactlError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from rich.console import Console
 
 HELP = "Vendor, patch, build, run and validate llama.cpp's llama-server, reproducibly."
 DEBUG_HELP = "On an error, show its cause chain and traceback."
@@ -110,16 +115,70 @@ def make_app() -> Any:
     return app
 
 
+def _help_cache_file() -> "Path | None":
+    """Where the root help, as rendered for this terminal, is kept: keyed by everything rich looks at
+    (TTY or not, width, colour variables, TERM) and by this module's own file (size, mtime)."""
+    import shutil
+    from pathlib import Path
+
+    try:
+        st = os.stat(__file__)
+    except OSError:
+        return None
+    from llamactl.core import paths
+    from llamactl.core.hashing import stable_key
+
+    tty = sys.stdout.isatty()
+    key = stable_key([tty, shutil.get_terminal_size().columns if tty else os.environ.get("COLUMNS"),
+                      *(os.environ.get(k) for k in ("NO_COLOR", "FORCE_COLOR", "TERM", "COLORTERM", "TTY_COMPATIBLE",
+                                                    "TTY_INTERACTIVE", "JUPYTER_COLUMNS", "LINES")),
+                      st.st_size, st.st_mtime_ns], 24)
+    return Path(paths.cache_root()) / "help" / f"root-{key}.txt"
+
+
 def print_root_help() -> None:
-    """`llamactl --help` without importing Typer or any command: the same panels Typer draws."""
-    from rich import box
+    """`llamactl --help` without importing Typer or any command: the same panels Typer draws.
+
+    The rendering is kept per terminal (see ``_help_cache_file``), so a repeated call is a file read.
+    """
+    cached = _help_cache_file()
+    try:
+        if cached is not None:
+            sys.stdout.write(cached.read_text())
+            sys.stdout.flush()
+            return
+    except OSError:
+        pass
+    text = _render_root_help()
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    if cached is not None:
+        try:
+            from llamactl.core.files import write_atomic
+
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(cached, text)
+        except OSError:
+            pass
+
+
+def _render_root_help() -> str:
+    """The root help as rich renders it for this terminal (ANSI codes included when it would colour)."""
     from rich.console import Console
+
+    console = Console(highlight=False)
+    with console.capture() as cap:
+        _draw_root_help(console)
+    return cap.get()
+
+
+def _draw_root_help(console: "Console") -> None:
+    from rich import box
     from rich.padding import Padding
     from rich.panel import Panel
     from rich.table import Table
     from rich.text import Text
 
-    console = Console(highlight=False)
     console.print(Padding(Text.assemble(("Usage: ", "yellow"), "llamactl [OPTIONS] COMMAND [ARGS]..."), 1),
                   style="bold")
     console.print(Padding(HELP, (0, 1, 1, 1)))

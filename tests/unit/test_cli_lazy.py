@@ -12,12 +12,12 @@ from llamactl.cli import COMMANDS, load_command
 HEAVY = ("typer", "pydantic", "numpy", "gguf", "httpx", "matplotlib", "prometheus_client", "yaml", "llamactl.cli.run_cmd")
 
 
-def run_main(*args: str) -> subprocess.CompletedProcess:
+def run_main(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     code = ("import sys\nfrom llamactl.cli import main\nsys.argv = ['llamactl', *sys.argv[1:]]\n"
             "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
             f"print('LOADED', sorted(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)\nsys.exit(code)\n")
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120,
-                          env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "NO_COLOR": "1"})
+                          env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "NO_COLOR": "1", **(env or {})})
 
 
 @pytest.mark.parametrize("name", list(COMMANDS))
@@ -34,6 +34,21 @@ def test_help_lists_every_command_without_loading_any():
     for name, (_m, _f, _w, short) in COMMANDS.items():
         assert f" {name} " in cp.stdout and short in cp.stdout
     assert "LOADED []" in cp.stderr
+
+
+def test_root_help_is_kept_per_terminal_and_read_back_without_rich(tmp_path):
+    cache = {"LLAMACTL_CACHE": str(tmp_path)}
+    first = run_main("--help", env=cache)
+    kept = list((tmp_path / "help").glob("root-*.txt"))
+    assert first.returncode == 0 and len(kept) == 1 and kept[0].read_text() == first.stdout
+    second = run_main("--help", env=cache)
+    code = "import sys\nfrom llamactl.cli import main\nsys.argv=['llamactl','--help']\ntry:\n    main()\nexcept SystemExit:\n    pass\n" \
+           "print('RICH', 'rich.console' in sys.modules, file=sys.stderr)\n"
+    cp = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "NO_COLOR": "1", **cache})
+    assert second.stdout == first.stdout == cp.stdout and "RICH False" in cp.stderr
+    narrow = run_main("--help", env={**cache, "COLUMNS": "90"})      # another width: rendered for it, kept apart
+    assert narrow.stdout != first.stdout and len(list((tmp_path / "help").glob("root-*.txt"))) == 2
 
 
 def test_no_args_shows_help_and_exits_2():
