@@ -9,6 +9,10 @@ Rule (simple on purpose, and the same for ``--baseline`` and for A/B arms in one
    min..max; with one sample on each side there is no spread, and the medians decide.
 4. Otherwise ``warn`` (ratio >= ``fail_below``) or ``regression``; a regression makes the
    bench exit with ExitCode.REGRESSION (6).
+5. Draft acceptance (MTP on: accepted / drafted tokens from /metrics) is one number per run and,
+   with greedy sampling on fixed prompts, not load noise: a drop of more than
+   ``acceptance_warn_drop`` (0.05, i.e. 5 points) warns, more than ``acceptance_fail_drop`` (0.15)
+   is a regression: a patch that breaks the draft head shows here even when speed hides it.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from llamactl.report import runs
 
 OK, FASTER, NO_CHANGE, WARN, REGRESSION, NO_BASELINE = "ok", "faster", "no change", "warn", "regression", "no baseline"
 SEVERITY = {NO_BASELINE: 0, OK: 0, FASTER: 0, NO_CHANGE: 0, WARN: 1, REGRESSION: 2}
-DECODE, TTFT = "decode tok/s", "TTFT"
+DECODE, TTFT, ACCEPTANCE = "decode tok/s", "TTFT", "draft acceptance"
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,8 @@ class Thresholds:
 
     warn_below: float = 0.95
     fail_below: float = 0.85
+    acceptance_warn_drop: float = 0.05       # absolute drop of draft acceptance (0..1)
+    acceptance_fail_drop: float = 0.15
 
     def __post_init__(self) -> None:
         if not (0 < self.fail_below <= self.warn_below <= 1):
@@ -42,7 +48,7 @@ class Thresholds:
 class Verdict:
     cell: str
     variant: str
-    metric: str                      # DECODE | TTFT
+    metric: str                      # DECODE | TTFT | ACCEPTANCE
     verdict: str
     against: str                     # "run 12", "file before.json", "arm no-series"
     baseline: float | None = None    # median (tok/s, or seconds for TTFT)
@@ -57,6 +63,9 @@ class Verdict:
         head = f"{self.cell} {self.variant} {self.metric}"
         if self.verdict == NO_BASELINE:
             return f"{head}: no baseline ({self.against})"
+        if self.metric == ACCEPTANCE and self.current is not None and self.baseline is not None:
+            return (f"{head}: {self.verdict.upper()} {self.current:.0%} vs {self.baseline:.0%} of {self.against} "
+                    f"({100 * (self.current - self.baseline):+.0f} points)")
         fmt = (lambda x: f"{1000 * x:.0f} ms") if self.metric == TTFT else (lambda x: f"{x:.1f}")
         spread = ""
         if self.baseline_band and self.current_band:
@@ -106,7 +115,21 @@ def compare_variant(cell: str, variant: str, base: dict[str, Any], cur: dict[str
             continue
         out.append(Verdict(cell, variant, metric, verdict, against, statistics.median(b), statistics.median(c), ratio,
                            band(b), band(c), (len(b), len(c))))
+    ab, ac = runs.acceptance_of(base), runs.acceptance_of(cur)
+    if ab is not None and ac is not None:
+        out.append(Verdict(cell, variant, ACCEPTANCE, judge_acceptance(ab, ac, th), against, ab, ac,
+                           ac / ab if ab > 0 else None, n=(1, 1)))
     return out
+
+
+def judge_acceptance(base: float, cur: float, th: Thresholds) -> str:
+    """Verdict for draft acceptance (0..1) against its baseline: absolute drops, no noise band (rule 5)."""
+    drop = base - cur
+    if drop > th.acceptance_fail_drop:
+        return REGRESSION
+    if drop > th.acceptance_warn_drop:
+        return WARN
+    return OK
 
 
 BaselineLookup = Callable[[str, str], "tuple[str, dict[str, Any]] | None"]

@@ -205,6 +205,8 @@ def gate_summary(verdicts: list[gate_lib.Verdict], against: str, th: gate_lib.Th
 def _gate_num(metric: str, x: float | None) -> str:
     if x is None:
         return "-"
+    if metric == gate_lib.ACCEPTANCE:
+        return f"{x:.0%}"
     return f"{1000 * x:.0f} ms" if metric == gate_lib.TTFT else f"{x:.1f} tok/s"
 
 

@@ -1,7 +1,8 @@
 """Performance gates on real servers: a tiny bench recorded twice and gated against `last`.
 
 The slower build is a real slower setting (the random drafter instead of the echo one: MTP
-drafts that are never accepted cost decode time), not a made-up number.
+drafts that are never accepted cost decode time), not a made-up number; the gate catches it
+by its draft acceptance, which load does not move, and reports its decode speed too.
 """
 
 from __future__ import annotations
@@ -40,16 +41,19 @@ def test_gate_passes_unchanged_and_fails_slower_with_the_regression_exit_code(bu
     assert data["gate"]["against"] == "the last tiny-gemma4-bench run on this machine"
     assert set(_decode_verdicts(data)) == {"mtp-off", "mtp-on"}
     assert "regression" not in _decode_verdicts(data).values()
+    assert [v["verdict"] for v in data["gate"]["verdicts"] if v["metric"] == "draft acceptance"] == ["ok"]   # echo, both runs
     assert all(v["against"] == "run 1" for v in data["gate"]["verdicts"])
     assert "### Baseline gate" in (tmp_path / "2.md").read_text() and "Baseline gate" in (tmp_path / "2.html").read_text()
 
     slower = _llamactl([*common, "--baseline", "last", "--set", RANDOM, "--json-out", str(tmp_path / "3.json")], clean_env)
     assert slower.returncode == EXIT_REGRESSION, slower.stdout + slower.stderr
     data = json.loads((tmp_path / "3.json").read_text())
-    verdicts = _decode_verdicts(data)
-    assert verdicts["mtp-on"] == "regression"
+    # the random drafter's acceptance (~0%) against the echo one's (~100%): a regression no load can hide;
+    # its decode slowdown is real too, but two short runs on a shared 2-core machine cannot be gated on it
+    acc = next(v for v in data["gate"]["verdicts"] if v["variant"] == "mtp-on" and v["metric"] == "draft acceptance")
+    assert acc["verdict"] == "regression" and acc["against"] == "run 2" and acc["baseline"] > 0.9 and acc["current"] < 0.1
     on = next(v for v in data["gate"]["verdicts"] if v["variant"] == "mtp-on" and v["metric"] == "decode tok/s")
-    assert on["against"] == "run 2" and on["ratio"] < 0.85
+    assert on["against"] == "run 2" and on["ratio"] is not None
     assert f"baseline gate: REGRESSION against the last tiny-gemma4-bench run on this machine (exit {EXIT_REGRESSION})" in slower.stdout
     assert "Traceback" not in slower.stderr
 

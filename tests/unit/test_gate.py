@@ -73,3 +73,28 @@ def test_bad_thresholds_are_one_line_errors(warn, fail):
     with pytest.raises(LlamactlError) as e:
         Thresholds(warn, fail)
     assert "0 < fail-below <= warn-below <= 1" in e.value.message
+
+
+def with_acceptance(b: dict, acc: float | None) -> dict:
+    for c in b["cells"]:
+        for v in c["variants"].values():
+            v["summary"] = {"acceptance": acc}
+    return b
+
+
+@pytest.mark.parametrize("base, cur, verdict", [
+    (1.0, 1.0, OK), (0.90, 0.87, OK), (0.90, 0.80, WARN), (1.0, 0.0, REGRESSION), (0.0, 0.5, OK)])
+def test_acceptance_drops_are_judged_in_points_without_a_noise_band(base, cur, verdict):
+    assert gate.judge_acceptance(base, cur, TH) == verdict
+
+
+def test_a_broken_draft_head_is_a_regression_even_when_speed_is_unchanged():
+    same = [100, 101, 99, 100]
+    vs = gate.compare_runs(with_acceptance(bench(same), 0.0), gate.file_lookup(with_acceptance(bench(same), 1.0), "run 2"), TH)
+    acc = [v for v in vs if v.metric == gate.ACCEPTANCE]
+    assert [v.verdict for v in vs if v.metric == gate.DECODE] == [OK]
+    assert len(acc) == 1 and acc[0].verdict == REGRESSION and gate.worst(vs) == REGRESSION
+    assert acc[0].line() == "echo mtp-on draft acceptance: REGRESSION 0% vs 100% of run 2 (-100 points)"
+    # no acceptance on either side (MTP off, or an old run): no acceptance verdict at all
+    assert not [v for v in gate.compare_runs(bench(same), gate.file_lookup(bench(same), "run 2"), TH)
+                if v.metric == gate.ACCEPTANCE]
