@@ -73,7 +73,7 @@ def project(tmp_path, monkeypatch):
     monkeypatch.setenv("LLAMACTL_NO_PROGRESS", "1")
     index = Index({"0.3.9": sdist("0.3.9"), "0.3.10": sdist("0.3.10"), "0.3.35": sdist("0.3.35", "int main() { return 1; }\n")})
     real, mock = httpx.Client, httpx.MockTransport(index.handler)
-    monkeypatch.setattr(pipdl.httpx, "Client", lambda *a, transport=None, **k: real(*a, transport=mock, **k))
+    monkeypatch.setattr(httpx, "Client", lambda *a, transport=None, **k: real(*a, transport=mock, **k))
 
     def no_pip(*a, **k):
         raise AssertionError("fell back to pip")
