@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 
 import psutil
+
+from tests.integration.test_run import run_detached
 import pytest
 
 from llamactl.core import paths, proc
@@ -141,10 +143,7 @@ def test_detach_interrupted_while_starting_is_stopped(built, clean_env):
 
 
 def test_detach_records_identity_and_stop_uses_it(built, clean_env):
-    cp = subprocess.run([*LLAMACTL, "run", "tiny-gemma4-mtp", "--no-mtp", "--detach", "--json"], capture_output=True,
-                        text=True, env=clean_env, timeout=120)
-    assert cp.returncode == 0, cp.stderr
-    pid = json.loads(cp.stdout)["pid"]
+    pid = run_detached(clean_env)
     try:
         rows = json.loads(subprocess.run([*LLAMACTL, "ps", "--json"], capture_output=True, text=True, env=clean_env).stdout)
         row = next(r for r in rows if r["pid"] == pid)

@@ -126,11 +126,16 @@ def test_unsupported_value_refused_before_launch(built, clean_env):
     assert llama_server_pids() - before == set()   # none of ours left (others may have ended meanwhile)
 
 
-def test_detach_ps_stop(built, clean_env):
+def run_detached(env: dict) -> int:
+    """`run tiny-gemma4-mtp --no-mtp --detach --json`; the detached server's pid."""
     cp = subprocess.run([*LLAMACTL, "run", "tiny-gemma4-mtp", "--no-mtp", "--detach", "--json"], capture_output=True,
-                        text=True, env=clean_env, timeout=120)
+                        text=True, env=env, timeout=120)
     assert cp.returncode == 0, cp.stderr
-    pid = json.loads(cp.stdout)["pid"]
+    return int(json.loads(cp.stdout)["pid"])
+
+
+def test_detach_ps_stop(built, clean_env):
+    pid = run_detached(clean_env)
     try:
         ps = json.loads(subprocess.run([*LLAMACTL, "ps", "--json"], capture_output=True, text=True, env=clean_env).stdout)
         run_id = next(r["id"] for r in ps if r["pid"] == pid)

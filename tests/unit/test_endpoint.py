@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -9,6 +10,7 @@ import socketserver
 import threading
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -117,11 +119,17 @@ def test_port_in_time_wait_is_free_for_the_server():
     assert [e.port for e in listen_endpoints("127.0.0.1", port)] == [port]
 
 
-def test_live_listener_is_refused_naming_the_pid():
+@contextlib.contextmanager
+def listening() -> Iterator[int]:
+    """A live TCP listener on 127.0.0.1; yields its port."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen(1)
-        port = s.getsockname()[1]
+        yield s.getsockname()[1]
+
+
+def test_live_listener_is_refused_naming_the_pid():
+    with listening() as port:
         with pytest.raises(LlamactlError) as exc:
             ensure_port_free("127.0.0.1", port)
         msg = str(exc.value)
@@ -137,10 +145,7 @@ def test_holder_unknown_falls_back_to_the_plain_message(monkeypatch):
         raise psutil.AccessDenied()
 
     monkeypatch.setattr(psutil, "net_connections", denied)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen(1)
-        port = s.getsockname()[1]
+    with listening() as port:
         with pytest.raises(LlamactlError) as exc:
             ensure_port_free("127.0.0.1", port)
     assert str(exc.value).startswith(f"port {port} on 127.0.0.1 is already in use (")
