@@ -65,8 +65,7 @@ def run(
         info = {"profile": r.name, "url": plan.url, "pid": sp.pid, "log": str(log), "ready_s": round(secs, 3),
                 "early_start": sp.adopted,
                 "socket": str(ep.uds) if ep.uds else None, "sockets": [str(e.uds) for e in plan.endpoints if e.uds],
-                "endpoints": [f"{base}{e}" for e in ("/health", "/v1/messages", "/v1/chat/completions", "/completion")]
-                + ([f"{base}/metrics"] if r.profile.metrics else []) + ([f"{base}/slots"] if r.profile.slots else [])}
+                "endpoints": [f"{base}{e}" for e in plan.endpoint_paths]}
         if record is not None:
             runrecords.write(run_dir, dict(record, **info, state="running"))
         ready = True

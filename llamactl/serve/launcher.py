@@ -60,6 +60,13 @@ class LaunchPlan:
         """The client's base URL (``http://localhost`` for a unix socket, with ``endpoint.client()``)."""
         return self.endpoint.base_url
 
+    @property
+    def endpoint_paths(self) -> list[str]:
+        """The HTTP paths `run` lists as ready: the API, plus /metrics and /slots when the profile enables them."""
+        prof = self.resolved.profile
+        return (["/health", "/v1/messages", "/v1/chat/completions", "/completion"]
+                + (["/metrics"] if prof.metrics else []) + (["/slots"] if prof.slots else []))
+
     def shell(self) -> str:
         return " ".join(shlex.quote(a) for a in self.argv)
 
@@ -217,8 +224,7 @@ def start(plan_: LaunchPlan, log_path: Path, echo: Callable[[str], None] | None 
     if not any(e.uds for e in plan_.endpoints):   # the early start binds TCP ports only
         prof = plan_.resolved.profile
         ready = {"profile": plan_.resolved.name, "health_timeout": prof.health_timeout, "base_url": plan_.base_url,
-                 "host": prof.host, "endpoints": ["/health", "/v1/messages", "/v1/chat/completions", "/completion"]
-                 + (["/metrics"] if prof.metrics else []) + (["/slots"] if prof.slots else [])}
+                 "host": prof.host, "endpoints": plan_.endpoint_paths}
         quickstart.remember(plan_.argv, plan_.env, plan_.host, plan_.port, prof.port == "auto",
                             _plan_inputs(plan_), [*ENV_VARS, *plan_.env_dropped],
                             ready=None if plan_.env_dropped or prof.api_key else ready)
