@@ -63,6 +63,8 @@ class CellContext:
     timings: list[dict] = field(default_factory=list)   # server `timings` seen in responses
     server: dict[str, Any] = field(default_factory=dict)   # the server's own view (server_view check)
     warnings: list[str] = field(default_factory=list)
+    references: Any = None      # judge.references.References: the cell's twins' answers (None: --url)
+    state: dict[str, Any] = field(default_factory=dict)   # what one check leaves for the next (answers)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -85,6 +87,14 @@ class CheckFailed(Exception):
 
 class RequestTimedOut(CheckFailed):
     """A request got no (complete) answer within request_timeout or the cell's deadline."""
+
+
+class CheckWarned(Exception):
+    """Judged, and nothing is wrong enough to fail, but something deserves a look (numerics): WARN."""
+
+    def __init__(self, message: str, data: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.data = data or {}
 
 
 class CannotJudge(Exception):
@@ -351,6 +361,11 @@ def concurrency(ctx: CellContext) -> dict:
     for t in timings:
         ctx.add_timings(t)
     out_tokens = sum(body["usage"]["completion_tokens"] for body in bodies)
+    cut = cut_by_context(bodies, ctx.profile.harness.concurrent_max_tokens, ctx.server.get("n_ctx_slot"))
+    if cut:
+        raise CheckFailed(f"complete answers: {cut}; concurrent_max_tokens "
+                          f"{ctx.profile.harness.concurrent_max_tokens} needs the whole answer "
+                          "(a larger ctx, fewer slots or a smaller concurrent_max_tokens)")
     data: dict[str, Any] = {"requests": n, "output_tokens": out_tokens, "wall_s": round(wall, 3),
                             "tokens_per_s": round(out_tokens / wall, 2) if wall else None,
                             "peak_busy_slots": peak["slots"] if peak["slot_samples"] else None,
@@ -378,6 +393,24 @@ def concurrency(ctx: CellContext) -> dict:
                 raise CheckFailed(f"MTP is on but {drafted.count(0)}/{n} concurrent requests drafted nothing "
                                   "(response timings carry no draft_n)", data)
     return data
+
+
+def cut_by_context(bodies: list[dict], max_tokens: int, n_ctx_slot: Any) -> str | None:
+    """How the first chat answer that the slot's context cut short was cut, or None.
+
+    An answer is cut when it finished by ``length`` with fewer than ``max_tokens`` tokens: the slot ran
+    out of context (``n_ctx_slot``, from /slots or the log) before the request's own limit.
+    """
+    for i, body in enumerate(bodies):
+        usage = body.get("usage") or {}
+        choice = (body.get("choices") or [{}])[0]
+        got, prompt = usage.get("completion_tokens"), usage.get("prompt_tokens")
+        if isinstance(got, int) and got < max_tokens and isinstance(choice, dict) \
+                and choice.get("finish_reason") == "length":
+            where = f", n_ctx_slot {n_ctx_slot}" if n_ctx_slot else ""
+            return (f"answer {i} was cut by the slot's context after {got} of {max_tokens} tokens "
+                    f"(prompt {prompt}{where})")
+    return None
 
 
 def _judge_overlap(n: int, peak: dict[str, Any], results: list[tuple[int, Any, float, float]],
@@ -717,6 +750,8 @@ def run_check(name: str, fn: Callable[[CellContext], dict], ctx: CellContext) ->
         return done(Status.PASS, "", fn(ctx))
     except CheckFailed as exc:
         return done(Status.FAIL, str(exc), exc.data)
+    except CheckWarned as exc:
+        return done(Status.WARN, str(exc), exc.data)
     except CannotJudge as exc:
         return done(Status.ERROR, str(exc))
     except CheckSkipped as exc:

@@ -12,6 +12,8 @@ class Status(str, Enum):
     """What a check or a cell came to.
 
     PASS/FAIL: judged, and the server did or did not do what the cell claims.
+    WARN: a check's PASS with a caveat (answers that part at a near tie: numerics, not a bug); a cell
+    whose checks pass or warn passes, with the caveat among its warnings.
     ERROR: the check could not judge (an unexpected exception, or the evidence it needs is missing).
     SKIP: not run on purpose (the build lacks a feature, the profile turns an endpoint off).
     XFAIL/XPASS: a cell with ``expect_failure`` that failed that way / passed anyway.
@@ -19,6 +21,7 @@ class Status(str, Enum):
     """
 
     PASS = "pass"
+    WARN = "warn"
     FAIL = "fail"
     ERROR = "error"
     SKIP = "skip"

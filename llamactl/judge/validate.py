@@ -14,7 +14,9 @@ import httpx
 from llamactl.judge import backend as backend_check
 from llamactl.serve import launcher
 from llamactl.serve import profiles
+from llamactl.judge.answer_checks import ANSWER_CHECKS
 from llamactl.judge.checks import CHECKS, RPC_CHECK, CellContext, CheckFailed, CheckResult, read_metrics, run_check
+from llamactl.judge.references import References
 from llamactl.judge.status import BAD, Status
 from llamactl.core.errors import LlamactlError
 from llamactl.core.progress import ProgressFn
@@ -89,6 +91,14 @@ class Report:
 
 
 Hook = Callable[[Cell, str, ServerProcess], None]
+Check = tuple[str, Callable[[CellContext], dict]]
+
+
+def cell_checks(rpc: bool) -> list[Check]:
+    """The checks of a cell, in order: the server's view, (RPC placement,) the request checks, the
+    right-answers checks (:mod:`llamactl.judge.answer_checks`), then the draft counters and health."""
+    first, requests, tail = CHECKS[:1], CHECKS[1:6], CHECKS[6:]
+    return [*first, *([RPC_CHECK] if rpc else []), *requests, *ANSWER_CHECKS, *tail]
 
 
 def repro_command(profile: str, cell: Cell) -> str:
@@ -105,18 +115,21 @@ def repro_command(profile: str, cell: Cell) -> str:
 
 def run_cell(base: profiles.Resolved, cell: Cell, binary: launcher.Binary, run_dir: Path,
              progress: ProgressFn | None = None, after_check: Hook | None = None,
-             res: CellResult | None = None) -> CellResult:
+             res: CellResult | None = None, references: References | None = None) -> CellResult:
     """Run one cell; whatever goes wrong becomes its status and reason, never an exception.
 
     ``res`` (filled in place) keeps what was measured if KeyboardInterrupt ends the cell early;
     KeyboardInterrupt is the one exception that passes (after the server is stopped).
+    ``references``: the run's twin answers (one per matrix run, so a twin starts once); a new one
+    for this cell when None.
     """
     res = res or CellResult(cell.id, cell.values)
     res.status, res.reason, res.repro = Status.PASS, "", repro_command(base.name, cell)
     t0 = time.monotonic()
     try:
         resolved = cell_profile(base, cell)
-        _run_cell(resolved, binary, run_dir, progress, after_check, res, cell)
+        _run_cell(resolved, binary, run_dir, progress, after_check, res, cell,
+                  references or References(binary, run_dir, base.name))
     except LlamactlError as exc:       # cell set-up: bad cell value, model missing, port taken, no binary
         res.status, res.reason = Status.ERROR, str(exc)
         return res
@@ -139,7 +152,7 @@ def run_cell(base: profiles.Resolved, cell: Cell, binary: launcher.Binary, run_d
 
 
 def _run_cell(resolved: profiles.Resolved, binary: launcher.Binary, run_dir: Path, progress: ProgressFn | None,
-              after_check: Hook | None, res: CellResult, cell: Cell) -> None:
+              after_check: Hook | None, res: CellResult, cell: Cell, references: References) -> None:
     """One cell: launch its server, run the checks while it is healthy, then sum up; fills ``res``."""
     prof = resolved.profile
     deadline = time.monotonic() + prof.harness.cell_timeout if prof.harness.cell_timeout else None
@@ -151,7 +164,7 @@ def _run_cell(resolved: profiles.Resolved, binary: launcher.Binary, run_dir: Pat
         if not _wait_healthy(sp, prof, deadline, res):
             return
         t_req = time.monotonic()
-        _checks(plan, sp, prof, deadline, log_path, after_check, res, cell)
+        _checks(plan, sp, prof, deadline, log_path, after_check, res, cell, references)
         res.requests_s = round(time.monotonic() - t_req, 3)
         _summary(res, sp, prof)
     finally:
@@ -200,7 +213,7 @@ def _wait_healthy(sp: ServerProcess, prof: profiles.Profile, deadline: float | N
 
 
 def _checks(plan: launcher.LaunchPlan, sp: ServerProcess, prof: profiles.Profile, deadline: float | None,
-            log_path: Path, after_check: Hook | None, res: CellResult, cell: Cell) -> None:
+            log_path: Path, after_check: Hook | None, res: CellResult, cell: Cell, references: References) -> None:
     """The HTTP checks in order (the RPC placement check second with RPC), then the backend check
     from the startup log; a check after the server died is SKIP, after the deadline NOT_RUN."""
     # no keep-alive: llama-server may close an idle connection just as the next request reuses it
@@ -208,7 +221,7 @@ def _checks(plan: launcher.LaunchPlan, sp: ServerProcess, prof: profiles.Profile
         ctx = CellContext(plan.base_url, prof, client, alive=sp.alive, request_timeout=prof.harness.request_timeout,
                           deadline=deadline, cell_timeout=prof.harness.cell_timeout, log_lines=sp.log_lines,
                           model_paths=dict(plan.model_paths), rpc_endpoints=[w.endpoint for w in plan.rpc_workers]
-                          or list(prof.rpc.workers if prof.rpc else []))
+                          or list(prof.rpc.workers if prof.rpc else []), references=references)
         if plan.rpc_workers:
             ctx.server["rpc_workers"] = [{"endpoint": w.endpoint, "pid": w.pid, "ready_s": w.ready_s}
                                          for w in plan.rpc_workers]
@@ -217,7 +230,7 @@ def _checks(plan: launcher.LaunchPlan, sp: ServerProcess, prof: profiles.Profile
         except (CheckFailed, httpx.HTTPError):
             ctx.metrics_before = []   # the speculative_metrics check reports what is wrong
         try:
-            for name, fn in ([CHECKS[0], RPC_CHECK, *CHECKS[1:]] if prof.rpc else CHECKS):
+            for name, fn in cell_checks(prof.rpc is not None):
                 if not sp.alive():
                     res.checks.append(CheckResult(name, Status.SKIP, detail="server died"))
                     continue
@@ -252,6 +265,8 @@ def _verdict(res: CellResult, cell_timeout: float | None) -> None:
     """The cell's status from its checks: the first FAIL, else the first ERROR, else a deadline."""
     if res.status != Status.PASS:
         return
+    res.warnings.extend(f"{c.name}: {c.detail}" for c in res.checks
+                        if c.status == Status.WARN and f"{c.name}: {c.detail}" not in res.warnings)
     failed = [c for c in res.checks if c.status == Status.FAIL]
     errors = [c for c in res.checks if c.status == Status.ERROR]
     not_run = [c for c in res.checks if c.status == Status.NOT_RUN]
@@ -314,11 +329,12 @@ def run_matrix(base: profiles.Resolved, cells: list[Cell], *, progress: Progress
         report.binary, report.version = str(binary.path), version[0] if version else ""
         run_dir = launcher.new_run_dir(f"validate-{base.name}")
         report.run_dir = str(run_dir)
+        references = References(binary, run_dir, base.name)
         for i, cell in enumerate(cells):
             running = i
             res = report.cells[i] = CellResult(cell.id, cell.values, repro=repro_command(base.name, cell))
             notify(cell.id)
-            run_cell(base, cell, binary, run_dir, progress, after_check, res=res)
+            run_cell(base, cell, binary, run_dir, progress, after_check, res=res, references=references)
             running = None
             notify(None)
             if fail_fast and res.status in (Status.FAIL, Status.ERROR, Status.XPASS):
@@ -380,7 +396,7 @@ def run_url(base: profiles.Resolved, url: str, cells: list[Cell] | None = None) 
             except (CheckFailed, httpx.HTTPError):
                 ctx.metrics_before = []
             t_req = time.monotonic()
-            for name, fn in ([CHECKS[0], RPC_CHECK, *CHECKS[1:]] if prof.rpc else CHECKS):
+            for name, fn in cell_checks(prof.rpc is not None):
                 if name in NEEDS_LOG:
                     res.checks.append(CheckResult(name, Status.SKIP, detail=NEEDS_LOG[name]))
                     continue

@@ -137,6 +137,14 @@ class MatrixSpec(BaseModel):
     exclude: list[dict[str, Any]] = Field(default_factory=list)
 
 
+class QualityBounds(BaseModel):
+    """kv_quality's bounds for one cell: mean KL (nats, over the reference's top-N) and top-1 agreement."""
+
+    model_config = ConfigDict(extra="forbid")
+    kl_max: float = Field(gt=0, description="mean KL in nats at most this")
+    top1_min: float = Field(ge=0, le=1, description="top-1 agreement (0-1) at least this")
+
+
 class Harness(BaseModel):
     """What llamactl's harness (validate, bench) expects of a cell and how long it waits: not llama-server
     flags. A profile's ``harness:`` block; the same keys at the top level (the older form) and in matrix
@@ -157,6 +165,25 @@ class Harness(BaseModel):
         default=None, description="validate: the backend that must hold the models' weights (read from the server log)")
     expect_offload: int | Literal["all"] | None = Field(
         default=None, description="validate: layers offloaded to the GPU, 'all' or at least N (main model and drafter)")
+
+    answers: bool = Field(
+        default=True, description="validate: the right-answers checks (answers, lossless_drafting, slot_isolation, "
+                                  "repeatable, kv_quality); false leaves them out")
+    exact_answers: bool = Field(
+        default=False, description="validate: any difference between answers fails, even at a near tie (the CPU "
+                                   "profiles set it: the same kernels give the same tokens there)")
+    tie_margin: float = Field(
+        default=0.05, ge=0, le=1, description="validate: answers that part where the reference's top-2 probability "
+                                              "margin is under this are WARN 'numerics', not FAIL")
+    reference_kv: str = Field(default="f16", description="validate: the KV cache type kv_quality compares against")
+    expect_quality: QualityBounds | None = Field(
+        default=None, description="validate: kv_quality bounds {kl_max, top1_min}; default by KV type (8-bit: 0.01 "
+                                  "and 0.95, 4-bit: 0.03 and 0.93); KL > 0.1 or top-1 < 0.85 fails always")
+
+    @field_validator("answers", "exact_answers", mode="before")
+    @classmethod
+    def _flags(cls, v: Any) -> Any:
+        return as_bool(v)
 
     @field_validator("expect_offload", mode="before")
     @classmethod
