@@ -115,11 +115,14 @@ class Handler(BaseHTTPRequestHandler):
         if FAULT == "hang":
             while True:
                 time.sleep(3600)
+        path = self.path.split("?")[0]
+        if path in ("/tokenize", "/completion") and FAULT not in ("invalid_json", "wrong_shape"):
+            return self._completion(path, body)
         with STATE.lock:
             STATE.active += 1
         try:
             time.sleep(0.3)      # long enough that concurrent requests are seen processing together
-            self._answer(self.path.split("?")[0], body)
+            self._answer(path, body)
         finally:
             with STATE.lock:
                 STATE.active -= 1
@@ -138,11 +141,42 @@ class Handler(BaseHTTPRequestHandler):
             return self._json({"id": "msg_1", "type": "message", "role": "assistant", "model": STATE.alias,
                                "content": [{"type": "text", "text": "Hello there."}], "stop_reason": "end_turn",
                                "stop_sequence": None, "usage": {"input_tokens": 5, "output_tokens": 4}})
+        logprobs = {"content": [{"id": 9, "token": "Hello", "logprob": -0.1, "top_logprobs": [
+            {"id": 9, "token": "Hello", "logprob": -0.1}]}, {"id": 10, "token": " there.", "logprob": -0.1,
+            "top_logprobs": [{"id": 10, "token": " there.", "logprob": -0.1}]}]} if body.get("logprobs") else None
         return self._json({"id": "chatcmpl-1", "object": "chat.completion", "model": STATE.alias,
-                           "choices": [{"index": 0, "finish_reason": "stop",
+                           "choices": [{"index": 0, "finish_reason": "stop", "logprobs": logprobs,
                                         "message": {"role": "assistant", "content": "Hello there."}}],
                            "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9},
                            "timings": timings})
+
+    def _completion(self, path: str, body: dict) -> None:
+        """/tokenize (one token per byte) and /completion: greedy answers that depend on the prompt
+        only, with token ids (return_tokens) and top-2 probabilities (n_probs), whole or streamed."""
+        prompt = body.get("content") if path == "/tokenize" else body.get("prompt")
+        text = prompt if isinstance(prompt, str) else " ".join(map(str, prompt or []))
+        if path == "/tokenize":
+            return self._json({"tokens": [b + 1 for b in text.encode()]})
+        n = int(body.get("n_predict") or 16)
+        seed = sum(text.encode()) % 97
+        tokens = [300 + (seed + i) % 50 for i in range(n)]
+        pieces = [f" w{t}" for t in tokens]
+        probs = [{"id": t, "token": p, "logprob": -0.1,
+                  "top_logprobs": [{"id": t, "token": p, "logprob": -0.1}, {"id": t + 1, "token": " x", "logprob": -2.5}]}
+                 for t, p in zip(tokens, pieces)]
+        timings = {"prompt_n": len(text), "prompt_ms": 5.0, "predicted_n": n, "predicted_ms": 5.0 * n, "cache_n": 0}
+        final = {"content": "".join(pieces), "tokens": tokens, "stop": True, "stop_type": "limit", "truncated": False,
+                 "tokens_evaluated": len(text), "timings": timings}
+        if body.get("n_probs"):
+            final["completion_probabilities"] = probs
+        if not body.get("stream"):
+            return self._json(final)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        for t, p in zip(tokens, pieces):
+            self.wfile.write(f"data: {json.dumps({'content': p, 'tokens': [t], 'stop': False})}\n\n".encode())
+        self.wfile.write(f"data: {json.dumps({**final, 'content': '', 'tokens': []})}\n\n".encode())
 
     def _stream(self, path: str, timings: dict) -> None:
         self.send_response(200)
@@ -178,6 +212,9 @@ def main(argv: list[str]) -> int:
     global STATE
     if "--help" in argv or "-h" in argv:
         sys.stdout.write(HELP.read_text())
+        return 0
+    if "--list-devices" in argv:     # the run fingerprint asks; a real CPU build lists none
+        sys.stdout.write("Available devices:\n")
         return 0
     if "--version" in argv:
         sys.stderr.write(VERSION.read_text() if VERSION.exists() else "version: 0 (fake)\n")

@@ -301,28 +301,44 @@ def _margin_sources(ctx: CellContext, book: Book) -> dict[str, list[Answer]]:
     return {k: [a] for k, a in twin.items()}
 
 
+def repeat_requests() -> tuple[AnswerRequest, AnswerRequest]:
+    """The request that ``repeatable`` asks again and again, and a sibling that shares its prompt but
+    for one word in the middle (so the prompt cache can reuse the sibling's prefix)."""
+    base = A.short_request(0)
+    n = A.nonce("repeat")
+    text = f"Note {n}. {A.SUBJECTS[0]}"
+    sibling = text.replace(" mountain ", " river ", 1)
+    return (AnswerRequest("repeat", base.path, text, n, A.SHORT_TOKENS),
+            AnswerRequest("repeat-sibling", base.path, sibling, n, 4))
+
+
 def repeatable(ctx: CellContext) -> dict:
-    """The same request again gives the same tokens: prompt cache off, then on (slot 0, after a sibling
-    request that shares its prefix, so the second answer reuses part of the cache)."""
+    """The same request gives the same tokens with the prompt cache on (slot 0) and off.
+
+    Order matters: sibling, request (cache on: it reuses the sibling's prefix, through a context
+    checkpoint on sliding-window models), an unrelated request, request (cache on: restored from the
+    server's prompt cache, ``--cache-ram``), then the request twice with the cache off. Asked earlier, the request would
+    be restored whole at once, and partial reuse, where cache bugs live, would never run.
+    """
     _enabled(ctx)
     book = _book(ctx)
-    req = A.short_request(0)
-    base = book.solo[req.key]
+    req, sibling = repeat_requests()
+    other = AnswerRequest("repeat-other", req.path, f"Unrelated {A.nonce('other')}: count to three.", "", 4)
+    on = []
+    for before in (sibling, other):   # 1: reuses the sibling's prefix; 2: restored from the prompt cache
+        _ask(ctx, before, cache_prompt=True, id_slot=0)
+        on.append(_ask(ctx, req, n_probs=book.n_probs, cache_prompt=True, id_slot=0))
+    off = [_ask(ctx, req, n_probs=book.n_probs, cache_prompt=False) for _ in range(2)]
+    base = off[0]
     margins = _margin_sources(ctx, book).get(req.key, [])
-    again = _ask(ctx, req, n_probs=book.n_probs, cache_prompt=False)
-    off = _verdict(ctx, base, again, "asked again, prompt cache off", *margins)
-    sibling = AnswerRequest("short-0-sibling", req.path, req.prompt.split(". ", 1)[0] + ". " + A.SUBJECTS[-1],
-                            req.nonce, 4)
-    on1 = _ask(ctx, req, n_probs=book.n_probs, cache_prompt=True, id_slot=0)
-    _ask(ctx, sibling, cache_prompt=True, id_slot=0)
-    on2 = _ask(ctx, req, n_probs=book.n_probs, cache_prompt=True, id_slot=0)
-    cached = [int(a.timings.get("cache_n") or 0) for a in (on1, on2)]
-    data = {"cache_off": _summary(again), "cache_on": [_summary(on1), _summary(on2)], "cache_n": cached}
-    on = [_verdict(ctx, base, a, f"asked again, prompt cache on ({c} tokens from the cache)", *margins)
-          for a, c in ((on1, cached[0]), (on2, cached[1]))]
-    if off.status != Status.PASS:
-        return _conclude([off, *on], data, "not repeatable even with the prompt cache off: ")
-    worst = [v for v in on if v.status != Status.PASS]
+    cached = [int(a.timings.get("cache_n") or 0) for a in on]
+    data = {"cache_off": [_summary(a) for a in off], "cache_on": [_summary(a) for a in on], "cache_n": cached}
+    off_v = _verdict(ctx, base, off[1], "asked twice, prompt cache off", *margins)
+    on_v = [_verdict(ctx, base, a, f"prompt cache on ({c} tokens from the cache) vs off", *margins)
+            for a, c in zip(on, cached, strict=True)]
+    if off_v.status != Status.PASS:
+        return _conclude([off_v, *on_v], data, "not repeatable even with the prompt cache off: ")
+    worst = [v for v in on_v if v.status != Status.PASS]
     return _conclude(worst, data, "differs only with the prompt cache on: " if worst else "")
 
 

@@ -113,7 +113,9 @@ def test_the_fake_without_a_fault_passes(tmp_path):
     cp, data, junit, _ = validate(tmp_path, profile)
     assert cp.returncode == 0, cp.stdout + cp.stderr
     cell = data["cells"][0]
-    assert cell["status"] == "pass" and all(c["status"] == "pass" for c in cell["checks"]), cell
+    not_here = {"lossless_drafting", "kv_quality"}     # MTP off, f16 KV
+    assert cell["status"] == "pass" and all(c["status"] == ("skip" if c["name"] in not_here else "pass")
+                                            for c in cell["checks"]), cell
     assert cell["server"]["n_slots"] == 2 and cell["server"]["n_ctx_slot"] == 2048
     assert cell["server"]["kv_k"] == "f16" and cell["server"]["speculative"] is False
     conc = next(c for c in cell["checks"] if c["name"] == "concurrency")
@@ -226,7 +228,7 @@ def test_an_internal_error_in_one_cell_is_its_error_and_the_matrix_goes_on(tmp_p
     binary = launcher.Binary(FAKE, parse_help((FAKE.parent / "fixtures/help/upstream-0c1e57098.txt").read_text()))
     calls: list[str] = []
 
-    def broken(resolved, binary, run_dir, out, after_check, res, cell):
+    def broken(resolved, binary, run_dir, out, after_check, res, cell, references):
         calls.append(cell.id)
         if cell.id == "parallel=1":
             raise KeyError("usage")

@@ -44,7 +44,7 @@ def test_json_report_has_every_cell_and_timing_sum(tmp_path):
     path = tmp_path / "r.json"
     write_json(r, path)
     d = json.loads(path.read_text())
-    assert d["ok"] is False and d["counts"] == {"pass": 1, "fail": 1, "error": 0, "skip": 1, "xfail": 0, "xpass": 0,
+    assert d["ok"] is False and d["counts"] == {"pass": 1, "warn": 0, "fail": 1, "error": 0, "skip": 1, "xfail": 0, "xpass": 0,
                                          "interrupted": 0, "not_run": 0}
     assert d["sum_cell_start_and_requests_s"] == 2.3
     assert d["cells"][1]["crash"]["signal"] == "SIGABRT"
