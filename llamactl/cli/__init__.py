@@ -6,7 +6,8 @@ error BAD_INPUT, Ctrl-C INTERRUPTED, anything unexpected INTERNAL_ERROR. ``--deb
 LLAMACTL_DEBUG=1) adds the cause chain and the traceback.
 
 Command modules are imported only when their command runs: `llamactl --help` lists every command
-from the one-line helps in COMMANDS below (a unit test keeps them equal to the modules' own).
+from the one-line helps in COMMANDS below (a unit test keeps them equal to the modules' own), and
+`llamactl --version` (``-V``) prints one line without loading Typer, rich or any command.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 
 HELP = "Vendor, patch, build, run and validate llama.cpp's llama-server, reproducibly."
 DEBUG_HELP = "On an error, show its cause chain and traceback."
+VERSION_HELP = "Show llamactl's version and exit."
+VERSION_ARGS = (["--version"], ["-V"])
 _debug = False
 
 # name -> (module under llamactl.cli, function or None for a sub-app, words picking examples, one-line help)
@@ -71,6 +74,13 @@ def examples(module: ModuleType, *words: str) -> str:
     return "Examples:\n\n" + "\n\n".join(f"  [dim]$[/] {escape(ln)}" for ln in picked) if picked else ""
 
 
+def version_line() -> str:
+    """``llamactl <version>``: the package's own version (``llamactl.__version__``, the one in pyproject.toml)."""
+    from llamactl import __version__
+
+    return f"llamactl {__version__}"
+
+
 def load_command(name: str) -> Any:
     """The real click command for ``name``: imports its module (and what that needs) now."""
     import typer
@@ -107,7 +117,14 @@ def make_app() -> Any:
     app = typer.Typer(name="llamactl", help=HELP, cls=LazyGroup, no_args_is_help=True, add_completion=False,
                       pretty_exceptions_enable=False, rich_markup_mode="rich")
 
-    def root(debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP)) -> None:
+    def show_version(value: bool) -> None:
+        if value:
+            typer.echo(version_line())
+            raise typer.Exit(ExitCode.OK)
+
+    def root(debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
+             version: bool = typer.Option(False, "--version", "-V", help=VERSION_HELP, is_eager=True,
+                                          callback=show_version)) -> None:
         global _debug
         _debug = _debug or debug
 
@@ -184,11 +201,13 @@ def _draw_root_help(console: "Console") -> None:
     console.print(Padding(HELP, (0, 1, 1, 1)))
     opts = Table(highlight=False, show_header=False, expand=True, box=None, pad_edge=False, padding=(0, 1))
     width = max(len(n) for n in COMMANDS)
-    opts.add_column(style="bold cyan", no_wrap=True, width=12)    # Typer's column for --help and its short form
-    opts.add_column(style="bold yellow", no_wrap=True)
+    # Typer's columns: long and short names, their negative forms (none here), metavar, help
+    for style in ("bold cyan", "bold green", "", "", "bold yellow"):
+        opts.add_column(style=style, no_wrap=True)
     opts.add_column(ratio=10)
-    opts.add_row("--debug", "<bool>", DEBUG_HELP)
-    opts.add_row("--help", "<bool>", "Show this message and exit.")
+    opts.add_row("--debug", "", "", "", "<bool>", DEBUG_HELP)
+    opts.add_row("--version", "-V", "", "", "<bool>", VERSION_HELP)
+    opts.add_row("--help", "", "", "", "<bool>", "Show this message and exit.")
     console.print(Panel(opts, border_style="dim", title="Options", title_align="left", box=box.ROUNDED))
     cmds = Table(highlight=False, show_header=False, expand=True, box=None, pad_edge=False, padding=(0, 1))
     cmds.add_column(style="bold cyan", no_wrap=True, width=width)
@@ -298,6 +317,9 @@ def run(argv: list[str] | None = None) -> int:
 
 def main() -> None:
     args = sys.argv[1:]
+    if args in VERSION_ARGS:           # one line, nothing loaded
+        sys.stdout.write(version_line() + "\n")
+        sys.exit(ExitCode.OK)
     if args in ([], ["--help"]):       # the commonest call answered without loading Typer
         print_root_help()
         sys.exit(0 if args else ExitCode.BAD_INPUT)     # as click's no_args_is_help

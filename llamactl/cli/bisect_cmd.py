@@ -4,6 +4,7 @@ Examples:
     llamactl bisect default --cell parallel=2,kv=f16/f16 --source path:~/src/llama.cpp --good b5000 --bad b5100
     llamactl bisect tiny-gemma4-mtp --cell parallel=2,enable_mtp=0 --patches
     llamactl bisect tiny-gemma4-mtp --cell parallel=2,enable_mtp=0 --patches --series ./my-series --json
+    llamactl bisect tiny-gemma4-mtp --cell parallel=2,enable_mtp=0 --patches --json-out reports/bisect.json
     llamactl bisect tiny-gemma4-mtp-atomic --cell parallel=2,enable_mtp=1,kv=f16/f16 --fixed --no-patches --source path:~/fork --bad 0a635dcd9 --good b7b5a3bf9
     llamactl bisect default --cell parallel=2,kv=f16/f16 --source path:~/src/llama.cpp --good A --bad B --signature "GGML_ASSERT(ggml_nelements"
     llamactl bisect default --cell parallel=1,kv=f16/f16 --source path:~/src/llama.cpp --good A --bad B --metric decode_tok_s --below 40
@@ -22,9 +23,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from llamactl.cli import options as o
-from llamactl.cli.run_cmd import stop_on_signals
-from llamactl.cli.console import Output, console, err_console
+from llamactl.cli.common import check_outputs, stop_on_signals
+from llamactl.cli.console import Output, console, err_console, to_json
 from llamactl.core.errors import ExitCode
+from llamactl.core.files import write_atomic
 from llamactl.judge import bisect as lib
 
 
@@ -45,14 +47,17 @@ def bisect(
     below: Annotated[Optional[float], typer.Option("--below", help="With --metric: bad when the value is below this.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Go on from the state an interrupted run with the same arguments saved.")] = False,
     jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Parallel compile jobs (default: the cores).")] = None,
+    json_path: o.JsonOut = None,
     json: o.Json = False,
 ) -> None:
     """Find the first commit, version or patch where one cell of a profile breaks (or, --fixed, passes).
 
     Each step builds incrementally (only what changed since the step before) and runs the one cell;
     a step that cannot be built or cannot start is skipped (git bisect skip), not blamed. The state
-    is saved after every step: Ctrl-C, then the same command with --resume.
+    is saved after every step: Ctrl-C, then the same command with --resume. --json-out writes the
+    result (what --json prints) to a file, its path checked before anything runs.
     """
+    check_outputs((json_path, "--json-out"))   # before the profile, the search space and any build
     if series and ("/" in series or series.startswith(".")):   # a directory of patches, not a name under patches/
         series = str(Path(series).expanduser().resolve())
     base = overrides.resolve(name)
@@ -74,7 +79,11 @@ def bisect(
         err_console.print("[yellow]interrupted[/]: the steps so far are saved; go on with the same command and --resume",
                           highlight=False)
         sys.exit(ExitCode.INTERRUPTED)
-    out.result(result.to_dict(), lambda _d: _human(result))
+    data = result.to_dict()
+    if json_path is not None:
+        write_atomic(json_path, to_json(data) + "\n")
+        out.info(f"result: {escape(str(json_path))}")
+    out.result(data, lambda _d: _human(result))
     if result.first is None:
         sys.exit(ExitCode.FAILED)
 

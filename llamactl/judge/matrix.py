@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from llamactl.core import yamlio
 from llamactl.core.errors import BadInput, LlamactlError
-from llamactl.serve.profiles import HARNESS_KEYS, MatrixSpec, Profile, Resolved, as_bool, enum_word
+from llamactl.serve.profiles import HARNESS_KEYS, MatrixSpec, Profile, Resolved, as_bool, cli_value, enum_word
 
 SHORTHAND = {"mtp": "enable_mtp", "np": "parallel"}
 
@@ -166,8 +166,8 @@ def select(cells: list[Cell], filters: list[str]) -> list[Cell]:
     ids = [f for f in filters if "=" not in f or f in known_ids]   # a cell's name or id selects it
     for f in filters:
         if f not in ids:
-            k, v = f.split("=", 1)
-            wanted.update(normalise({k.strip(): yamlio.parse_scalar(v.strip())}, f"--cell {f!r}"))
+            k, v = (x.strip() for x in f.split("=", 1))
+            wanted.update(normalise({k: cli_value(SHORTHAND.get(k, k), v)}, f"--cell {f!r}"))   # as --set types it
     out = [c for c in cells if all(_loose_eq(c.values.get(k), v) for k, v in wanted.items())
            and (not ids or c.id in ids)]
     if not out:

@@ -13,7 +13,7 @@ import mmap
 import os
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +33,12 @@ class ModelFileError(BadInput):
 
 @dataclass(frozen=True)
 class ArrayInfo:
-    """A metadata array that was skipped, not decoded: its element type name and length."""
+    """A metadata array that was skipped, not decoded: its element type name and length, and where its
+    elements lie in the file (``span``: start and end byte offsets; see :func:`array_bytes`)."""
 
     type: str
     length: int
+    span: tuple[int, int] | None = field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
         return f"[{self.type} x {self.length}]"
@@ -147,14 +149,15 @@ def _value(cur: _Cursor, vtype: int, key: str, fmts: dict[int, str]) -> Any:
             if length <= SMALL_ARRAY:
                 return list(cur.unpack(f"{length}{fmts[etype]}"))
             cur.pos += length * size
-            return ArrayInfo(T(etype).name.lower(), length)
+            return ArrayInfo(T(etype).name.lower(), length, (cur.pos - length * size, cur.pos))
         if etype == T.STRING:
             if length > cur.size:   # each string takes at least 8 bytes: a corrupt count, not a real array
                 raise ModelFileError(f"{cur.path}: corrupt GGUF header: key {key!r} claims {length} strings")
             if length <= 16:
                 return [cur.string() for _ in range(length)]
+            start = cur.pos
             cur.skip_strings(length)
-            return ArrayInfo("string", length)
+            return ArrayInfo("string", length, (start, cur.pos))
         raise ModelFileError(f"{cur.path}: corrupt GGUF header: key {key!r} is an array of unknown type {etype}")
     raise ModelFileError(f"{cur.path}: corrupt GGUF header: key {key!r} has unknown value type {vtype}")
 
@@ -255,6 +258,71 @@ def _parse(buf: mmap.mmap, path: Path, size: int, gguf: Any) -> Header:
     return h
 
 
+def array_bytes(h: Header, key: str) -> bytes | None:
+    """The stored bytes of array ``key``'s elements, for an array the header skipped (:class:`ArrayInfo`);
+    None for a key that is absent or was decoded (a short array is in ``h.kv`` as a list).
+
+    Two arrays of the same element type and byte order hold the same values exactly when these bytes are
+    equal, which compares a 262144-token vocabulary without decoding it. Raises ModelFileError when the
+    file cannot be read again.
+    """
+    info = h.kv.get(key)
+    if not isinstance(info, ArrayInfo) or info.span is None:
+        return None
+    start, end = info.span
+    try:
+        with open(h.path, "rb") as f:
+            f.seek(start)
+            data = f.read(end - start)
+    except OSError as exc:
+        raise ModelFileError(f"model file {h.path} cannot be read: {exc.strerror or exc}") from None
+    if len(data) != end - start:
+        raise ModelFileError(f"{h.path} changed while it was read (key {key!r})")
+    return data
+
+
+def strings(h: Header, key: str) -> list[str] | None:
+    """Every string of string array ``key`` (decoded from the file when the header skipped it); None when
+    ``key`` is absent or not an array of strings."""
+    value = h.kv.get(key)
+    if isinstance(value, list):
+        return list(value) if all(isinstance(v, str) for v in value) else None
+    if not isinstance(value, ArrayInfo) or value.type != "string":
+        return None
+    data = array_bytes(h, key)
+    if data is None:
+        return None
+    cur = _Cursor(data, h.path, "<" if h.byte_order == "little" else ">")
+    cur.where = f"key {key!r}"
+    return [cur.string() for _ in range(value.length)]
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """A model's vocabulary as its GGUF header gives it (``tokenizer.ggml.*``)."""
+
+    model: str | None         # tokenizer.ggml.model: llama (SentencePiece), gpt2 (BPE), gemma4, ...
+    size: int | None          # how many tokens tokenizer.ggml.tokens holds
+    bos: int | None = None    # tokenizer.ggml.bos_token_id
+    eos: int | None = None    # tokenizer.ggml.eos_token_id
+
+    def __str__(self) -> str:
+        size = f"{self.size}-token " if self.size is not None else ""
+        return f"{size}{self.model + ' ' if self.model else ''}vocabulary"
+
+
+def vocab(h: Header) -> Vocab | None:
+    """The vocabulary facts of a header; None when it has no tokenizer at all."""
+    tokens = h.kv.get("tokenizer.ggml.tokens")
+    size = tokens.length if isinstance(tokens, ArrayInfo) else (len(tokens) if isinstance(tokens, list) else None)
+    model = h.kv.get("tokenizer.ggml.model")
+    if size is None and model is None:
+        return None
+    ids = {k: h.kv.get(f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos")}
+    return Vocab(str(model) if model is not None else None, size,
+                 *(v if isinstance(v, int) and not isinstance(v, bool) else None for v in ids.values()))
+
+
 # ---------------------------------------------------------------- split models
 
 def shard_path(first_or_any: Path, index: int, count: int) -> Path:
@@ -342,8 +410,7 @@ def info(path: Path) -> dict:
     wanted = ("context_length", "embedding_length", "block_count", "attention.head_count", "attention.head_count_kv",
               "attention.key_length", "attention.sliding_window")
     hp = {k.replace("attention.", ""): kv[f"{arch}.{k}"] for k in wanted if f"{arch}.{k}" in kv}
-    tokens = kv.get("tokenizer.ggml.tokens")
-    vocab = tokens.length if isinstance(tokens, ArrayInfo) else (len(tokens) if isinstance(tokens, list) else None)
+    words = vocab(first)
     all_tensors = [t for h in heads for t in h.tensors]
     total_bytes = sum(h.file_size for h in heads)
     out: dict[str, Any] = {
@@ -357,7 +424,7 @@ def info(path: Path) -> dict:
         "tensors": len(all_tensors),
         "parameters": sum(t.n_elements for t in all_tensors),
         "tensor_bytes": sum(t.n_bytes for t in all_tensors),
-        "vocab_size": vocab,
+        "vocab_size": words.size if words else None,
         "tokenizer": kv.get("tokenizer.ggml.model"),
         "chat_template": "tokenizer.chat_template" in kv,
     }

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from llamactl.models import catalog as models
-from llamactl.models import gguf_info
+from llamactl.models import draft_pair, gguf_info
 from llamactl.core import paths
 from llamactl.build.builder import BuildRequest, BuildResult, build
 from llamactl.core.progress import ProgressFn
@@ -135,15 +135,19 @@ def help_for(binary: Path, timeout: float | None = None) -> str:
 
 
 def resolve_models(profile: Profile, progress: ProgressFn | None = None, base: Path | None = None) -> dict[str, Path]:
-    """Model fields -> local files, each checked as a loadable GGUF (all shards of a split model).
+    """Model fields -> local files, each checked as a loadable GGUF (all shards of a split model), and a
+    target with its MTP drafter checked as a pair llama-server can run (same vocabulary, the width the
+    head was made for: :func:`llamactl.models.draft_pair.check_pair`).
 
-    Raises LlamactlError (ModelFileError) naming the file and what is wrong with it.
+    Raises LlamactlError naming the file and what is wrong with it (ModelFileError), or both models
+    and what differs (DraftMismatch).
     """
     res = {"model": models.resolve(profile.model, progress, base)}
     if profile.enable_mtp and profile.draft_model:
         res["draft_model"] = models.resolve(profile.draft_model, progress, base)
-    for path in res.values():
-        gguf_info.check_launchable(path)
+    heads = {key: gguf_info.check_launchable(path) for key, path in res.items()}
+    if "draft_model" in heads:
+        draft_pair.check_pair(heads["model"][0], heads["draft_model"][0], profile.model, profile.draft_model)
     return res
 
 

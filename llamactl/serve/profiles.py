@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import types
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from pathlib import Path, PurePath
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -499,8 +500,73 @@ def _env_layer(environ: dict[str, str]) -> tuple[dict, dict[str, str]]:
     return layer, origins
 
 
+def _members(annotation: Any) -> tuple[Any, ...]:
+    """The types an annotation admits: each member of a union (``str | None``: str, NoneType), else itself."""
+    if get_origin(annotation) is Annotated:
+        return _members(get_args(annotation)[0])
+    if get_origin(annotation) in (Union, types.UnionType):
+        return tuple(m for a in get_args(annotation) for m in _members(a))
+    return (annotation,)
+
+
+def field_annotation(key: str) -> Any:
+    """The type of dotted profile key ``key`` (``host``, ``build.source``, ``harness.expect_failure``, or a
+    harness key written flat, ``expect_failure``); None for a key the schema does not have."""
+    model: type[BaseModel] = Profile
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        fields = model.model_fields
+        if model is Profile and part not in fields:
+            fields = Harness.model_fields if part in HARNESS_KEYS else fields
+        if part not in fields:
+            return None
+        annotation = fields[part].annotation
+        if i == len(parts) - 1:
+            return annotation
+        sub = next((m for m in _members(annotation) if isinstance(m, type) and issubclass(m, BaseModel)), None)
+        if sub is None:
+            return None
+        model = sub
+    return None
+
+
+NULL_WORDS = ("null", "Null", "NULL", "~")     # YAML's spellings of null
+
+
+def takes_text(annotation: Any) -> bool:
+    """Whether a key of this type takes text: str (or a path) alone or in a union (``str | None``, ``int | str``)."""
+    return any(isinstance(m, type) and issubclass(m, (str, PurePath)) for m in _members(annotation))
+
+
+def cli_value(key: str, raw: str) -> Any:
+    """The value of profile key ``key`` typed on the command line (``--set key=value``, ``--cell key=value``).
+
+    Read as YAML 1.2 (:func:`llamactl.core.yamlio.parse_scalar`: ``8192`` a number, ``true`` a boolean,
+    ``[a, b]`` a list), except for a key that takes text (str, str | None, a path, str in a union, nested ones
+    such as ``build.source`` too): there the text as typed wins, so ``host=127.1``, ``host=0x7f000001``,
+    ``alias=2026-01-01``, ``kv_k=1e3`` or ``model=123`` are those words, not a float, an int or a date. Three
+    exceptions: ``null`` (or ``~``) unsets a key that may be unset (``alias=null``: no ``--alias``; for a
+    key that must be set it is the word); a value quoted whole is YAML's string (``alias='"null"'`` is the
+    word null); a number for a key that also takes numbers stays one (``n_gpu_layers=99``).
+    """
+    value = yamlio.parse_scalar(raw)
+    annotation = field_annotation(key)
+    if annotation is None or not takes_text(annotation):
+        return value
+    text = raw.strip()
+    members = _members(annotation)
+    if value is None and text in NULL_WORDS:
+        return None if type(None) in members else text
+    if isinstance(value, str) and text[:1] in ("'", '"'):
+        return value
+    if not isinstance(value, str) and value is not None and any(type(value) is m for m in members):
+        return value
+    return text
+
+
 def parse_set(items: list[str]) -> dict:
-    """``--set key=value`` (YAML-typed values; dotted keys reach into build/env)."""
+    """``--set key=value`` (dotted keys reach into build/env/harness); values as :func:`cli_value` types them,
+    ``env.NAME`` values as the text typed."""
     out: dict = {}
     for item in items:
         if "=" not in item:
@@ -510,7 +576,7 @@ def parse_set(items: list[str]) -> dict:
         if not all(parts):
             raise BadInput(f"--set {item!r}: empty key name", hint="key=value, dotted keys reach into build/env")
         # env values are the text typed (no YAML typing): --set env.OMP_NUM_THREADS=04 passes "04"
-        value = raw if parts[0] == "env" and len(parts) > 1 else yamlio.parse_scalar(raw)
+        value = raw if parts[0] == "env" and len(parts) > 1 else cli_value(".".join(parts), raw)
         target = out
         for i, p in enumerate(parts[:-1]):
             nxt = target.setdefault(p, {})

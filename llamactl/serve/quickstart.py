@@ -25,70 +25,17 @@ import os
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from llamactl.core import paths
 from llamactl.core.files import write_atomic
 from llamactl.core.hashing import stable_key
+from llamactl.serve.early import Early
 
 ENTRY_VERSION = 2
 # besides the profile's own variables (profiles.ENV_VARS), these change what `run` would start
 EXTRA_ENV = ("LLAMACTL_HOME", "LLAMACTL_CACHE", "LLAMA_SERVER", "PATH", "CC", "CXX")
 _SKIP = {"--detach", "-d", "--help"}
-
-
-@dataclass
-class Early:
-    """A llama-server started from a remembered plan, its output held until someone adopts it."""
-
-    proc: subprocess.Popen
-    argv: list[str]
-    env: dict[str, str]
-    port: int
-    started_at: float
-    _lines: list[str] = field(default_factory=list)
-    _sink: Callable[[str], None] | None = None
-    _on_end: Callable[[], None] | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    thread: threading.Thread | None = None
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._lock:
-                if self._sink is None:
-                    self._lines.append(line)
-                    continue
-                sink = self._sink
-            sink(line)
-        with self._lock:
-            end = self._on_end
-        if end:
-            end()
-
-    def attach(self, sink: Callable[[str], None], on_end: Callable[[], None]) -> threading.Thread:
-        """Send every output line so far, then each new one, to ``sink``; ``on_end`` after the last."""
-        with self._lock:
-            for line in self._lines:
-                sink(line)
-            self._lines.clear()
-            self._sink, self._on_end = sink, on_end
-            done = self.thread is None or not self.thread.is_alive()
-        if done:
-            on_end()
-        assert self.thread is not None
-        return self.thread
-
-    def kill(self) -> None:
-        import signal
-
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
-        self.proc.wait()
 
 
 _args: list[str] | None = None

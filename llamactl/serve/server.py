@@ -31,7 +31,7 @@ __all__ = ["Crash", "LogLine", "ServerDied", "ServerProcess", "describe_exit", "
 if TYPE_CHECKING:
     import httpx
 
-    from llamactl.serve.quickstart import Early
+    from llamactl.serve.early import Early
 
 # ggml's GGML_ABORT prints "FILE:LINE: message" (e.g. ggml-rpc.cpp:566: Remote RPC server crashed ...)
 _ASSERT = re.compile(r"^\S+\.(?:c|cc|cpp|cu|m|mm):\d+: |GGML_ASSERT|GGML_ABORT|terminate called|Segmentation fault|Assertion .* failed|fatal error|std::\w+_error|what\(\):")

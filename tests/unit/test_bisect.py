@@ -303,3 +303,36 @@ def test_steps_compile_in_the_closest_warm_work_dir(tmp_path, monkeypatch, histo
     from llamactl.build.srcsync import tree_entries
     warm("upstream@", {p: [m, o, 0, 0] for p, (m, o) in tree_entries(repo, shas[0]).items()})
     assert lib.pick_work_dir(base, space) == "upstream@"                # holds exactly the older end
+
+
+def test_cli_json_out_writes_what_json_prints(tmp_path, monkeypatch, capsys):
+    """`bisect --json-out F`: the result in a file, the same JSON that --json prints on stdout."""
+    from llamactl import cli
+
+    monkeypatch.setenv("LLAMACTL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(lib, "make_space", lambda req, base: linear(8))
+    monkeypatch.setattr(lib, "run_step", lambda c, n, **_kw: fake(5)(c, n))
+    out = tmp_path / "reports" / "bisect.json"
+    argv = ["bisect", "default", "--no-env", "--cell", "parallel=2", "--cell", "kv=f16/f16", "--good", "0", "--bad", "7",
+            "--json-out", str(out)]
+    assert cli.run([*argv, "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    written = json.loads(out.read_text())
+    assert written == printed and written["first"] == "5" and written["found"] is True
+    out.unlink()
+    assert cli.run(argv) == 0                       # without --json: the table on stdout, the file all the same
+    assert json.loads(out.read_text())["first"] == "5" and "first bad" in capsys.readouterr().out
+
+
+def test_cli_json_out_is_checked_before_any_work(tmp_path, monkeypatch, capsys):
+    from llamactl import cli
+
+    monkeypatch.setenv("LLAMACTL_CACHE", str(tmp_path / "cache"))
+
+    def no_work(*_a, **_kw):
+        raise AssertionError("searched before the output path was checked")
+    monkeypatch.setattr(lib, "make_space", no_work)
+    monkeypatch.setattr(lib, "one_cell", no_work)
+    rc = cli.run(["bisect", "default", "--cell", "parallel=2", "--good", "0", "--bad", "7", "--json-out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: --json-out path") and "is a directory" in err

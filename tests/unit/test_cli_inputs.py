@@ -140,6 +140,9 @@ CASES = [
     ("json-unwritable", ["validate", "default", "--json-out", "/proc/llamactl/r.json"], BAD, "cannot be created"),
     ("bench-json-dir", ["bench", "default", "--json-out", "{d}/adir"], BAD, "is a directory"),
     ("bench-plot-under-file", ["bench", "default", "--plot", "{d}/afile/p.png"], BAD, "is not a directory"),
+    ("bisect-json-dir", ["bisect", "default", "--cell", "parallel=2", "--good", "a", "--bad", "b", "--json-out", "{d}/adir"], BAD,
+     "--json-out path {d}/adir is a directory"),
+    ("bisect-json-under-file", ["bisect", "no-such-profile", "--cell", "x", "--json-out", "{d}/afile/b.json"], BAD, "is not a directory"),
     # prompts and saved bench runs
     ("prompts-directory", ["bench", "default", "--prompts", "{d}/adir"], BAD, "prompts file {d}/adir is a directory"),
     ("prompts-not-utf8", ["bench", "default", "--prompts", "{d}/latin1.txt"], BAD, "latin1.txt:2: not UTF-8"),

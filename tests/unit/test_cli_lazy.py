@@ -7,15 +7,16 @@ import sys
 
 import pytest
 
+import llamactl
 from llamactl.cli import COMMANDS, load_command
 
 HEAVY = ("typer", "pydantic", "numpy", "gguf", "httpx", "matplotlib", "prometheus_client", "yaml", "llamactl.cli.run_cmd")
 
 
-def run_main(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_main(*args: str, env: dict[str, str] | None = None, watch: tuple[str, ...] = HEAVY) -> subprocess.CompletedProcess:
     code = ("import sys\nfrom llamactl.cli import main\nsys.argv = ['llamactl', *sys.argv[1:]]\n"
             "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\nelse:\n    code = 0\n"
-            f"print('LOADED', sorted(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)\nsys.exit(code)\n")
+            f"print('LOADED', sorted(m for m in {watch!r} if m in sys.modules), file=sys.stderr)\nsys.exit(code)\n")
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120,
                           env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "NO_COLOR": "1", **(env or {})})
 
@@ -33,7 +34,39 @@ def test_help_lists_every_command_without_loading_any():
     assert cp.returncode == 0
     for name, (_m, _f, _w, short) in COMMANDS.items():
         assert f" {name} " in cp.stdout and short in cp.stdout
+    assert "--version  -V" in cp.stdout
     assert "LOADED []" in cp.stderr
+
+
+def test_root_help_drawn_without_typer_is_typers_own(tmp_path):
+    """The fast path draws the root help itself; Typer (reached with --debug) draws the same panels."""
+    fast = run_main("--help", env={"LLAMACTL_CACHE": str(tmp_path)})
+    typer_drawn = run_main("--debug", "--help", env={"LLAMACTL_CACHE": str(tmp_path)})
+    assert fast.returncode == typer_drawn.returncode == 0
+    assert fast.stdout == typer_drawn.stdout and "--version" in fast.stdout
+
+
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version_is_one_line_and_loads_nothing(tmp_path, flag):
+    cp = run_main(flag, env={"LLAMACTL_CACHE": str(tmp_path)}, watch=(*HEAVY, "rich", "click", "llamactl.core.paths"))
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout == f"llamactl {llamactl.__version__}\n"
+    assert "LOADED []" in cp.stderr and not (tmp_path / "help").exists()
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["-V"], ["--debug", "--version"], ["--version", "--debug"]])
+def test_version_through_typer_too(capsys, argv):
+    from llamactl import cli
+
+    assert cli.run(argv) == 0
+    out = capsys.readouterr()
+    assert out.out == f"llamactl {llamactl.__version__}\n" and out.err == ""
+
+
+def test_the_version_is_the_installed_packages():
+    from importlib.metadata import version
+
+    assert llamactl.__version__ == version("llamactl")
 
 
 def test_root_help_is_kept_per_terminal_and_read_back_without_rich(tmp_path):

@@ -27,6 +27,78 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
+def _module_name(path: Path) -> str:
+    parts = ["llamactl", *path.relative_to(PKG).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _module_imports(source: str, name: str, modules: set[str], is_package: bool = False) -> set[str]:
+    """The llamactl modules that ``source`` (module ``name``) imports, anywhere in it: top level, inside
+    functions, under ``if TYPE_CHECKING``. ``from P import m`` counts as module P.m when that is a module."""
+    found: set[str] = set()
+    here = name if is_package else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:   # relative: from .x import y
+                pkg = here.rsplit(".", node.level - 1)[0] if node.level > 1 else here
+                base = f"{pkg}.{base}" if base else pkg
+            for alias in node.names:
+                full = f"{base}.{alias.name}"
+                found.add(full if full in modules else base)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return {m for m in found if m in modules and m != name}
+
+
+def _import_graph() -> dict[str, set[str]]:
+    files = {_module_name(f): f for f in sorted(PKG.rglob("*.py"))}
+    return {name: _module_imports(f.read_text(), name, set(files), f.name == "__init__.py") for name, f in files.items()}
+
+
+def test_the_import_walker_sees_imports_inside_functions_and_type_checking():
+    src = ("from typing import TYPE_CHECKING\nfrom llamactl.serve import endpoint\n"
+           "if TYPE_CHECKING:\n    from llamactl.serve.early import Early\n"
+           "def f():\n    import llamactl.core.paths\n    from llamactl.serve.server import ServerProcess\n"
+           "    from . import render\n")
+    mods = {"llamactl.serve.endpoint", "llamactl.serve.early", "llamactl.core.paths", "llamactl.serve.server",
+            "llamactl.serve.render", "llamactl.serve"}
+    assert _module_imports(src, "llamactl.serve.x", mods) == mods - {"llamactl.serve"}
+
+
+def test_no_two_modules_import_each_other():
+    """Any import counts (top level, in a function, under TYPE_CHECKING): a pair that imports each other
+    works only by the order modules happen to load in; the shared piece belongs in a module below both."""
+    graph = _import_graph()
+    assert len(graph) > 50 and "llamactl.serve.server" in graph["llamactl.serve.quickstart"]   # inside serve_fast
+    pairs = sorted({tuple(sorted((a, b))) for a, deps in graph.items() for b in deps if a in graph.get(b, set())})
+    assert not pairs, "modules that import each other: " + "; ".join(f"{a} <-> {b}" for a, b in pairs)
+
+
+def test_no_import_cycles_through_more_modules():
+    """Nor a longer ring (a -> b -> c -> a): the same problem, spread over more files."""
+    graph = _import_graph()
+    state: dict[str, int] = {}      # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        path.append(m)
+        for d in sorted(graph[m]):
+            if state.get(d) == 1:
+                return path[path.index(d):] + [d]
+            if d not in state and (ring := visit(d)):
+                return ring
+        state[m] = 2
+        path.pop()
+        return None
+
+    for m in sorted(graph):
+        if m not in state:
+            ring = visit(m)
+            assert ring is None, "import cycle: " + " -> ".join(ring)
+
+
 @pytest.mark.parametrize("stage", ORDER[:-1])
 def test_the_library_never_imports_the_cli_or_draws_progress(stage):
     for f in sorted((PKG / stage).rglob("*.py")):
