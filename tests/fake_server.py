@@ -163,7 +163,7 @@ class Handler(BaseHTTPRequestHandler):
         pieces = [f" w{t}" for t in tokens]
         probs = [{"id": t, "token": p, "logprob": -0.1,
                   "top_logprobs": [{"id": t, "token": p, "logprob": -0.1}, {"id": t + 1, "token": " x", "logprob": -2.5}]}
-                 for t, p in zip(tokens, pieces)]
+                 for t, p in zip(tokens, pieces, strict=True)]
         timings = {"prompt_n": len(text), "prompt_ms": 5.0, "predicted_n": n, "predicted_ms": 5.0 * n, "cache_n": 0}
         final = {"content": "".join(pieces), "tokens": tokens, "stop": True, "stop_type": "limit", "truncated": False,
                  "tokens_evaluated": len(text), "timings": timings}
@@ -174,7 +174,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.end_headers()
-        for t, p in zip(tokens, pieces):
+        for t, p in zip(tokens, pieces, strict=True):
             self.wfile.write(f"data: {json.dumps({'content': p, 'tokens': [t], 'stop': False})}\n\n".encode())
         self.wfile.write(f"data: {json.dumps({**final, 'content': '', 'tokens': []})}\n\n".encode())
 
