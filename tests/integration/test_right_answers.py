@@ -84,3 +84,39 @@ def test_a_silent_bug_fails_its_check_and_the_clean_build_passes(built, clean_en
         assert div["pos"] >= 0 and div["ref_tokens"] != div["got_tokens"]
         assert div["ref_text"] or div["got_text"]
         assert "margin" in div
+
+
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@x", "-c", "commit.gpgsign=false"]
+
+
+def commit(repo: Path, message: str) -> str:
+    subprocess.run([*GIT, "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*GIT, "commit", "-qm", message], cwd=repo, check=True)
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def test_bisect_names_the_commit_that_makes_answers_wrong(built, vendored, tmp_path, clean_env):
+    """A short history whose 3rd commit makes one slot sample another's logits: the server never
+    crashes, so only the answer checks can tell good from bad; bisect names that commit."""
+    repo = tmp_path / "llama.cpp"
+    subprocess.run(["git", "clone", "-q", "--shared", str(vendored), str(repo)], check=True)
+    subprocess.run(["git", "checkout", "-q", "-B", "main", "llamactl-base"], cwd=repo, check=True)
+    shas = [subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True,
+                           text=True).stdout.strip()]
+    for i, what in enumerate(["one", "two", "bug", "three", "four"]):
+        if what == "bug":
+            subprocess.run(["git", "apply", str(BUGS / "slot-logits.patch")], cwd=repo, check=True)
+            shas.append(commit(repo, "server: sample the slot's logits (the silent bug)"))
+        else:
+            (repo / "docs" / f"answers-{what}.md").write_text(f"# {what}\n")
+            shas.append(commit(repo, f"docs: {what}"))
+    cp = subprocess.run([sys.executable, "-m", "llamactl", "bisect", "tiny-gemma4-mtp", "--cell", "parallel=2,enable_mtp=0",
+                         "--source", f"path:{repo}", "--good", shas[0], "--bad", shas[-1], "--signature", "slot_isolation",
+                         "--json"], capture_output=True, text=True, env=clean_env, timeout=2400)
+    sys.stderr.write(cp.stderr[-3000:])
+    assert cp.returncode == 0, cp.stderr[-2000:]
+    result = json.loads(cp.stdout)
+    assert result["first"] == shas[3], result
+    assert "slot_isolation" in (result["signature"] or "")
+    assert all(s["verdict"] == ("bad" if shas.index(s["ref"]) >= 3 else "good") for s in result["steps"])
