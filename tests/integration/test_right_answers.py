@@ -104,7 +104,7 @@ def test_bisect_names_the_commit_that_makes_answers_wrong(built, vendored, tmp_p
     subprocess.run(["git", "checkout", "-q", "-B", "main", "llamactl-base"], cwd=repo, check=True)
     shas = [subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True,
                            text=True).stdout.strip()]
-    for i, what in enumerate(["one", "two", "bug", "three", "four"]):
+    for what in ["one", "two", "bug", "three", "four"]:
         if what == "bug":
             subprocess.run(["git", "apply", str(BUGS / "slot-logits.patch")], cwd=repo, check=True)
             shas.append(commit(repo, "server: sample the slot's logits (the silent bug)"))
