@@ -13,7 +13,7 @@ from llamactl.core.files import atomic_path, write_atomic
 from llamactl.judge.status import SUMMARY_WORDS, Status
 from llamactl.judge.validate import CellResult, Report
 
-STYLE = {Status.PASS: "green", Status.FAIL: "bold red", Status.ERROR: "bold magenta", Status.SKIP: "yellow",
+STYLE = {Status.PASS: "green", Status.WARN: "yellow", Status.FAIL: "bold red", Status.ERROR: "bold magenta", Status.SKIP: "yellow",
          Status.XFAIL: "yellow", Status.XPASS: "bold red", Status.INTERRUPTED: "magenta", Status.NOT_RUN: "dim",
          "running": "cyan"}
 # JUnit element per status: failure, error, skipped, or nothing (passed)
@@ -85,7 +85,8 @@ def _server_out(c: CellResult) -> str:
 def junit_tree(report: Report) -> ET.ElementTree:
     """One testcase per (cell, check), plus a ``server`` testcase per cell for cell-level outcomes.
 
-    FAIL/XPASS -> <failure>, ERROR -> <error>, SKIP/NOT_RUN/XFAIL/INTERRUPTED -> <skipped>.
+    FAIL/XPASS -> <failure>, ERROR -> <error>, SKIP/NOT_RUN/XFAIL/INTERRUPTED -> <skipped>; WARN passes
+    with its detail in <system-out>.
     """
     suites = ET.Element("testsuites", name="llamactl validate")
     suite = ET.SubElement(suites, "testsuite", name=f"validate.{report.profile}")
@@ -118,8 +119,10 @@ def junit_tree(report: Report) -> ET.ElementTree:
             ET.SubElement(tc, "system-out").text = out
         for chk in c.checks:
             chk_st = Status(chk.status)
-            case(classname, chk.name, chk.seconds, chk_st if chk_st != Status.PASS else None, chk.detail,
-                 f"repro: {c.repro}" if chk_st in (Status.FAIL, Status.ERROR) else "")
+            tc = case(classname, chk.name, chk.seconds, chk_st if chk_st not in (Status.PASS, Status.WARN) else None,
+                      chk.detail, f"repro: {c.repro}" if chk_st in (Status.FAIL, Status.ERROR) else "")
+            if chk_st == Status.WARN:     # JUnit has no warning: a passed testcase that says so
+                ET.SubElement(tc, "system-out").text = f"WARN: {chk.detail}"
     if report.error:
         case(f"{report.profile}", "run", report.wall_s, Status.ERROR, report.error)
     for el in (suite, suites):

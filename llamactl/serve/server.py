@@ -67,6 +67,7 @@ _ERRORISH = re.compile(
     r"could not|unable to|not supported|unsupported|no such file|not found|does not|mismatch|out of memory|"
     r"\bexceeds?\b|\btoo (?:large|small|many|long)\b|\bmissing\b|\bcorrupt", re.I)
 _NOT_ERROR = re.compile(r"^\s*(?:llama_model_loader: - |print_info:|main: build|system_info:)|\bwarning\b|"
+                        r"^\d+\s+(?:in\s+)?\S*\.\./|^\[New LWP|libthread_db|"        # gdb (ggml's backtrace) noise
                         r"\benabling automatically\b|\bforcing\b|\bbuild \d+ \(unknown\)|"
                         r"cannot be used with preferred buffer type|not supported by template|"
                         r"\bclamping\b|\bwithout it\b|\binstead\b|\bfalling back\b", re.I)   # fallbacks, not fatal
@@ -287,7 +288,15 @@ class ServerProcess:
 
     def crash(self) -> Crash:
         rc = self.proc.poll() if self.proc else None
-        return describe_exit(rc, self.log_lines(), self.log_path)
+        lines = self.log_lines()
+        if rc is not None and not any(_ASSERT.search(ln) for ln in lines):
+            # the reader may lag behind a dying server (ggml prints its backtrace through gdb, seconds
+            # of output): the log file holds every line the pump wrote
+            try:
+                lines = self.log_path.read_text(errors="replace").splitlines()[-4000:] or lines
+            except OSError:
+                pass
+        return describe_exit(rc, lines, self.log_path)
 
     def stop(self, grace: float = 10.0) -> int | None:
         """SIGTERM the process group, SIGKILL after ``grace`` seconds, then its RPC workers. Returns the exit code.

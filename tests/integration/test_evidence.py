@@ -39,7 +39,8 @@ def test_server_view_is_recorded_and_a_smaller_ctx_is_a_warning(built, clean_env
     assert Path(server["model_path"]).name == "gemma-3-270m-q4_k_m.gguf"
     assert server["n_ctx_slot"] > 64 and server["n_ctx_total"] == 2 * server["n_ctx_slot"]
     want = f"ctx=128 rendered (64 per slot), the server runs {server['n_ctx_slot']} per slot ({server['n_ctx_total']} in all)"
-    assert cell["warnings"] == [want]
+    assert cell["warnings"][0] == want
+    assert all("numerics" in w for w in cell["warnings"][1:]), cell["warnings"]   # near ties: Gemma 3 270M has many
     assert f"warning parallel=2,kv=f16/f16: {want}" in " ".join(out.split())
     assert f"2x{server['n_ctx_slot']} !" in cp.stdout            # the table's server column
 

@@ -79,10 +79,11 @@ def test_cli_junit_json_and_skip(built, clean_env, tmp_path):
     assert cp.returncode == 0, cp.stdout + cp.stderr
     suite = ET.parse(junit).getroot().find("testsuite")
     cases = suite.findall("testcase")
-    assert int(suite.get("tests")) == len(cases) == 10    # server + 9 checks (backend included)
+    assert int(suite.get("tests")) == len(cases) == 15    # server + 14 checks (backend and the 5 answer checks included)
     assert {c.get("name") for c in cases} >= {"server", "server_view", "tiny_message", "claude_style", "concurrency", "streaming",
                                               "chat_completions", "speculative_metrics", "still_healthy",
-                                              "backend"}
+                                              "backend", "answers", "lossless_drafting", "slot_isolation",
+                                              "repeatable", "kv_quality"}
     assert suite.get("failures") == "0" and all(c.find("failure") is None for c in cases)
     assert all(c.get("classname") == "tiny-gemma4-mtp.parallel=1,enable_mtp=1" for c in cases)
 

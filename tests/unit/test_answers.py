@@ -184,3 +184,14 @@ def test_repeat_sibling_shares_the_prompt_but_one_word():
     req, sib = repeat_requests()
     assert req.prompt != sib.prompt and req.prompt.split()[:3] == sib.prompt.split()[:3]
     assert req.prompt.split()[-3:] == sib.prompt.split()[-3:]
+
+
+def test_a_chat_answer_cut_by_the_slots_context_is_named_with_both_numbers():
+    from llamactl.judge.checks import cut_by_context
+
+    full = {"usage": {"completion_tokens": 400, "prompt_tokens": 20}, "choices": [{"finish_reason": "length"}]}
+    eos = {"usage": {"completion_tokens": 12, "prompt_tokens": 20}, "choices": [{"finish_reason": "stop"}]}
+    cut = {"usage": {"completion_tokens": 107, "prompt_tokens": 20}, "choices": [{"finish_reason": "length"}]}
+    assert cut_by_context([full, eos], 400, 128) is None
+    msg = cut_by_context([full, cut], 400, 128)
+    assert msg is not None and "answer 1" in msg and "107 of 400" in msg and "n_ctx_slot 128" in msg

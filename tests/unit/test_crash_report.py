@@ -98,3 +98,16 @@ def test_assert_wins_over_error_lines():
 def test_no_error_line():
     crash = describe_exit(-9, ["all fine", "still fine"], Path("/l"))
     assert crash.summary() == "llama-server killed by SIGKILL" and crash.frames == []
+
+
+def test_gdb_backtrace_noise_is_not_the_root_cause():
+    """ggml prints its abort backtrace through gdb when gdb is installed: its source-listing lines
+    ("30\t../sysdeps/...: No such file or directory.") are not what went wrong."""
+    lines = ["/src/llama-batch.cpp:45: bisect fault: more than one slot decodes", "[New LWP 11455]",
+             'Using host libthread_db library "/lib/x86_64-linux-gnu/libthread_db.so.1".',
+             "0x00007f in __GI___wait4 (pid=1) at ../sysdeps/unix/sysv/linux/wait4.c:30",
+             "30\t../sysdeps/unix/sysv/linux/wait4.c: No such file or directory.",
+             "58\t../sysdeps/nptl/libc_start_call_main.h: No such file or directory."]
+    assert root_cause(lines) is None
+    crash = describe_exit(-6, lines, Path("/l"))
+    assert crash.assert_line == lines[0] and crash.error_line is None

@@ -131,3 +131,17 @@ def test_backend_truth_in_table_and_json(tmp_path):
     write_json(r, path)
     cells = json.loads(path.read_text())["cells"]
     assert cells[0]["backend"]["models"][0]["offloaded"] == 5 and cells[1]["backend"] is None
+
+
+def test_a_warn_check_passes_in_junit_and_says_why(tmp_path):
+    warned = CellResult("parallel=2", {"parallel": 2}, "pass", checks=[
+        CheckResult("slot_isolation", "warn", 0.3, "numerics: short-1 differs from token 0 (a near tie, under 0.05)")],
+        warnings=["slot_isolation: numerics: short-1 differs from token 0"])
+    r = Report("x", "/b", "v", [warned], wall_s=1.0)
+    path = tmp_path / "j.xml"
+    write_junit(r, path)
+    suite = ET.parse(path).getroot().find("testsuite")
+    case = next(c for c in suite.findall("testcase") if c.get("name") == "slot_isolation")
+    assert case.find("failure") is None and case.find("skipped") is None and suite.get("failures") == "0"
+    assert "numerics" in case.find("system-out").text
+    assert r.ok and r.counts()["pass"] == 1
