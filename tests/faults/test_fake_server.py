@@ -27,6 +27,7 @@ from llamactl.judge.matrix import expand
 from llamactl.judge.status import Status
 from llamactl.judge.validate import run_matrix
 from llamactl.serve import profiles
+from llamactl.serve.launcher import recorded_help_path
 
 FAKE = Path(__file__).resolve().parent.parent / "fake_server.py"
 LLAMACTL = [sys.executable, "-m", "llamactl"]
@@ -240,7 +241,7 @@ def test_an_internal_error_in_one_cell_is_its_error_and_the_matrix_goes_on(tmp_p
 
     profile, _ = fake_profile(tmp_path, "ok", matrix={"axes": {"parallel": [1, 2]}})
     base = profiles.resolve(str(profile), environ={})
-    binary = launcher.Binary(FAKE, parse_help((FAKE.parent / "fixtures/help/upstream-0c1e57098.txt").read_text()))
+    binary = launcher.Binary(FAKE, parse_help(recorded_help_path("upstream").read_text()))
     calls: list[str] = []
 
     def broken(resolved, binary, run_dir, out, after_check, res, cell, references):
