@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from llamactl.serve.launcher import recorded_help_path
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -26,12 +28,12 @@ def fixtures() -> Path:
 
 @pytest.fixture
 def upstream_help_text() -> str:
-    return (FIXTURES / "help" / "upstream-0c1e57098.txt").read_text()
+    return recorded_help_path("upstream").read_text()
 
 
 @pytest.fixture
 def fork_help_text() -> str:
-    p = FIXTURES / "help" / "atomic-turboquant-0a635dcd.txt"
+    p = recorded_help_path("atomic-turboquant")
     return p.read_text()
 
 

@@ -3,7 +3,7 @@
 
 It takes the argv llamactl renders (``--host``, ``--port``, ``--parallel``, ``--ctx-size``,
 ``--model``, ``--cache-type-k/v``, ... ; the rest is ignored), answers ``--help`` and
-``--version`` with a real upstream build's text (tests/fixtures/help/), and serves /health,
+``--version`` with a real upstream build's text (llamactl/serve/recorded_help/), and serves /health,
 /props, /slots, /metrics, /v1/messages (plain and SSE), /v1/chat/completions (plain and SSE)
 like llama-server, except for the one fault chosen by the environment variable FAKE_FAULT:
 
@@ -31,8 +31,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-HELP = Path(__file__).resolve().parent / "fixtures" / "help" / "upstream-0c1e57098.txt"
-VERSION = HELP.with_name("upstream-0c1e57098.version.txt")
+HELP = Path(__file__).resolve().parents[1] / "llamactl" / "serve" / "recorded_help" / "upstream.txt"
+VERSION = HELP.with_name("upstream.version.txt")
 FAULT = os.environ.get("FAKE_FAULT", "ok")
 
 

@@ -537,6 +537,17 @@ def _stamp_file(material: dict) -> Path:
     return work_root() / "stamps" / f"{stable_key(material, 32)}.json"
 
 
+def cached_build(req: BuildRequest) -> dict | None:
+    """The manifest of ``req``'s build when it is cached and the cheap stamp names it (vendored tree
+    unchanged since), else None; nothing is vendored, copied or compiled to find out."""
+    if req.source is not None and req.source.startswith("path:"):
+        return None
+    try:
+        return _stamp_hit(req)
+    except (OSError, ValueError):
+        return None
+
+
 def _stamp_hit(req: BuildRequest, tree: Path | None = None) -> dict | None:
     """The cached manifest that the current stamp names, if that build is still complete."""
     material = stamp_material(req, tree)

@@ -95,14 +95,33 @@ def show(
     Output(json).result({"profile": r.name, "values": rows, "env_dropped": dropped}, human)
 
 
+COLD_BUILD = "a cold CPU build takes about 5-9 minutes on 2 cores"
+
+
 @app.command()
 @o.with_overrides()
 def cmd(
     name: o.ProfileName, overrides: o.Overrides, json: o.Json = False,
+    build: Annotated[bool, typer.Option("--build", help="Build llama-server first when it is not built yet, "
+                                        "instead of rendering from the source's recorded --help.")] = False,
 ) -> None:
-    """The exact llama-server argv for this profile on its build (builds/fetches if needed)."""
+    """The exact llama-server argv for this profile on its build.
+
+    Without a build yet, the flags are rendered from the pinned source's recorded --help (a note on
+    stderr says so); --build builds first (and says why and how long that takes).
+    """
     r = overrides.resolve(name)
     out = Output(json)
-    p = launcher.plan(r, out.progress)
-    out.result({"argv": p.argv, "env": p.env, "env_dropped": p.env_dropped, "url": p.url},
+    built = launcher.is_built(r.profile)
+    recorded = None if built or build else launcher.recorded_binary(r.profile)
+    if recorded is not None:
+        err_console.print(f"note: llama-server for {name} is not built yet; flags rendered from the recorded --help "
+                          f"of source {r.profile.build.source!r} (`llamactl build` or `--build` builds it: {COLD_BUILD})",
+                          highlight=False, markup=False)
+    elif not built:
+        err_console.print(f"llama-server for {name} is not built yet: building it first ({COLD_BUILD}; "
+                          "`llamactl build` does it alone)", highlight=False, markup=False)
+    p = launcher.plan(r, out.progress, binary=recorded)
+    out.result({"argv": p.argv, "env": p.env, "env_dropped": p.env_dropped, "url": p.url, "built": recorded is None,
+                **({"rendered_from": f"recorded --help of {r.profile.build.source}"} if recorded is not None else {})},
                lambda d: console.print(p.shell(), soft_wrap=True, highlight=False))

@@ -170,7 +170,7 @@ def _print_outcome(report: Report, live_enabled: bool, screen: Console = console
         st = Status(c.status)
         if st in (Status.FAIL, Status.ERROR, Status.XPASS, Status.INTERRUPTED):
             screen.print(f"[{reports.STYLE[st]}]{st.label}[/] {escape(c.cell)}: {escape(c.reason)}", highlight=False)
-            for ln in (c.crash or {}).get("frames", [])[:8]:
+            for ln in [*(c.crash or {}).get("frames", [])[:8], *(c.hang or {}).get("frames", [])[:8]]:
                 screen.print(f"    {ln}", highlight=False, markup=False)
             if c.log:
                 screen.print(f"    log:   {c.log}", highlight=False, markup=False)

@@ -748,6 +748,8 @@ def run_check(name: str, fn: Callable[[CellContext], dict], ctx: CellContext) ->
 
     try:
         return done(Status.PASS, "", fn(ctx))
+    except RequestTimedOut as exc:      # no answer: the cell stops asking (validate judges the server hung)
+        return done(Status.FAIL, str(exc), {**exc.data, "no_answer": True})
     except CheckFailed as exc:
         return done(Status.FAIL, str(exc), exc.data)
     except CheckWarned as exc:

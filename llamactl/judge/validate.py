@@ -23,6 +23,7 @@ from llamactl.core.progress import ProgressFn
 from llamactl.judge.matrix import Cell, cell_profile, slug
 from llamactl.serve.render import Unsupported, check_supported
 from llamactl.serve.server import ServerDied, ServerProcess
+from llamactl.serve.stacks import thread_stacks
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class CellResult:
     server: dict[str, Any] = field(default_factory=dict)   # the server's own view: slots, n_ctx, model, MTP, KV
     warnings: list[str] = field(default_factory=list)      # rendered vs actual differences that do not fail the cell
     backend: dict | None = None         # devices, buffers, offloaded layers (judge/backend.py)
+    hang: dict | None = None            # the server stopped answering: the check, every thread's stack (gdb)
 
 
 @dataclass
@@ -234,10 +236,15 @@ def _checks(plan: launcher.LaunchPlan, sp: ServerProcess, prof: profiles.Profile
                 if not sp.alive():
                     res.checks.append(CheckResult(name, Status.SKIP, detail="server died"))
                     continue
+                if res.hang is not None:
+                    res.checks.append(CheckResult(name, Status.SKIP, detail=f"not asked: the server hung in {res.hang['check']}"))
+                    continue
                 if deadline is not None and time.monotonic() >= deadline:
                     res.checks.append(CheckResult(name, Status.NOT_RUN, detail=f"cell_timeout {prof.harness.cell_timeout:g}s reached"))
                     continue
                 res.checks.append(run_check(name, fn, ctx))
+                if res.checks[-1].data.get("no_answer") and sp.alive() and sp.pid is not None:
+                    res.hang = _hung(name, res.checks[-1].detail, sp.pid)
                 if after_check:
                     after_check(cell, name, sp)
         finally:
@@ -245,6 +252,14 @@ def _checks(plan: launcher.LaunchPlan, sp: ServerProcess, prof: profiles.Profile
         # backend truth: what the startup log says the server used, against expect_backend/expect_offload
         res.checks.append(backend_check.check(log_path, prof.harness.expect_backend, prof.harness.expect_offload, alive=sp.alive()))
         res.backend = res.checks[-1].data or None
+
+
+def _hung(check: str, detail: str, pid: int) -> dict:
+    """The hang of a server that got a request and gave no answer: which check, what it waited for,
+    and every thread's stack (gdb, :mod:`llamactl.serve.stacks`), read while it still hangs."""
+    stacks = thread_stacks(pid)
+    return {"check": check, "detail": detail, "pid": pid, "threads": stacks.threads, "frames": stacks.summary(),
+            "stacks_error": stacks.error}
 
 
 def _summary(res: CellResult, sp: ServerProcess, prof: profiles.Profile) -> None:
@@ -270,7 +285,12 @@ def _verdict(res: CellResult, cell_timeout: float | None) -> None:
     failed = [c for c in res.checks if c.status == Status.FAIL]
     errors = [c for c in res.checks if c.status == Status.ERROR]
     not_run = [c for c in res.checks if c.status == Status.NOT_RUN]
-    if failed:
+    if res.hang is not None:
+        h = res.hang
+        where = f"; {len(h['threads'])} threads, stacks in the report" if h["threads"] else \
+            f"; no stacks: {h['stacks_error']}"
+        res.status, res.reason = Status.FAIL, f"{h['check']}: server hung: {h['detail']}; stopped asking{where}"
+    elif failed:
         res.status, res.reason = Status.FAIL, f"{failed[0].name}: {failed[0].detail}"
     elif not_run:
         res.status = Status.FAIL

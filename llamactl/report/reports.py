@@ -107,11 +107,11 @@ def junit_tree(report: Report) -> ET.ElementTree:
         classname = f"{report.profile}.{c.cell}"
         st = Status(c.status)
         by_checks = any(chk.status == st for chk in c.checks) and st in (Status.FAIL, Status.ERROR)
-        cell_level = st if (c.crash is not None or not by_checks) and st != Status.PASS else None
+        cell_level = st if (c.crash is not None or c.hang is not None or not by_checks) and st != Status.PASS else None
         if st == Status.XFAIL:
             cell_level = st
         crash = c.crash or {}
-        text = "\n".join([*crash.get("frames", []), *crash.get("last_lines", []),
+        text = "\n".join([*crash.get("frames", []), *(c.hang or {}).get("frames", []), *crash.get("last_lines", []),
                           *([f"log: {c.log}"] if c.log else []), f"repro: {c.repro}"])
         tc = case(classname, "server", c.start_s or 0.0, cell_level, c.reason, text if cell_level else "")
         out = _server_out(c)

@@ -12,10 +12,10 @@ from typing import Callable
 from llamactl.models import catalog as models
 from llamactl.models import draft_pair, gguf_info
 from llamactl.core import paths
-from llamactl.build.builder import BuildRequest, BuildResult, build
+from llamactl.build.builder import BuildRequest, BuildResult, build, cached_build
 from llamactl.core.progress import ProgressFn
 from llamactl.serve.dialect import Help, parse_help, server_environment
-from llamactl.core.errors import BadInput
+from llamactl.core.errors import BadInput, LlamactlError
 from llamactl.core.hashing import stable_key
 from llamactl.serve import quickstart, rpc
 from llamactl.serve.profiles import ENV_VARS, Profile, Resolved
@@ -87,6 +87,38 @@ def ensure_binary(profile: Profile, progress: ProgressFn | None = None, jobs: in
     req.jobs = jobs or os.cpu_count() or 2
     res: BuildResult = build(req, progress)
     return Binary(res.binary, parse_help(res.help_text), res.manifest)
+
+
+RECORDED_HELP = Path(__file__).resolve().parent / "recorded_help"
+
+
+def recorded_help_path(source: str) -> Path:
+    """Where the recorded ``llama-server --help`` of a pinned source lives (``recorded_help/<source>.txt``;
+    the file may be missing for a source nobody recorded)."""
+    return RECORDED_HELP / f"{source}.txt"
+
+
+def recorded_binary(profile: Profile) -> Binary | None:
+    """The profile's llama-server as its pinned source's recorded ``--help`` describes it, for rendering
+    argv before anything is built (the path is the bare name ``llama-server``); None when the source
+    has no recorded help (a ``path:`` source, say) or a ``server_binary`` is set."""
+    if profile.server_binary:
+        return None
+    p = recorded_help_path(profile.build.source)
+    if not p.is_file():
+        return None
+    return Binary(Path("llama-server"), parse_help(p.read_text()), None)
+
+
+def is_built(profile: Profile) -> bool:
+    """True when the profile's llama-server is there without building: a ``server_binary``, or a cached
+    build that the cheap build stamp names (nothing is vendored, copied or compiled to find out)."""
+    if profile.server_binary:
+        return True
+    try:
+        return cached_build(build_request(profile)) is not None
+    except LlamactlError:
+        return False
 
 
 HELP_TIMEOUT_S = 30.0                                  # a llama-server answers --help in well under a second

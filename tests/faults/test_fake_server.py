@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +27,7 @@ from llamactl.judge.matrix import expand
 from llamactl.judge.status import Status
 from llamactl.judge.validate import run_matrix
 from llamactl.serve import profiles
+from llamactl.serve.launcher import recorded_help_path
 
 FAKE = Path(__file__).resolve().parent.parent / "fake_server.py"
 LLAMACTL = [sys.executable, "-m", "llamactl"]
@@ -124,17 +126,31 @@ def test_the_fake_without_a_fault_passes(tmp_path):
     assert leftovers(token) == []
 
 
-def test_hanging_server_costs_the_cell_deadline_and_names_it(tmp_path):
-    profile, token = fake_profile(tmp_path, "hang", cell_timeout=5, request_timeout=2)
-    cp, data, _, took = validate(tmp_path, profile)
+def test_a_hanging_server_fails_its_cell_at_the_first_unanswered_request_with_its_stacks(tmp_path):
+    """5 checks x request_timeout each cost 600 s in one cell once; now the first request that gets no
+    answer fails the cell, nothing more is asked, and gdb shows where every thread waits."""
+    profile, token = fake_profile(tmp_path, "hang", cell_timeout=60, request_timeout=2)
+    cp, data, junit, took = validate(tmp_path, profile)
     assert cp.returncode == 1
     cell = data["cells"][0]
     details = {c["name"]: (c["status"], c["detail"]) for c in cell["checks"]}
     assert details["tiny_message"] == ("fail", "POST /v1/messages: no answer within request_timeout 2s (ReadTimeout)")
-    assert any("cell_timeout 5s" in d for _, d in details.values()), details
-    assert any(s == "not_run" for s, _ in details.values())
-    assert cell["seconds"] < 5 + 12            # the deadline, plus stopping the server
-    assert took < 40
+    assert cell["reason"].startswith("tiny_message: server hung: POST /v1/messages: no answer within request_timeout 2s")
+    asked = [n for n, (st, d) in details.items() if st not in ("skip",) and n != "backend"]
+    assert asked == ["server_view", "tiny_message"], details       # nothing asked after the hang
+    assert all(d == "not asked: the server hung in tiny_message" for n, (st, d) in details.items()
+               if n not in ("server_view", "tiny_message", "backend"))
+    hang = cell["hang"]
+    assert hang["check"] == "tiny_message" and hang["pid"]
+    if shutil.which("gdb"):      # .ci/run installs it
+        assert len(hang["threads"]) >= 2 and any("sleep" in f or "select" in f or "poll" in f
+                                                 for t in hang["threads"] for f in t["frames"]), hang
+        assert "threads, stacks in the report" in cell["reason"]
+        assert any("thread" in f for f in hang["frames"])
+    else:
+        assert "gdb not found" in hang["stacks_error"]
+    assert cell["seconds"] < 2 + 30 + 12      # one request_timeout, gdb, stopping the server
+    assert took < 60
     assert leftovers(token) == []
 
 
@@ -225,7 +241,7 @@ def test_an_internal_error_in_one_cell_is_its_error_and_the_matrix_goes_on(tmp_p
 
     profile, _ = fake_profile(tmp_path, "ok", matrix={"axes": {"parallel": [1, 2]}})
     base = profiles.resolve(str(profile), environ={})
-    binary = launcher.Binary(FAKE, parse_help((FAKE.parent / "fixtures/help/upstream-0c1e57098.txt").read_text()))
+    binary = launcher.Binary(FAKE, parse_help(recorded_help_path("upstream").read_text()))
     calls: list[str] = []
 
     def broken(resolved, binary, run_dir, out, after_check, res, cell, references):
