@@ -114,14 +114,14 @@ def cmd(
     out = Output(json)
     built = launcher.is_built(r.profile)
     recorded = None if built or build else launcher.recorded_binary(r.profile)
+    if recorded is None and not built:
+        err_console.print(f"llama-server for {name} is not built yet: building it first ({COLD_BUILD}; "
+                          "`llamactl build` does it alone)", highlight=False, markup=False)
+    p = launcher.plan(r, out.progress, binary=recorded)
     if recorded is not None:
         err_console.print(f"note: llama-server for {name} is not built yet; flags rendered from the recorded --help "
                           f"of source {r.profile.build.source!r} (`llamactl build` or `--build` builds it: {COLD_BUILD})",
                           highlight=False, markup=False)
-    elif not built:
-        err_console.print(f"llama-server for {name} is not built yet: building it first ({COLD_BUILD}; "
-                          "`llamactl build` does it alone)", highlight=False, markup=False)
-    p = launcher.plan(r, out.progress, binary=recorded)
     out.result({"argv": p.argv, "env": p.env, "env_dropped": p.env_dropped, "url": p.url, "built": recorded is None,
                 **({"rendered_from": f"recorded --help of {r.profile.build.source}"} if recorded is not None else {})},
                lambda d: console.print(p.shell(), soft_wrap=True, highlight=False))

@@ -159,7 +159,11 @@ def test_refused_before_launch_through_the_cli(pairs, tmp_path, monkeypatch, cap
     assert lines[0].startswith(f"error: draft model {draft} has a 1000-token llama vocabulary, target {target} has a "
                                "340-token llama vocabulary")
     assert "Traceback" not in err
-    # without MTP the drafter is not used, so not checked: the plan goes on (to the build, stopped here)
+    # without MTP the drafter is not used, so not checked: the plan goes on (nothing built here: the argv
+    # comes from the recorded --help; with --build it goes to the build, stopped here)
     rc = cli.run(["profile", "cmd", "tiny-gemma4-mtp", "--no-env", "--no-mtp", "--model", str(target),
+                  "--draft-model", str(draft)])
+    assert rc == 0 and "not built yet" in capsys.readouterr().err
+    rc = cli.run(["profile", "cmd", "tiny-gemma4-mtp", "--no-env", "--no-mtp", "--build", "--model", str(target),
                   "--draft-model", str(draft)])
     assert rc == ExitCode.INTERNAL_ERROR and "built before the pair was checked" in capsys.readouterr().err
