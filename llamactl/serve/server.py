@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 # ggml's GGML_ABORT prints "FILE:LINE: message" (e.g. ggml-rpc.cpp:566: Remote RPC server crashed ...)
 _ASSERT = re.compile(r"^\S+\.(?:c|cc|cpp|cu|m|mm):\d+: |GGML_ASSERT|GGML_ABORT|terminate called|Segmentation fault|Assertion .* failed|fatal error|std::\w+_error|what\(\):")
 _FRAME = re.compile(r"^\s*(#\d+\s|\S*\(.*\+0x[0-9a-f]+\)|.*\bin \w|\s*\d+: )")
+_GDB_FRAME = re.compile(r"^#\d+\s+0x[0-9a-f]+ in ")
+_LOG_LINE = re.compile(r"^(?:[\d.]+ [IWED] )?(?:llama_model_loader|print_info|load_tensors|llama_context|llama_kv_cache|"
+                       r"srv |slot |main:|common_|build_info|system_info)")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -147,9 +150,11 @@ def describe_exit(returncode: int | None, log_lines: list[str], log: Path) -> Cr
     for i, ln in enumerate(log_lines):
         if _ASSERT.search(ln) and assert_line is None:
             assert_line = _ANSI.sub("", ln).strip()
-            for f in log_lines[i + 1:i + 40]:
-                if _FRAME.match(f) or "llama" in f or "ggml" in f:
-                    frames.append(_ANSI.sub("", f).strip())
+            window = [_ANSI.sub("", f).strip() for f in log_lines[i + 1:i + 400]]
+            # ggml prints its backtrace through gdb when gdb is installed ("#3 0x... in ggml_reshape_3d ()"),
+            # after gdb's thread list; else glibc's backtrace() lines, right after the assert
+            frames = [f for f in window if _GDB_FRAME.match(f)] or [
+                f for f in window[:40] if (_FRAME.match(f) or "llama" in f or "ggml" in f) and not _LOG_LINE.match(f)]
             break
     error_line = root_cause(log_lines)
     return Crash(returncode, sig, assert_line, frames[:20], [line.rstrip() for line in log_lines[-15:]], str(log), error_line)

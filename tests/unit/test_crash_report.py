@@ -111,3 +111,15 @@ def test_gdb_backtrace_noise_is_not_the_root_cause():
     assert root_cause(lines) is None
     crash = describe_exit(-6, lines, Path("/l"))
     assert crash.assert_line == lines[0] and crash.error_line is None
+
+
+def test_frames_from_ggmls_gdb_backtrace_after_the_thread_list():
+    lines = ["/src/ggml.c:3665: GGML_ASSERT(ggml_nelements(a) == ne0*ne1*ne2) failed",
+             *[f"llama_model_loader: - kv {i}: tokenizer.x" for i in range(60)], *[f"[New LWP {i}]" for i in range(12)],
+             "0x00007f in __GI___wait4 (pid=1) at ../sysdeps/unix/sysv/linux/wait4.c:30",
+             "#0  0x00007f in __GI___wait4 (pid=1) at ../sysdeps/unix/sysv/linux/wait4.c:30",
+             "#3  0x0000564 in ggml_reshape_3d ()",
+             "#4  0x0000565 in llm_graph_context::build_attn(llm_graph_input_attn_kv_iswa*) const ()"]
+    crash = describe_exit(-6, lines, Path("/l"))
+    assert crash.frames[0].startswith("#0") and "build_attn" in crash.frames[-1]
+    assert not any("llama_model_loader" in f for f in crash.frames)
