@@ -137,6 +137,11 @@ def quality(
         raise BadInput(f"--decode-prompts {decode_prompts}: 1 to {PROMPTS}")
     ref_kv = P.KvPair.parse(reference_kv, "--reference-kv")
     kvs = [P.KvPair.parse(k) for k in kv] if kv else ([ref_kv] if build else [P.KvPair.parse(k) for k in Q.DEFAULT_KVS])
+    if build and len(build) < 2:
+        raise BadInput("--build compares builds: give two or more (e.g. --build no-series --build series)")
+    if not build and all(k == ref_kv for k in kvs):
+        raise BadInput(f"nothing to compare: the only candidate is the reference ({ref_kv.label})",
+                       hint="add --kv q8_0/q8_0, or two --build")
     check_outputs((json_path, "--json-out"), (plot, "--plot"), (html, "--html"), (md, "--markdown"))
     base = overrides.resolve(name)
     settings = P.settings_for(base.profile, ctx, chunks, batch)
