@@ -87,8 +87,10 @@ def _arms(base: Any, texts_: list[str], decode: bool, out: Output) -> tuple[list
         else:
             pbin = P.ensure_binary(prof, out.progress)
         arms.append(Q.Arm(label, prof, pbin, server))
-        manifest = pbin.manifest or fingerprint.manifest_for_binary(pbin.path)
-        builds[label] = fingerprint.build_identity(manifest, str(pbin.path), (manifest or {}).get("version"))
+        # the arm is its llama-server when one was named (binary=PATH), else its llama-perplexity build
+        ident = server.path if (server is not None and prof.server_binary and texts_) else pbin.path
+        manifest = (pbin.manifest if ident == pbin.path else None) or fingerprint.manifest_for_binary(ident)
+        builds[label] = fingerprint.build_identity(manifest, str(ident), (manifest or {}).get("version"))
     return arms, builds
 
 

@@ -312,3 +312,57 @@ def test_cli_bad_input(args, why, cache):
                         stdin=subprocess.DEVNULL)
     assert cp.returncode == 2, cp.stderr
     assert why in cp.stderr and "Traceback" not in cp.stderr and cp.stderr.count("\n") == 1
+
+
+# --- reports --------------------------------------------------------------------------------------
+
+
+def quality_run() -> dict:
+    kld = {"kld_mean": 0.007175, "kld_median": 0.005858, "kld_p99": 0.030816, "kld_max": 0.085269, "same_top": 94.461,
+           "dp_rms": 1.975, "ppl": 19.808362, "ppl_err": 0.84962, "delta_ppl_pct": -0.1278,
+           "kld_percentiles": {"0": 1e-6, "1.0": 5.6e-5, "50": 0.005858, "99.0": 0.030816, "100": 0.085269}}
+    return {"kind": "quality", "profile": "default",
+            "meta": {"text": "alice", "ctx": 512, "chunks": 16, "scored_tokens": 4080, "reference_kv": "f16/f16", "wall_s": 95.0},
+            "reference": {"cell": "f16/f16", "kv": "f16/f16", "ppl": 19.8337, "ppl_err": 0.8518, "logits": "/c/kld/k/base.kld",
+                          "logits_bytes": 2139160468, "cached": True},
+            "cells": [{"cell": "q8_0/q8_0", "kv": "q8_0/q8_0", "build": "default", "status": "ok", "kld": kld,
+                       "decode": {"top1_agreement": 0.974, "mean_kl": 0.0045}},
+                      {"cell": "turbo4/turbo4", "kv": "turbo4/turbo4", "build": "default", "status": "error",
+                       "error": "llama-perplexity failed (exit 1): unsupported cache type: turbo4"}],
+            "gate": G.summary(G.judge([], G.Limits(fail_above_kl=0.05)), G.Limits(fail_above_kl=0.05))}
+
+
+def test_quality_run_in_the_reports(tmp_path):
+    from llamactl.report import html, markdown, runs, view
+
+    run = quality_run()
+    assert runs.kind_of(run) == "quality" and runs.split_runs(run)[0]["kind"] == "quality"
+    v = view.report_view([run])
+    md = markdown.render(v)
+    assert "| q8_0/q8_0 |  | 19.8084 ± 0.8496 | -0.13% | 0.007175 | 0.005858 | 0.030816 | 0.085269 | 94.46% | 1.975% | 97.4% | 0.0045 |" in md
+    assert "| f16/f16 (reference) |" in md and "unsupported cache type: turbo4" in md and "2040 MiB, cached" in md
+    page = html.render(v)
+    assert "<svg" in page and "KL divergence per token" in page and "turbo4/turbo4" in page
+
+
+def test_quality_run_in_the_history_and_trend(tmp_path):
+    from llamactl.report import view
+    from llamactl.report.history import History
+
+    h = History(tmp_path / "h.sqlite")
+    rid = h.record(quality_run(), {"id": "m1"}, {"key": "b1", "commit": "0c1e57098"})
+    row = h.runs()[0]
+    assert row.id == rid and row.kind == "quality" and row.ok is False and "1 error(s)" in row.summary
+    assert [(c.cell, c.status) for c in h.cells()] == [("q8_0/q8_0", "ok"), ("turbo4/turbo4", "error")]
+    points = h.quality_points("default", "m1")
+    assert [(p["cell"], p["kld_mean"]) for p in points] == [("q8_0/q8_0", 0.007175), ("turbo4/turbo4", None)]
+    t = view.quality_trend_view(points, "default")
+    assert t is not None and t["runs"] == 1 and "<svg" in t["decode_svg"] and t["rows"][0]["decode"] == "0.007175"
+
+
+def test_kl_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    from llamactl.report.png import kl_png
+
+    kl_png(quality_run(), tmp_path / "kl.png")
+    assert (tmp_path / "kl.png").read_bytes()[:4] == b"\x89PNG"
