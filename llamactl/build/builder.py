@@ -52,6 +52,7 @@ if TYPE_CHECKING:   # the lock file's pydantic models load only when a build has
 MANIFEST = "manifest.json"
 HELP_FILE = "llama-server.help.txt"
 STAMP_VERSION = 1
+WORK_TARGET = "llama-server"   # how every target's work directory key spells the target (see work_material)
 _NINJA = re.compile(r"^\[(\d+)/(\d+)\]")
 log = logging.getLogger(__name__)
 
@@ -190,6 +191,10 @@ def work_material(material: dict, work_source: str | None = None) -> dict:
 
     Builds that differ only in source content share one work directory, so ninja can rebuild
     incrementally between them; the source's name stays in, so upstream and the fork keep apart.
+    Every CMake target of a configuration (``llama-server``, ``llama-perplexity``, ...) compiles in the
+    same work directory (the configure command does not depend on the target), so building a second
+    target after the first compiles only what that target adds; the key names the target as
+    ``WORK_TARGET`` so work directories made before targets shared them keep their names.
     Versions of one source (``upstream@0.3.35``, ``NAME@COMMIT``, ``path:/dir@REV``) are one family
     and share one work directory (``upstream@``), apart from the plain name's: moving between
     versions (bisect) recompiles only what changed, and the pinned source's work directory keeps
@@ -199,6 +204,8 @@ def work_material(material: dict, work_source: str | None = None) -> dict:
     """
     m = {k: v for k, v in material.items() if k not in ("source", "patches", "local_changes")}
     m["source_name"] = source_family(work_source or material["source"].get("source"))
+    if "target" in m:   # one configuration, every target (llama-server, llama-perplexity): one work dir
+        m["target"] = WORK_TARGET
     return m
 
 

@@ -3,7 +3,9 @@
 Kinds: ``build`` (builds/<backend>-<key>), ``work`` (build-work/: the per-configuration
 directories incremental builds compile in), ``download`` (pinned sdists, git tarballs),
 ``model`` (fetched and generated models), ``tree`` (cached per-source trees), ``run``
-(server logs and run records), ``help`` (``--help`` of binaries llamactl did not build).
+(server logs and run records), ``help`` (``--help`` of binaries llamactl did not build),
+``logits`` (kld/: ``llamactl quality``'s reference logits, stale when unused for ``older_than``
+days, default 7), ``text`` (texts/: pinned evaluation texts, stale when no pin names them).
 
 Stale means nothing current produces or needs it: a build whose key the current source
 pins, patch series, CMake options and compilers no longer give; a work directory no kept
@@ -31,7 +33,7 @@ from llamactl.build.builder import BuildRequest, MANIFEST, build_key, key_materi
 from llamactl.core import locks, paths, runrecords
 from llamactl.core.errors import LlamactlError
 from llamactl.core.hashing import sha256_bytes, sha256_file
-from llamactl.models import catalog
+from llamactl.models import catalog, texts
 from llamactl.source.git import Repo
 from llamactl.source.patches import load_series, series_hashes
 from llamactl.source.sources import GitSource, Lock, PathSource, PypiSdistSource, load_lock, load_versions, resolve
@@ -240,7 +242,20 @@ def scan(older_than: float | None = None, on_warning: Callable[[str], None] | No
         if e.age_days > runs_days:
             e.stale = f"older than {runs_days:g} days"
         entries.append(e)
-    known = {"builds", "build-work", "downloads", "models", "trees", "runs", "help"}
+    for d in _children(root / "kld"):     # llamactl quality's reference logits: large, recomputed on demand
+        e = _entry("logits", d, f"kld/{d.name}")
+        if locks.is_locked(d):
+            e.in_use = "llama-perplexity is writing them"
+        elif e.age_days > runs_days:
+            e.stale = f"not used for {runs_days:g} days"
+        entries.append(e)
+    pinned_texts = {t.sha256[:16] for t in texts.TEXTS.values()}
+    for d in _children(root / "texts"):
+        e = _entry("text", d, f"texts/{d.name}")
+        if d.name not in pinned_texts:
+            e.stale = "no pinned text names it"
+        entries.append(e)
+    known = {"builds", "build-work", "downloads", "models", "trees", "runs", "help", "kld", "texts"}
     for other in _children(root):
         if other.name not in known:
             entries.append(_entry("other", other))

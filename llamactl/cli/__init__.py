@@ -50,6 +50,8 @@ COMMANDS: dict[str, tuple[str, str | None, tuple[str, ...], str]] = {
                "Find the first commit, version or patch where one cell of a profile breaks (or, --fixed, passes)."),
     "bench": ("bench_cmd", "bench", (),
               "Decode/prompt speed, TTFT, all-slots throughput, peak RSS and MTP acceptance; MTP on vs off, interleaved."),
+    "quality": ("quality_cmd", "quality", (),
+                "KL divergence, PPL and top-token agreement of KV types or builds against an f16 reference (llama-perplexity)."),
     "sync": ("sync_cmd", "sync", (),
              "Rebase the profile's series onto a new base, build and validate before and after, one table; exit says if it is safe."),
     "report": ("report_cmd", "report", (),

@@ -1,9 +1,10 @@
-"""`llamactl history`: the validate and bench runs recorded on this machine (or any history file).
+"""`llamactl history`: the validate, bench and quality runs recorded on this machine (or any history file).
 
 Examples:
     llamactl history                                   # newest runs first
     llamactl history tiny-gemma4-bench --cell echo     # one cell's numbers across runs and builds
     llamactl history --kind bench --json
+    llamactl history default --kind quality
     llamactl history --history ci/history.sqlite
 """
 
@@ -27,14 +28,14 @@ from llamactl.report.history import History
 def history(
     profile: Annotated[Optional[str], typer.Argument(help="Only runs of this profile.", show_default=False)] = None,
     cell: Annotated[Optional[str], typer.Option("--cell", help="One cell's numbers per run (and arm).")] = None,
-    kind: Annotated[Optional[str], typer.Option("--kind", help="validate | bench.")] = None,
+    kind: Annotated[Optional[str], typer.Option("--kind", help="validate | bench | quality.")] = None,
     limit: Annotated[int, typer.Option("--limit", help="At most this many runs (or cell rows).")] = 50,
     json: o.Json = False,
     history_path: o.History = None,
 ) -> None:
     """List recorded runs: id, time, kind, profile, result, build and machine; --cell for per-cell numbers."""
-    if kind not in (None, "validate", "bench"):
-        raise BadInput(f"--kind {kind!r}: expected validate or bench")
+    if kind not in (None, "validate", "bench", "quality"):
+        raise BadInput(f"--kind {kind!r}: expected validate, bench or quality")
     if limit < 1:
         raise BadInput("--limit must be >= 1")
     store = History(history_path)

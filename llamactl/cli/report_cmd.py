@@ -7,6 +7,7 @@ Examples:
     llamactl report 12 --html run12.html                        # a run from the history, by id
     llamactl report reports/bench.json --trend --html reports/bench.html
     llamactl report --trend --profile tiny-gemma4-bench --png reports/trend.png
+    llamactl report --trend --kind quality --profile default --html reports/kl-trend.html
     llamactl report merge shard1.json shard2.json --json-out reports/all.json --junit reports/all.xml
 """
 
@@ -59,6 +60,8 @@ def report(
     profile: Annotated[Optional[str], typer.Option("--profile", help="Profile for --trend (default: the first run's).")] = None,
     cell: Annotated[Optional[str], typer.Option("--cell", help="Only this cell in --trend.")] = None,
     png: Annotated[Optional[Path], typer.Option("--png", help="Write the --trend chart as a PNG (needs matplotlib).")] = None,
+    kind: Annotated[Optional[str], typer.Option("--kind", help="--trend of bench runs (tok/s, acceptance) or quality runs "
+                    "(mean KL, same top %); default: the first run's kind, else bench.")] = None,
     history: o.History = None,
     json_path: Annotated[Optional[Path], typer.Option("--json-out", help="report merge: also write the merged report as JSON to this file.", show_default=False)] = None,
     json: Annotated[bool, typer.Option("--json", help="report merge: print the merged report as JSON on stdout (the table goes to stderr).")] = False,
@@ -84,11 +87,23 @@ def report(
         if not profile:
             raise BadInput("--trend needs a profile: --profile NAME, or a run file")
         machine = next((m for m in (view.context(r, store)[0] for r in run_list) if m), None) or fingerprint.machine()
-        rows = store.cells(profile=profile, cell=cell, kind=runs.BENCH, machine_id=machine.get("id"))
-        if not rows:
+        kind = kind or (run_list[0]["kind"] if run_list and run_list[0]["kind"] == runs.QUALITY else runs.BENCH)
+        if kind not in (runs.BENCH, runs.QUALITY):
+            raise BadInput(f"--kind {kind!r}: --trend draws bench or quality runs")
+        if kind == runs.QUALITY:
+            if png:
+                raise BadInput("--png draws the bench trend; the quality trend goes to --html or --markdown")
+            points = store.quality_points(profile, machine.get("id"), cell)
+            trend_data = view.quality_trend_view(points, profile)
+            if trend_data is None:
+                raise LlamactlError(f"no quality runs of {profile}{f' cell {cell}' if cell else ''} on this machine in {store.path}",
+                                    hint="llamactl history --kind quality lists what is recorded")
+        rows = [] if kind == runs.QUALITY else store.cells(profile=profile, cell=cell, kind=runs.BENCH, machine_id=machine.get("id"))
+        if not rows and kind == runs.BENCH:
             raise LlamactlError(f"no bench runs of {profile}{f' cell {cell}' if cell else ''} on this machine in {store.path}",
                                 hint="llamactl history lists what is recorded")
-        trend_data = view.trend_view(rows, profile)
+        if kind == runs.BENCH:
+            trend_data = view.trend_view(rows, profile)
     if png:
         from llamactl.report.png import trend_png
         trend_png(rows, png, profile)

@@ -1,9 +1,11 @@
-"""The run history: every validate and bench run, in one SQLite file.
+"""The run history: every validate, bench and quality run, in one SQLite file.
 
 Default place: ``$XDG_DATA_HOME/llamactl/history.sqlite`` (``~/.local/share/llamactl``);
 ``LLAMACTL_HISTORY`` or ``--history PATH`` sets another. Each run is stored whole (its JSON)
 with its machine fingerprint and build identity; one row per (cell, variant) holds the numbers
-that ``llamactl history``, ``report --trend`` and ``bench --baseline last`` look up.
+that ``llamactl history``, ``report --trend`` and ``bench --baseline last`` look up. A quality run's
+rows carry its status only; its figures (KL, same top, decode probe) stay in the run's JSON, which
+:meth:`History.quality_points` reads for ``report --trend --kind quality``.
 """
 
 from __future__ import annotations
@@ -100,6 +102,10 @@ def _cell_rows(kind: str, run: dict[str, Any], build_key: str) -> Iterator[tuple
             yield (c.get("cell", "?"), "", runs.status_of(c), build_key, None, None,
                    c.get("acceptance"), c.get("tokens_per_s"), str(c.get("reason") or ""))
             continue
+        if kind == runs.QUALITY:
+            yield (c.get("cell", "?"), "", str(c.get("status") or "ok"), (builds.get(c.get("build")) or {}).get("key", build_key),
+                   None, None, None, None, str(c.get("error") or ""))
+            continue
         for v, r in (c.get("variants") or {}).items():
             yield (c.get("cell", "?"), v, "error" if r.get("error") else "ok",
                    (builds.get(v) or {}).get("key", build_key), runs.median(runs.decode_samples(r)),
@@ -116,6 +122,12 @@ def _summary(kind: str, run: dict[str, Any]) -> tuple[bool | None, str]:
         ok = run.get("ok")
         return (bool(ok) if ok is not None else not any(runs.is_problem(c) for c in run.get("cells") or [])), \
             ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    if kind == runs.QUALITY:
+        cells = run.get("cells") or []
+        bad = sum(1 for c in cells if c.get("status") == "error")
+        gate = (run.get("gate") or {}).get("worst")
+        ok = bad == 0 and gate != "regression"
+        return ok, f"{len(cells)} candidate(s)" + (f", {bad} error(s)" if bad else "") + (f", gate {gate}" if gate else "")
     n = len(run.get("cells") or [])
     errors = sum(1 for c in run.get("cells") or [] for r in (c.get("variants") or {}).values() if r.get("error"))
     return errors == 0, f"{n} cell(s)" + (f", {errors} arm error(s)" if errors else "")
@@ -244,6 +256,28 @@ class History:
         row = self._run(lambda db: db.execute("SELECT id FROM runs WHERE run_dir = ? ORDER BY id DESC", (run_dir,)).fetchone(),
                         read_only=True)
         return self.get(row["id"]) if row else None
+
+    def quality_points(self, profile: str, machine_id: str | None = None, cell: str | None = None,
+                       limit: int = 100) -> list[dict[str, Any]]:
+        """Per (quality run, candidate): run id, time, build, cell and its figures (mean KL, same top %,
+        ΔPPL %, decode KL, decode top-1), oldest first: what ``report --trend --kind quality`` draws."""
+        sql = ("SELECT id, started_at, build, build_key, data FROM runs WHERE kind = 'quality' AND profile = ?"
+               + (" AND machine_id = ?" if machine_id else "") + " ORDER BY id DESC LIMIT ?")
+        args: tuple = (profile, *((machine_id,) if machine_id else ()), limit)
+        rows = self._run(lambda db: db.execute(sql, args).fetchall(), read_only=True)
+        out = []
+        for r in reversed(rows):
+            data = json.loads(r["data"])
+            for c in data.get("cells") or []:
+                if cell and c.get("cell") != cell:
+                    continue
+                kld, dec = c.get("kld") or {}, c.get("decode") or {}
+                out.append({"run_id": r["id"], "started_at": r["started_at"], "build": json.loads(r["build"]),
+                            "build_key": r["build_key"], "cell": c.get("cell", "?"), "status": c.get("status", "?"),
+                            "kld_mean": kld.get("kld_mean"), "same_top": kld.get("same_top"),
+                            "delta_ppl_pct": kld.get("delta_ppl_pct"), "decode_kl": dec.get("mean_kl"),
+                            "decode_top1": dec.get("top1_agreement")})
+        return out
 
     def last_bench(self, profile: str, cell: str, variant: str, machine_id: str,
                    before: int | None = None) -> tuple[int, dict[str, Any]] | None:

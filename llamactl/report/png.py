@@ -1,11 +1,60 @@
-"""The trend as a PNG (matplotlib, optional: ``pip install 'llamactl[plot]'``)."""
+"""Charts as PNG files (matplotlib, optional: ``pip install 'llamactl[plot]'``): the bench trend, and the
+KL-divergence distribution of a quality run."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from llamactl.core.errors import LlamactlError
 from llamactl.report.history import CellRow
+
+
+def _pyplot(option: str) -> Any:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise LlamactlError(f"{option} needs matplotlib", hint="pip install 'llamactl[plot]', or use --html") from exc
+    return plt
+
+
+def kl_png(run: dict[str, Any], path: Path, option: str = "--plot") -> None:
+    """The KL divergence per token of each candidate of a quality run: its quantiles (min, 0.1%, 1%, 5%,
+    10%, median, 90%, 95%, 99%, 99.9%, max, as llama-perplexity prints them) on a log scale, the mean
+    in the legend. Raises LlamactlError (no matplotlib, a path that cannot be written)."""
+    plt = _pyplot(option)
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    order: list[float] = []
+    for c in run.get("cells") or []:
+        k = c.get("kld") or {}
+        pct = k.get("kld_percentiles") or {}
+        pts = sorted((float(q), max(float(v), 1e-7)) for q, v in pct.items() if isinstance(v, (int, float)))
+        if not pts:
+            continue
+        order = sorted(set(order) | {q for q, _ in pts})
+        ax.plot([order.index(q) for q, _ in pts], [v for _, v in pts], marker="o",
+                label=f"{c.get('cell', '?')} (mean {k.get('kld_mean', 0):.4g})")
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(order)))
+    ax.set_xticklabels(["min" if q == 0 else "max" if q == 100 else f"{q:g}%" for q in order], fontsize=8)
+    ax.set_xlabel("quantile of the per-token KL divergence")
+    ax.set_ylabel("KL divergence (nats, log scale)")
+    meta, ref = run.get("meta") or {}, run.get("reference") or {}
+    ax.set_title(f"llamactl quality {run.get('profile', '')}: KL vs {ref.get('kv', 'f16/f16')} "
+                 f"({meta.get('scored_tokens', '?')} tokens of {meta.get('text', '?')})", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    except OSError as exc:
+        raise LlamactlError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    finally:
+        plt.close(fig)
 
 
 def trend_png(rows: list[CellRow], path: Path, profile: str | None) -> None:

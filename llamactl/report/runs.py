@@ -1,4 +1,4 @@
-"""Reading run files: validate, bench, or several merged, as written by ``--json``.
+"""Reading run files: validate, bench, quality, or several merged, as written by ``--json``.
 
 The readers are lenient on purpose: statuses they do not know are shown as they are, and
 fields they do not know are kept (the report templates show what they recognise).
@@ -14,7 +14,8 @@ from typing import Any
 from llamactl.core.errors import BadInput, LlamactlError
 from llamactl.core.files import read_text
 
-VALIDATE, BENCH = "validate", "bench"
+VALIDATE, BENCH, QUALITY = "validate", "bench", "quality"
+KINDS = (VALIDATE, BENCH, QUALITY)
 # statuses that are not a problem; anything else (fail, error, xpass, interrupted, unknown) is listed as one
 NOT_A_PROBLEM = {"pass", "skip", "xfail", "not_run", "not-run", "notrun", "skipped", "passed"}
 
@@ -30,10 +31,10 @@ def is_problem(cell: dict[str, Any]) -> bool:
 
 
 def kind_of(run: Any) -> str:
-    """``validate`` or ``bench``; LlamactlError when ``run`` is neither."""
+    """``validate``, ``bench`` or ``quality`` (which says so in ``kind``); BadInput when ``run`` is none of them."""
     if not isinstance(run, dict):
         raise BadInput("not a llamactl run: expected a JSON object with 'cells'")
-    if run.get("kind") in (VALIDATE, BENCH):
+    if run.get("kind") in KINDS:
         return run["kind"]
     cells = run.get("cells")
     if not isinstance(cells, list):

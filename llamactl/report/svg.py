@@ -1,4 +1,4 @@
-"""Inline SVG charts for the HTML report: grouped bars with whiskers, and trend lines.
+"""Inline SVG charts for the HTML report: grouped bars with whiskers, trend lines, quantile curves.
 
 Built with ElementTree (text is escaped for us), no namespace URL and no scripts, so the
 page stays one offline file with no resource references.
@@ -130,4 +130,46 @@ def lines(series: dict[str, list[tuple[int, float]]], x_labels: list[str], title
             dot = ET.SubElement(svg, "circle", cx=f"{x(i):.1f}", cy=f"{y(v):.1f}", r="3.5", fill=colour)
             ET.SubElement(dot, "title").text = f"{name} @ {x_labels[i]}: " + (f"{100 * v:.0f}%" if percent else f"{v:.1f}")
     _legend(svg, list(series), colour_of)
+    return ET.tostring(svg, encoding="unicode")
+
+
+def quantiles(series: dict[str, list[tuple[float, float]]], title: str, ylabel: str, floor: float = 1e-6) -> str:
+    """Quantile curves on a log scale: per series, (percentile 0..100, value) points (values below ``floor``
+    drawn at it); x is the percentiles' order (min, 0.1%, 1%, ..., 99.9%, max). Returns SVG markup."""
+    qs = sorted({q for pts in series.values() for q, _ in pts})
+    vals = [max(v, floor) for pts in series.values() for _, v in pts] or [floor, 1.0]
+    lo, hi = math.floor(math.log10(min(vals))), math.ceil(math.log10(max(vals)))
+    hi = max(hi, lo + 1)
+    svg = ET.Element("svg", width=str(W), height=str(H), viewBox=f"0 0 {W} {H}", role="img")
+    ET.SubElement(svg, "title").text = title
+    ET.SubElement(svg, "text", {"x": str(LEFT), "y": "18", "font-size": "13", "font-weight": "bold"}).text = title
+    plot_h, plot_w = H - TOP - BOTTOM, W - LEFT - RIGHT
+
+    def y(v: float) -> float:
+        return TOP + plot_h * (1 - (math.log10(max(v, floor)) - lo) / (hi - lo))
+
+    def x(q: float) -> float:
+        i = qs.index(q)
+        return LEFT + 10 + (plot_w - 20) * (i / max(1, len(qs) - 1))
+    for e in range(lo, hi + 1):
+        ET.SubElement(svg, "line", {"x1": str(LEFT), "x2": str(W - RIGHT), "y1": f"{y(10.0 ** e):.1f}", "y2": f"{y(10.0 ** e):.1f}",
+                                    "stroke": "#ddd", "stroke-width": "1"})
+        ET.SubElement(svg, "text", {"x": str(LEFT - 6), "y": f"{y(10.0 ** e) + 4:.1f}", "text-anchor": "end",
+                                    "font-size": "10"}).text = f"1e{e}"
+    ET.SubElement(svg, "text", {"x": "12", "y": str(TOP + plot_h // 2), "transform": f"rotate(-90 12 {TOP + plot_h // 2})",
+                                "text-anchor": "middle", "font-size": "10"}).text = ylabel
+    for q in qs:
+        label = "min" if q == 0 else "max" if q == 100 else f"{q:g}%"
+        ET.SubElement(svg, "text", {"x": f"{x(q):.1f}", "y": str(H - BOTTOM + 14), "text-anchor": "middle",
+                                    "font-size": "9"}).text = label
+    names = list(series)
+    for si, (name, pts) in enumerate(series.items()):
+        colour = PALETTE[(si + 1) % len(PALETTE)]
+        if len(pts) > 1:
+            ET.SubElement(svg, "polyline", {"points": " ".join(f"{x(q):.1f},{y(v):.1f}" for q, v in pts), "fill": "none",
+                                            "stroke": colour, "stroke-width": "2"})
+        for q, v in pts:
+            dot = ET.SubElement(svg, "circle", cx=f"{x(q):.1f}", cy=f"{y(v):.1f}", r="3", fill=colour)
+            ET.SubElement(dot, "title").text = f"{name} {q:g}%: {v:.6f}"
+    _legend(svg, names, lambda n: PALETTE[(names.index(n) + 1) % len(PALETTE)])
     return ET.tostring(svg, encoding="unicode")

@@ -156,8 +156,99 @@ def run_view(run: dict[str, Any], history: History | None = None) -> dict[str, A
     base = {"kind": run["kind"], "profile": runs.profile_of(run), "machine": machine, "build": build,
             "build_label": fingerprint.build_label(build) if build else None, "history_id": hid,
             "run_dir": runs.run_dir_of(run)}
-    base.update(validate_view(run) if run["kind"] == runs.VALIDATE else bench_view(run))
+    if run["kind"] == runs.QUALITY:
+        base.update(quality_view(run))
+    else:
+        base.update(validate_view(run) if run["kind"] == runs.VALIDATE else bench_view(run))
     return base
+
+
+def _fnum(x: Any, fmt: str) -> str:
+    return _num(x, fmt)
+
+
+def quality_rows(run: dict[str, Any]) -> list[dict[str, str]]:
+    """The quality table as text cells, the reference first: what the terminal, Markdown and HTML show.
+
+    Columns: kv (and build), PPL ± err, ΔPPL %, mean / median / p99 / max KL (nats), same top %, RMS Δp %,
+    decode top-1 %, decode KL (nats); ``error`` for a candidate whose run failed.
+    """
+    ref = run.get("reference") or {}
+    dref = ref.get("decode") or {}
+    rows = [{"cell": f"{ref.get('cell', '?')} (reference)", "build": "", "ppl": _ppl(ref.get("ppl"), ref.get("ppl_err")),
+             "dppl": "0.00%", "kl_mean": "-", "kl_median": "-", "kl_p99": "-", "kl_max": "-", "same_top": "-",
+             "dp_rms": "-", "decode_top1": "100.0%" if dref else "-", "decode_kl": "0" if dref else "-",
+             "error": "", "status": "reference", "css": css("skip")}]
+    several = len({c.get("build") for c in run.get("cells") or []}) > 1
+    for c in run.get("cells") or []:
+        k, d = c.get("kld") or {}, c.get("decode") or {}
+        top1 = d.get("top1_agreement")
+        rows.append({
+            "cell": str(c.get("cell", "?")), "build": str(c.get("build") or "") if several else "", "ppl": _ppl(k.get("ppl"), k.get("ppl_err")),
+            "dppl": _fnum(k.get("delta_ppl_pct"), "{:+.2f}%"), "kl_mean": _fnum(k.get("kld_mean"), "{:.6f}"),
+            "kl_median": _fnum(k.get("kld_median"), "{:.6f}"), "kl_p99": _fnum(k.get("kld_p99"), "{:.6f}"),
+            "kl_max": _fnum(k.get("kld_max"), "{:.6f}"), "same_top": _fnum(k.get("same_top"), "{:.2f}%"),
+            "dp_rms": _fnum(k.get("dp_rms"), "{:.3f}%"),
+            "decode_top1": _fnum(None if top1 is None else 100 * top1, "{:.1f}%"),
+            "decode_kl": _fnum(d.get("mean_kl"), "{:.4f}"),
+            "error": str(c.get("error") or c.get("decode_error") or ""), "status": str(c.get("status") or "ok"),
+            "css": css("error" if c.get("status") == "error" else "ok")})
+    return rows
+
+
+def _ppl(v: Any, err: Any) -> str:
+    if not isinstance(v, (int, float)):
+        return "-"
+    return f"{v:.4f} ± {err:.4f}" if isinstance(err, (int, float)) else f"{v:.4f}"
+
+
+def quality_view(run: dict[str, Any]) -> dict[str, Any]:
+    meta = run.get("meta") or {}
+    ref = run.get("reference") or {}
+    gate = run.get("gate") if isinstance(run.get("gate"), dict) else None
+    if gate:
+        gate = dict(gate, verdicts=[dict(v, css=css(v.get("verdict", "?"))) for v in gate.get("verdicts") or []])
+    series = {}
+    for c in run.get("cells") or []:
+        pct = (c.get("kld") or {}).get("kld_percentiles") or {}
+        pts = sorted((float(q), v) for q, v in pct.items() if isinstance(v, (int, float)))
+        if pts:
+            series[str(c.get("cell", "?"))] = pts
+    return {"rows": quality_rows(run), "gate": gate, "chart": svg.quantiles(series, "KL divergence per token: quantiles "
+            "(llama-perplexity)", "KL (nats)") if series else "",
+            "meta": {k: _short(v, 200) for k, v in meta.items() if k not in ("builds",)},
+            "builds": meta.get("builds") or {}, "reference": ref,
+            "logits_mib": _num((ref.get("logits_bytes") or 0) / 2**20, "{:.0f}"),
+            "wall_s": _num(meta.get("wall_s"))}
+
+
+def quality_trend_view(points: list[dict[str, Any]], profile: str | None) -> dict[str, Any] | None:
+    """Mean KL and same-top % per candidate across quality runs (x: run id and build)."""
+    points = [p for p in points if p.get("kld_mean") is not None]
+    if not points:
+        return None
+    run_ids = sorted({p["run_id"] for p in points})
+    label_of = {p["run_id"]: f"#{p['run_id']} {str(p['build'].get('commit') or p['build_key'])[:9]} {p['build_key'][:6]}"
+                for p in points}
+    x_labels = [label_of[i] for i in run_ids]
+    kl: dict[str, list[tuple[int, float]]] = {}
+    top: dict[str, list[tuple[int, float]]] = {}
+    for p in points:
+        kl.setdefault(p["cell"], []).append((run_ids.index(p["run_id"]), p["kld_mean"]))
+        if p.get("same_top") is not None:
+            top.setdefault(p["cell"], []).append((run_ids.index(p["run_id"]), p["same_top"] / 100))
+    names = list(kl)
+    return {
+        "profile": profile, "runs": len(run_ids), "kind": runs.QUALITY,
+        "decode_svg": svg.lines(kl, x_labels, f"trend {profile or ''}: mean KL per candidate (llama-perplexity)",
+                                "mean KL (nats)", names=names),
+        "acceptance_svg": svg.lines(top, x_labels, f"trend {profile or ''}: same top token per candidate", "same top",
+                                    percent=True, names=names) if top else "",
+        "rows": [{"run": p["run_id"], "when": p["started_at"], "cell": p["cell"], "variant": "",
+                  "build": fingerprint.build_label(p["build"]), "decode": _num(p["kld_mean"], "{:.6f}"),
+                  "acceptance": _num(p.get("same_top"), "{:.2f}%")} for p in points],
+        "columns": ("mean KL", "same top"),
+    }
 
 
 def trend_view(rows: list[CellRow], profile: str | None) -> dict[str, Any] | None:

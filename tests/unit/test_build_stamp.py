@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from llamactl.build import builder
-from llamactl.build.builder import (BuildRequest, _record_stamp, _stamp_hit, build_root_for, key_material,
+from llamactl.build.builder import (BuildRequest, _record_stamp, _stamp_hit, build_key, build_root_for, key_material,
                                     stamp_material, work_dir_for)
 
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@x", "-c", "commit.gpgsign=false"]
@@ -137,10 +137,17 @@ def test_source_content_shares_the_work_dir(home):
     assert work(local="d1ff") == base                                          # an edit in vendor/llama.cpp
 
 
+def test_targets_share_the_work_dir(home):
+    """llama-perplexity (``llamactl quality``) compiles where llama-server did: only what it adds."""
+    assert work(req=BuildRequest(target="llama-perplexity")) == work()
+    assert work(req=BuildRequest(target="llama-cli")) == work()
+    material = key_material(BuildRequest(target="llama-perplexity"), IDENT, [], None, COMPILERS)
+    assert build_key(material) != build_key(key_material(BuildRequest(), IDENT, [], None, COMPILERS))   # own build dir
+
+
 @pytest.mark.parametrize("variant", [
     dict(req=BuildRequest(backend="hip", gpu_targets="gfx1100")),
     dict(req=BuildRequest(cmake_options=["-DGGML_OPENMP=OFF"])),
-    dict(req=BuildRequest(target="llama-cli")),
     dict(ident=dict(IDENT, source="atomic-turboquant")),
     dict(compilers=dict(COMPILERS, cc="clang 17")),
 ])

@@ -138,7 +138,7 @@ def test_cli_history_lists_runs_and_cells(tmp_path):
     rows = json.loads(cp.stdout)
     assert [(r["run_id"], r["variant"]) for r in rows] == [(2, "mtp-off"), (2, "mtp-on")] and rows[1]["acceptance"] == 1.0
     cp = run("--kind", "nonsense")
-    assert cp.returncode == 2 and "--kind 'nonsense': expected validate or bench" in cp.stderr
+    assert cp.returncode == 2 and "--kind 'nonsense': expected validate, bench or quality" in cp.stderr
     cp = run("nobody")
     assert cp.returncode == 0 and "no runs of nobody recorded" in cp.stdout
 
