@@ -404,7 +404,8 @@ def kv_quality(ctx: CellContext) -> dict:
             "bounds": {"kl_max": kl_max, "top1_min": top1_min, "from": source,
                        "hard_kl_max": HARD_BOUNDS[0], "hard_top1_min": HARD_BOUNDS[1]}, **q.summary(tie)}
     if q.top1 is None or q.mean_kl is None:
-        raise CannotJudge("the probe compared no positions (no probabilities in the answers)", )
+        raise CannotJudge(f"the probe compared no positions (forced {data['forced']}: no probabilities where the "
+                          "candidate decoded the reference's tokens)")
     figures = f"mean KL {q.mean_kl:.4f}, top-1 {q.top1:.1%} over {len(q.steps)} decode positions"
     if q.mean_kl > HARD_BOUNDS[0] or q.top1 < HARD_BOUNDS[1]:
         raise CheckFailed(f"{figures}: broken (KL > {HARD_BOUNDS[0]} or top-1 < {HARD_BOUNDS[1]:.0%} always fails)", data)

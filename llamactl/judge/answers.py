@@ -460,20 +460,28 @@ def probe_result(ref: Answer, cand: Answer) -> ProbeResult:
     forced tokens are the reference's own."""
     res = ProbeResult(ref.key, length=len(ref.tokens))
     for pos in range(min(len(ref.tokens), len(cand.tokens))):
-        if cand.tokens[pos] != ref.tokens[pos]:
-            break      # the grammar chose another tokenisation of the same text: contexts differ from here
-        res.forced = pos + 1
+        parted = cand.tokens[pos] != ref.tokens[pos]
+        if not parted:
+            res.forced = pos + 1
+        # where the grammar chose another tokenisation of the same text, this position still shares the
+        # reference's context (its top-N was read before sampling); the contexts differ after it
         row = ref.top[pos] if pos < len(ref.top) else None
         crow = cand.top[pos] if pos < len(cand.top) else None
         if not row:
+            if parted:
+                break
             continue
         r = sorted(row, key=lambda x: -x[1])
         margin = round(r[0][1] - r[1][1], 6) if len(r) > 1 else None
         if not crow:
             res.steps.append(ProbeStep(pos, r[0][0], None, None, margin))
+            if parted:
+                break
             continue
         c = sorted(crow, key=lambda x: -x[1])
         res.steps.append(ProbeStep(pos, r[0][0], c[0][0], round(kl_top(r, c), 6), margin))
+        if parted:
+            break
     return res
 
 

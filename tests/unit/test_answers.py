@@ -134,12 +134,14 @@ def test_probe_compares_forced_positions_only():
     ref = ans([1, 2, 3], top=[row(0.8, 0.1, 1, 5), row(0.7, 0.2, 2, 6), row(0.6, 0.3, 3, 7)])
     cand = ans([1, 2, 9], top=[row(0.8, 0.1, 1, 5), row(0.3, 0.6, 2, 6), row(0.9, 0.1, 9, 3)])
     p = A.probe_result(ref, cand)
-    assert p.forced == 2 and len(p.judged) == 2
-    assert [s.cand_top1 == s.ref_top1 for s in p.judged] == [True, False]
+    assert p.forced == 2 and len(p.judged) == 3      # the position where they part still shares the context
+    assert [s.cand_top1 == s.ref_top1 for s in p.judged] == [True, False, False]
     q = A.Quality([p])
-    assert q.top1 == pytest.approx(0.5) and q.mean_kl and q.mean_kl > 0
+    assert q.top1 == pytest.approx(1 / 3) and q.mean_kl and q.mean_kl > 0
     s = q.summary(tie_margin=0.05)
-    assert s["positions"] == 2 and s["clear_disagreements"] == 1 and s["forced"] == {"k": "2/3"}
+    assert s["positions"] == 3 and s["clear_disagreements"] == 2 and s["forced"] == {"k": "2/3"}
+    after = A.probe_result(ans([1, 2, 3, 4], top=[row(0.8, 0.1, 1, 5)] * 4), ans([9, 2, 3, 4], top=[row(0.8, 0.1, 9, 5)] * 4))
+    assert after.forced == 0 and len(after.judged) == 1      # nothing compared after the contexts part
 
 
 def test_probe_body_forces_the_reference_text():
