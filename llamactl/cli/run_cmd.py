@@ -1,4 +1,4 @@
-"""`llamactl run`, `ps` and `stop`.
+"""`llamactl run` (`ps` and `stop` live in procs_cmd.py).
 
 Examples:
     llamactl run default
@@ -10,19 +10,17 @@ Examples:
 from __future__ import annotations
 
 import json as jsonlib
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from llamactl.serve import launcher, quickstart
 from llamactl.core import runrecords
 from llamactl.cli import options as o
-from llamactl.cli.common import stop_on_signals, warn as _warn, warn_exposure
+from llamactl.cli.common import stop_on_signals, warn_exposure
 from llamactl.cli.console import Output, console, err_console, progress_bar
 from llamactl.core.errors import LlamactlError
-from llamactl.serve.endpoint import Endpoint
 from llamactl.serve.server import ServerDied
 
 
@@ -95,52 +93,3 @@ def run(
             sp.stop()
             if record is not None:
                 runrecords.write(run_dir, dict(record, state="stopped", stopped_why="did not become ready"))
-
-
-def _row(rec: runrecords.RunRecord, alive: bool) -> dict:
-    return dict(rec.model_dump(), id=rec.id, alive=alive)
-
-
-def ps(all_: Annotated[bool, typer.Option("--all", "-a", help="Include stopped runs.")] = False, json: o.Json = False) -> None:
-    """Servers started with `run --detach` (each PID checked: start time and argv, not just 'a process exists')."""
-    rows = []
-    for rec in runrecords.load_all(_warn):
-        alive = runrecords.verify(rec, _warn)
-        if alive or all_:
-            rows.append(_row(rec, alive))
-
-    def human(rs: list[dict]) -> None:
-        t = Table("id", "pid", "url", "state", "log")
-        for r in rs:
-            state = f"[green]{r['state']}[/]" if r["alive"] else f"stopped [dim]({escape(r.get('stopped_why') or '')})[/]"
-            t.add_row(r["id"], str(r["pid"]), r["url"] or "-", state, r["log"] or "-")
-        console.print(t)
-
-    Output(json).result(rows, human)
-
-
-def remove_socket_if_stale(path: str) -> None:
-    """Remove a detached server's unix socket file once nobody listens on it."""
-    try:
-        Endpoint.parse(path, None).clear_stale()
-    except LlamactlError:
-        pass
-
-
-def stop(
-    run_id: Annotated[Optional[str], typer.Argument(help="Run id from `llamactl ps` (prefix is enough).")] = None,
-    all_: Annotated[bool, typer.Option("--all", "-a", help="Stop every detached server.")] = False,
-    json: o.Json = False,
-) -> None:
-    """Stop detached servers (SIGTERM, then SIGKILL after 10 s); a stale record is cleaned up, never signalled."""
-    if not run_id and not all_:
-        raise LlamactlError("name a run id or pass --all")
-    recs = [r for r in runrecords.load_all(_warn) if r.state != "stopped" and (all_ or r.id.startswith(run_id or ""))]
-    stopped = [r.id for r in recs if runrecords.stop(r, on_warning=_warn)]
-    for r in recs:   # llama-server leaves its unix socket file behind; removed once nobody listens
-        extra = r.model_extra or {}
-        for sock in extra.get("sockets") or ([extra["socket"]] if extra.get("socket") else []):
-            remove_socket_if_stale(str(sock))
-    if not stopped and not all_:
-        raise LlamactlError(f"no running server matches {run_id!r}", hint="see `llamactl ps --all`")
-    Output(json).result(stopped, lambda ids: console.print(f"stopped {len(ids)} server(s)"))

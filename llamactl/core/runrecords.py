@@ -120,10 +120,12 @@ def stop(rec: RunRecord, grace: float = 10.0, on_warning: Warn | None = None) ->
         return False
     signal_group(rec.pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
+    pause = 0.005          # llama-server exits within tens of ms of SIGTERM: poll fast, then back off
     while time.monotonic() < deadline:
         if check_identity(rec.pid, rec.create_time, rec.argv or None)[0] != "running":
             break
-        time.sleep(0.1)
+        time.sleep(pause)
+        pause = min(0.1, pause * 2)
     else:
         if check_identity(rec.pid, rec.create_time, rec.argv or None)[0] == "running":
             signal_group(rec.pid, signal.SIGKILL)
