@@ -22,7 +22,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -267,21 +268,19 @@ def slot_isolation(ctx: CellContext) -> dict:
                             max(MID_TOKENS, ctx.profile.harness.concurrent_max_tokens))
     mid_solo = _ask(ctx, mid_req, n_probs=book.n_probs)
     joiner = book.req("long") or A.short_request(1)
-    box: dict[str, Any] = {}
+    sent: list[float] = []
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        joining: list[Future[Answer]] = []
 
-    def join() -> None:
-        box["sent"] = time.monotonic()
-        box["thread"] = th = threading.Thread(target=lambda: box.update(answer=_safe(lambda: _ask(
-            ctx, joiner, n_probs=book.n_probs))), daemon=True)
-        th.start()
+        def join() -> None:
+            sent.append(time.monotonic())
+            joining.append(pool.submit(_ask, ctx, joiner, n_probs=book.n_probs))
 
-    mid, mid_end = _stream_tokens(ctx, mid_req, mid_req.body(n_probs=0, stream=True, model=ctx.model), join)
-    th = box.get("thread")
-    if th is not None:
-        th.join(timeout=limit(ctx)[0])
-    joined = box.get("answer")
-    if isinstance(joined, Exception):
-        raise joined
+        mid, mid_end = _stream_tokens(ctx, mid_req, mid_req.body(n_probs=0, stream=True, model=ctx.model), join)
+        try:
+            joined = joining[0].result(timeout=limit(ctx)[0]) if joining else None   # its errors raise here
+        except FutureTimeout:
+            joined = None
     data: dict[str, Any] = {"slots": n, "at_once": {k: _summary(a) for k, a in at_once.items()}}
     verdicts.append(_verdict(ctx, mid_solo, mid, f"mid (decoding when {joiner.key} was sent) vs alone",
                              *margins.get("short-0", [])))
@@ -289,7 +288,7 @@ def slot_isolation(ctx: CellContext) -> dict:
         verdicts.append(_verdict(ctx, book.solo.get(joiner.key) or solo.get(joiner.key) or joined, joined,
                                  f"{joiner.key} (sent while short-0 decoded) vs alone", *margins.get(joiner.key, [])))
         data["mid_decode"] = {"decoding": "mid", "joined": joiner.key, "mid_tokens": len(mid.tokens),
-                              "overlapped": box.get("sent", mid_end) < mid_end, "joined_answer": _summary(joined)}
+                              "overlapped": bool(sent) and sent[0] < mid_end, "joined_answer": _summary(joined)}
     nonces = {r.key: r.nonce for r in [*reqs, joiner]}
     shown = {**at_once, **({f"{joiner.key}": joined} if isinstance(joined, Answer) else {})}
     foreign = A.foreign_nonces(shown, nonces) + [
@@ -298,13 +297,6 @@ def slot_isolation(ctx: CellContext) -> dict:
         data["foreign_nonces"] = foreign
         raise CheckFailed(f"an answer shows another request's nonce: {foreign[0]}", data)
     return _conclude(verdicts, data)
-
-
-def _safe(fn: Callable[[], Answer]) -> Answer | Exception:
-    try:
-        return fn()
-    except Exception as exc:   # noqa: BLE001 - handed back to the check's thread, raised there
-        return exc
 
 
 def _margin_sources(ctx: CellContext, book: Book) -> dict[str, list[Answer]]:

@@ -277,17 +277,23 @@ def _text_of(a: Answer, start: int, n: int = 12) -> str:
     return ""
 
 
-def margin_at(pos: int, *sources: Answer, prefix: list[int] | None = None) -> tuple[float | None, list[tuple[int, float]] | None]:
-    """The top-2 margin (p1 - p2) at ``pos`` from the first source with probabilities there whose
-    tokens before ``pos`` equal ``prefix`` (the same context), and its top-2."""
+def row_at(pos: int, *sources: Answer, prefix: list[int] | None = None) -> list[tuple[int, float]] | None:
+    """The top-N at ``pos`` of the first source with probabilities there whose tokens before ``pos``
+    equal ``prefix`` (the same context), highest first; None when no source has them."""
     for s in sources:
         if pos < len(s.top) and s.top[pos] and (prefix is None or s.tokens[:pos] == prefix[:pos]):
-            row = sorted(s.top[pos] or [], key=lambda x: -x[1])
-            if len(row) >= 2:
-                return round(row[0][1] - row[1][1], 6), row[:2]
-            if row:
-                return round(row[0][1], 6), row[:1]
-    return None, None
+            return sorted(s.top[pos] or [], key=lambda x: -x[1])
+    return None
+
+
+def margin_at(pos: int, *sources: Answer, prefix: list[int] | None = None) -> tuple[float | None, list[tuple[int, float]] | None]:
+    """The top-2 margin (p1 - p2) at ``pos`` from :func:`row_at`, and its top-2."""
+    row = row_at(pos, *sources, prefix=prefix)
+    if not row:
+        return None, None
+    if len(row) >= 2:
+        return round(row[0][1] - row[1][1], 6), row[:2]
+    return round(row[0][1], 6), row[:1]
 
 
 def first_divergence(ref: Answer, got: Answer, *margin_sources: Answer) -> Divergence | None:
@@ -300,8 +306,7 @@ def first_divergence(ref: Answer, got: Answer, *margin_sources: Answer) -> Diver
     n = min(len(ref.tokens), len(got.tokens))
     pos = next((i for i in range(n) if ref.tokens[i] != got.tokens[i]), n)
     margin, top2 = margin_at(pos, ref, *margin_sources, prefix=ref.tokens)
-    ref_row = next((s.top[pos] for s in (ref, *margin_sources)
-                    if pos < len(s.top) and s.top[pos] and s.tokens[:pos] == ref.tokens[:pos]), None)
+    ref_row = row_at(pos, ref, *margin_sources, prefix=ref.tokens)
     got_row = got.top[pos] if pos < len(got.top) else None
     return Divergence(ref.key, pos, ref.tokens[pos:pos + 8], got.tokens[pos:pos + 8], _text_of(ref, pos),
                       _text_of(got, pos), margin, top2, length_only=pos == n,

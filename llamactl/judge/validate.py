@@ -99,8 +99,8 @@ Check = tuple[str, Callable[[CellContext], dict]]
 def cell_checks(rpc: bool) -> list[Check]:
     """The checks of a cell, in order: the server's view, (RPC placement,) the request checks, the
     right-answers checks (:mod:`llamactl.judge.answer_checks`), then the draft counters and health."""
-    first, requests, tail = CHECKS[:1], CHECKS[1:6], CHECKS[6:]
-    return [*first, *([RPC_CHECK] if rpc else []), *requests, *ANSWER_CHECKS, *tail]
+    tail = next(i for i, (name, _) in enumerate(CHECKS) if name == "speculative_metrics")
+    return [CHECKS[0], *([RPC_CHECK] if rpc else []), *CHECKS[1:tail], *ANSWER_CHECKS, *CHECKS[tail:]]
 
 
 def repro_command(profile: str, cell: Cell) -> str:

@@ -20,6 +20,18 @@ def _pyplot(option: str) -> Any:
     return plt
 
 
+def _save(plt: Any, fig: Any, path: Path) -> None:
+    """Lay out, write and close ``fig``. Raises LlamactlError when ``path`` cannot be written."""
+    fig.tight_layout()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    except OSError as exc:
+        raise LlamactlError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    finally:
+        plt.close(fig)
+
+
 def kl_png(run: dict[str, Any], path: Path, option: str = "--plot") -> None:
     """The KL divergence per token of each candidate of a quality run: its quantiles (min, 0.1%, 1%, 5%,
     10%, median, 90%, 95%, 99%, 99.9%, max, as llama-perplexity prints them) on a log scale, the mean
@@ -47,24 +59,12 @@ def kl_png(run: dict[str, Any], path: Path, option: str = "--plot") -> None:
     ax.grid(True, which="both", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-    except OSError as exc:
-        raise LlamactlError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    finally:
-        plt.close(fig)
+    _save(plt, fig, path)
 
 
 def trend_png(rows: list[CellRow], path: Path, profile: str | None) -> None:
     """Decode tok/s (top) and draft acceptance (bottom) per (cell, arm) across runs. Raises LlamactlError."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise LlamactlError("--png needs matplotlib", hint="pip install 'llamactl[plot]', or use --html") from exc
+    plt = _pyplot("--png")
     run_ids = sorted({r.run_id for r in rows})
     labels = {r.run_id: f"#{r.run_id} {str(r.build.get('commit') or '')[:9]} {r.build_key[:6]}" for r in rows}
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(6.0, 0.7 * len(run_ids) + 4), 7), sharex=True)
@@ -87,11 +87,4 @@ def trend_png(rows: list[CellRow], path: Path, profile: str | None) -> None:
     for ax in (ax1, ax2):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    fig.tight_layout()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-    except OSError as exc:
-        raise LlamactlError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    finally:
-        plt.close(fig)
+    _save(plt, fig, path)
