@@ -24,7 +24,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from llamactl.judge import answers as A
@@ -36,7 +36,6 @@ from llamactl.judge.status import Status
 from llamactl.serve.profiles import Profile
 
 DEFAULT_UBATCH = 512        # llama-server's --ubatch-size default
-MID_TOKENS = 48             # the answer that another request joins mid-decode
 HIGH_PRECISION = {"f32", "f16", "bf16", "q8_0"}
 BOUNDS_8BIT = (0.01, 0.95)   # q8_0: mean KL 0.001-0.0067, top-1 96.8% (llama.cpp PR #7412, LLMKube #601)
 BOUNDS_4BIT = (0.03, 0.93)   # q4_0/turbo4: KL 0.0117, top-1 95.5% (LLMKube #601)
@@ -244,8 +243,12 @@ def slot_isolation(ctx: CellContext) -> dict:
     if n < 2:
         raise CheckSkipped("one slot: nothing to isolate")
     book = _book(ctx)
-    reqs = [A.short_request(i) for i in range(n)]
-    solo = {r.key: book.solo.get(r.key) or _ask(ctx, r, n_probs=book.n_probs) for r in reqs}
+    # as long as concurrent_max_tokens (the profile's "long enough that all slots decode together"): on a
+    # fast model 24-token answers can finish before the other request arrives, and nothing is shared
+    n_tokens = max(A.SHORT_TOKENS, ctx.profile.harness.concurrent_max_tokens)
+    reqs = [replace(A.short_request(i), max_tokens=n_tokens) for i in range(n)]
+    solo = {r.key: (book.solo.get(r.key) if n_tokens == A.SHORT_TOKENS else None)
+            or _ask(ctx, r, n_probs=book.n_probs) for r in reqs}
     margins = _margin_sources(ctx, book)
     barrier = threading.Barrier(n)
 
@@ -263,10 +266,8 @@ def slot_isolation(ctx: CellContext) -> dict:
 
     # one request mid-decode (as long as concurrent_max_tokens, so it still decodes when the other comes),
     # another (the long prompt: its prefill spans ubatches) joins it
-    first = A.short_request(0)
-    mid_req = AnswerRequest("mid", first.path, first.prompt, first.nonce,
-                            max(MID_TOKENS, ctx.profile.harness.concurrent_max_tokens))
-    mid_solo = _ask(ctx, mid_req, n_probs=book.n_probs)
+    mid_req = reqs[0]
+    mid_solo = solo[mid_req.key]
     joiner = book.req("long") or A.short_request(1)
     sent: list[float] = []
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -282,12 +283,12 @@ def slot_isolation(ctx: CellContext) -> dict:
         except FutureTimeout:
             joined = None
     data: dict[str, Any] = {"slots": n, "at_once": {k: _summary(a) for k, a in at_once.items()}}
-    verdicts.append(_verdict(ctx, mid_solo, mid, f"mid (decoding when {joiner.key} was sent) vs alone",
+    verdicts.append(_verdict(ctx, mid_solo, mid, f"{mid_req.key} (decoding when {joiner.key} was sent) vs alone",
                              *margins.get("short-0", [])))
     if isinstance(joined, Answer):
         verdicts.append(_verdict(ctx, book.solo.get(joiner.key) or solo.get(joiner.key) or joined, joined,
                                  f"{joiner.key} (sent while short-0 decoded) vs alone", *margins.get(joiner.key, [])))
-        data["mid_decode"] = {"decoding": "mid", "joined": joiner.key, "mid_tokens": len(mid.tokens),
+        data["mid_decode"] = {"decoding": mid_req.key, "joined": joiner.key, "mid_tokens": len(mid.tokens),
                               "overlapped": bool(sent) and sent[0] < mid_end, "joined_answer": _summary(joined)}
     nonces = {r.key: r.nonce for r in [*reqs, joiner]}
     shown = {**at_once, **({f"{joiner.key}": joined} if isinstance(joined, Answer) else {})}
