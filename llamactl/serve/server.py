@@ -293,6 +293,9 @@ class ServerProcess:
 
     def crash(self) -> Crash:
         rc = self.proc.poll() if self.proc else None
+        if rc is not None and self._reader is not None:
+            # ggml prints an abort's backtrace through gdb (seconds of output on the same pipe): read to its end
+            self._reader.join(timeout=15)
         lines = self.log_lines()
         if rc is not None and not any(_ASSERT.search(ln) for ln in lines):
             # the reader may lag behind a dying server (ggml prints its backtrace through gdb, seconds
