@@ -287,12 +287,17 @@ def _overlap(spans: list[tuple[float, float]]) -> float:
     return max(0.0, min(e for _, e in spans) - max(s for s, _ in spans))
 
 
+CONCURRENCY_ROUNDS = 3   # rounds of n requests before "never together" is a verdict
+
+
 def concurrency(ctx: CellContext) -> dict:
     """As many simultaneous requests as slots, long enough that all slots decode together.
 
     Evidence that they did, first available: /slots sampled (``is_processing``), else /metrics sampled
     (``llamacpp:requests_processing``), else the server's per-response ``timings`` (the processing
     spans of all responses overlap). None available -> ERROR. With MTP, slots must draft meanwhile.
+    The requests leave together (a barrier); a round that shows no overlap is repeated, up to
+    ``CONCURRENCY_ROUNDS``, before "never together" is a FAIL (``rounds`` in the evidence).
     """
     n = ctx.profile.parallel
     peak: dict[str, Any] = {"slots": 0, "slot_samples": 0, "processing": 0, "metric_samples": 0, "error": None}
@@ -319,7 +324,13 @@ def concurrency(ctx: CellContext) -> dict:
                 pass
             time.sleep(0.05)
 
+    barrier = threading.Barrier(n)
+
     def one(i: int) -> tuple[int, dict | str, float, float]:
+        try:   # all requests leave together: a thread that starts late can miss a fast model's answer
+            barrier.wait(timeout=10)
+        except threading.BrokenBarrierError:
+            pass
         t = time.monotonic()
         r = _post(ctx, "/v1/chat/completions", {
             "model": ctx.model, "max_tokens": ctx.profile.harness.concurrent_max_tokens, "temperature": 0,
@@ -337,44 +348,58 @@ def concurrency(ctx: CellContext) -> dict:
             spec_before = metrics_lib.spec_counters(read_metrics(ctx))
         except CheckFailed:
             spec_before = None       # speculative_metrics reports a broken /metrics
-    th = threading.Thread(target=sampler, daemon=True) if (ctx.profile.slots or ctx.profile.metrics) and n > 1 else None
-    if th:
-        th.start()
-    t0 = time.monotonic()
-    try:
-        with ThreadPoolExecutor(max_workers=n) as pool:
-            results = list(pool.map(one, range(n)))
-    finally:
-        stop.set()
+    rounds = CONCURRENCY_ROUNDS if n > 1 else 1
+    for round_no in range(1, rounds + 1):
+        peak.update(slots=0, slot_samples=0, processing=0, metric_samples=0, error=None)
+        stop.clear()
+        barrier.reset()
+        th = threading.Thread(target=sampler, daemon=True) if (ctx.profile.slots or ctx.profile.metrics) and n > 1 else None
         if th:
-            th.join(timeout=5)
-    wall = time.monotonic() - t0
-    bad = [(code, body) for code, body, _, _ in results if code != 200 or not isinstance(body, dict)]
-    if bad:
-        raise CheckFailed(f"{len(bad)}/{n} requests failed: HTTP {bad[0][0]} {str(bad[0][1])[:150]}")
-    bodies = [body for _, body, _, _ in results if isinstance(body, dict)]   # every one: none was bad
-    for body in bodies:
-        shape = validate_chat_completion(body)
-        if shape:
-            raise CheckFailed(shape)
-    timings = [body.get("timings") for body in bodies]
-    for t in timings:
-        ctx.add_timings(t)
-    out_tokens = sum(body["usage"]["completion_tokens"] for body in bodies)
-    cut = cut_by_context(bodies, ctx.profile.harness.concurrent_max_tokens, ctx.server.get("n_ctx_slot"))
-    if cut:
-        raise CheckFailed(f"complete answers: {cut}; concurrent_max_tokens "
-                          f"{ctx.profile.harness.concurrent_max_tokens} needs the whole answer "
-                          "(a larger ctx, fewer slots or a smaller concurrent_max_tokens)")
-    data: dict[str, Any] = {"requests": n, "output_tokens": out_tokens, "wall_s": round(wall, 3),
-                            "tokens_per_s": round(out_tokens / wall, 2) if wall else None,
-                            "peak_busy_slots": peak["slots"] if peak["slot_samples"] else None,
-                            "slot_samples": peak["slot_samples"],
-                            "peak_requests_processing": peak["processing"] if peak["metric_samples"] else None}
-    if n > 1:
+            th.start()
+        t0 = time.monotonic()
+        try:
+            with ThreadPoolExecutor(max_workers=n) as pool:
+                results = list(pool.map(one, range(n)))
+        finally:
+            stop.set()
+            if th:
+                th.join(timeout=5)
+        wall = time.monotonic() - t0
+        bad = [(code, body) for code, body, _, _ in results if code != 200 or not isinstance(body, dict)]
+        if bad:
+            raise CheckFailed(f"{len(bad)}/{n} requests failed: HTTP {bad[0][0]} {str(bad[0][1])[:150]}")
+        bodies = [body for _, body, _, _ in results if isinstance(body, dict)]   # every one: none was bad
+        for body in bodies:
+            shape = validate_chat_completion(body)
+            if shape:
+                raise CheckFailed(shape)
+        timings = [body.get("timings") for body in bodies]
+        for t in timings:
+            ctx.add_timings(t)
+        out_tokens = sum(body["usage"]["completion_tokens"] for body in bodies)
+        cut = cut_by_context(bodies, ctx.profile.harness.concurrent_max_tokens, ctx.server.get("n_ctx_slot"))
+        if cut:
+            raise CheckFailed(f"complete answers: {cut}; concurrent_max_tokens "
+                              f"{ctx.profile.harness.concurrent_max_tokens} needs the whole answer "
+                              "(a larger ctx, fewer slots or a smaller concurrent_max_tokens)")
+        data: dict[str, Any] = {"requests": n, "output_tokens": out_tokens, "wall_s": round(wall, 3),
+                                "tokens_per_s": round(out_tokens / wall, 2) if wall else None,
+                                "peak_busy_slots": peak["slots"] if peak["slot_samples"] else None,
+                                "slot_samples": peak["slot_samples"],
+                                "peak_requests_processing": peak["processing"] if peak["metric_samples"] else None,
+                                "rounds": round_no}
+        if n == 1:
+            break
         if peak["error"]:
             raise CheckFailed(peak["error"], data)
-        _judge_overlap(n, peak, results, timings, data, ctx)
+        try:
+            _judge_overlap(n, peak, results, timings, data, ctx)
+            break
+        except CheckFailed as exc:
+            # a fast model can answer one request before the other is parsed on a loaded machine: only
+            # rounds that all fail to overlap make a verdict
+            if round_no == rounds:
+                raise CheckFailed(f"{exc} ({rounds} rounds)", exc.data) from None
     if ctx.profile.enable_mtp:
         during = None
         if spec_before is not None:

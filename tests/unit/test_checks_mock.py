@@ -359,3 +359,30 @@ def test_server_view_from_the_log_when_props_and_slots_are_off():
     r, ctx = run_view({"parallel": 2, "ctx": 4096}, log, props=httpx.Response(404, text="not found"))
     assert r.status == Status.FAIL and "the server runs 1 slot(s), the cell claims parallel=2" in r.detail
     assert ctx.server == {"sources": ["log"], "n_slots": 1, "n_ctx_slot": 2048, "kv_unified": True, "n_ctx_total": 2048}
+
+
+def test_concurrency_repeats_a_round_that_did_not_overlap_before_failing():
+    """A fast model can answer one request before the other arrives on a loaded machine (CI: two shards
+    on 2 cores): a round without overlap is repeated; only rounds that all fail make a FAIL."""
+    lock, calls = threading.Lock(), []
+
+    def serial_first_round(req: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        if len(calls) <= 2:   # round 1: one at a time
+            with lock:
+                time.sleep(0.1)
+        else:
+            time.sleep(0.1)
+        return httpx.Response(200, json=dict(CHAT, timings=dict(TIMINGS, prompt_ms=0.0, predicted_ms=95.0)))
+    r = run("concurrency", mk(chat=serial_first_round), parallel=2)
+    assert r.status == Status.PASS and r.data["rounds"] == 2 and r.data["overlap_s"] > 0
+    calls.clear()
+
+    def always_serial(req: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        with lock:
+            time.sleep(0.1)
+        return httpx.Response(200, json=dict(CHAT, timings=dict(TIMINGS, prompt_ms=0.0, predicted_ms=95.0)))
+    r = run("concurrency", mk(chat=always_serial), parallel=2)
+    assert r.status == Status.FAIL and f"({checks.CONCURRENCY_ROUNDS} rounds)" in r.detail
+    assert len(calls) == 2 * checks.CONCURRENCY_ROUNDS and r.data["rounds"] == checks.CONCURRENCY_ROUNDS
