@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rich.markup import escape
 
@@ -15,14 +15,25 @@ def _sigterm_to_interrupt(signum: int, frame: Any) -> None:  # noqa: ARG001
     raise KeyboardInterrupt
 
 
-def stop_on_signals() -> None:
+def stop_on_signals(on_signal: Callable[[], None] | None = None) -> None:
     """Ctrl-C and SIGTERM both unwind through the `finally` that stops llama-server.
 
     SIGINT is set explicitly: a process started in the background by a non-interactive
     shell inherits SIGINT as ignored, and Python then never raises KeyboardInterrupt.
+    With ``on_signal`` (load, soak: stop the traffic, still write the report) the first signal
+    calls it and a second one interrupts at once.
     """
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    if on_signal is None:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+        return
+
+    def first(signum: int, frame: Any) -> None:  # noqa: ARG001
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+        on_signal()
+    signal.signal(signal.SIGINT, first)
+    signal.signal(signal.SIGTERM, first)
 
 
 def warn(msg: str) -> None:

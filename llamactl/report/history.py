@@ -106,6 +106,15 @@ def _cell_rows(kind: str, run: dict[str, Any], build_key: str) -> Iterator[tuple
             yield (c.get("cell", "?"), "", str(c.get("status") or "ok"), (builds.get(c.get("build")) or {}).get("key", build_key),
                    None, None, None, None, str(c.get("error") or ""))
             continue
+        if kind == runs.LOAD:
+            for lv in c.get("levels") or []:
+                yield (c.get("cell", "?"), lv.get("level", "?"), "error" if lv.get("errors") else "ok", build_key, None,
+                       (lv.get("ttft_s") or {}).get("p50"), lv.get("acceptance"), lv.get("output_tok_per_s"),
+                       ", ".join(f"{k} {n}" for k, n in (lv.get("errors") or {}).items()) or str(c.get("error") or ""))
+            continue
+        if kind == runs.SOAK:
+            yield (c.get("cell", "?"), "", runs.status_of(c), build_key, None, None, None, None, str(c.get("reason") or ""))
+            continue
         for v, r in (c.get("variants") or {}).items():
             yield (c.get("cell", "?"), v, "error" if r.get("error") else "ok",
                    (builds.get(v) or {}).get("key", build_key), runs.median(runs.decode_samples(r)),
@@ -128,6 +137,17 @@ def _summary(kind: str, run: dict[str, Any]) -> tuple[bool | None, str]:
         gate = (run.get("gate") or {}).get("worst")
         ok = bad == 0 and gate != "regression"
         return ok, f"{len(cells)} candidate(s)" + (f", {bad} error(s)" if bad else "") + (f", gate {gate}" if gate else "")
+    if kind == runs.LOAD:
+        cells = run.get("cells") or []
+        bad = sum(1 for c in cells if c.get("error"))
+        gate = (run.get("gate") or {}).get("worst")
+        return bad == 0 and gate != "regression", f"{len(cells)} cell(s) x {len((run.get('meta') or {}).get('levels') or [])} load(s)" \
+            + (f", {bad} error(s)" if bad else "") + (f", gate {gate}" if gate else "")
+    if kind == runs.SOAK:
+        cells = run.get("cells") or []
+        bad = [c for c in cells if runs.is_problem(c)]
+        return not bad, f"{len(cells)} cell(s), {len(bad)} failed" + (
+            f": {bad[0].get('reason', '')[:80]}" if bad else "")
     n = len(run.get("cells") or [])
     errors = sum(1 for c in run.get("cells") or [] for r in (c.get("variants") or {}).values() if r.get("error"))
     return errors == 0, f"{n} cell(s)" + (f", {errors} arm error(s)" if errors else "")
@@ -240,6 +260,12 @@ class History:
         return [CellRow(r["run_id"], r["started_at"], r["cell"], r["variant"], r["status"], r["build_key"],
                         json.loads(r["build"]), r["machine_id"], r["decode_tps"], r["ttft_s"], r["acceptance"],
                         r["tokens_per_s"], r["reason"]) for r in reversed(rows)]
+
+    def last_run(self, profile: str, kind: str, machine_id: str) -> tuple[int, dict[str, Any]] | None:
+        """The newest run of this kind and profile on this machine: (run id, its JSON), or None."""
+        sql = "SELECT id, data FROM runs WHERE kind = ? AND profile = ? AND machine_id = ? ORDER BY id DESC LIMIT 1"
+        row = self._run(lambda db: db.execute(sql, (kind, profile, machine_id)).fetchone(), read_only=True)
+        return (int(row["id"]), json.loads(row["data"])) if row is not None else None
 
     def get(self, run_id: int) -> dict[str, Any]:
         """A stored run's JSON plus ``history`` (id, machine, build). LlamactlError when there is none."""

@@ -88,3 +88,25 @@ def trend_png(rows: list[CellRow], path: Path, profile: str | None) -> None:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     _save(plt, fig, path)
+
+
+def load_png(run: dict[str, Any], path: Path, option: str = "--plot") -> None:
+    """Throughput vs latency of a load run: per cell, output tok/s (x) against p50 and p90 end-to-end
+    latency (y, s), one point per load, labelled with the load."""
+    plt = _pyplot(option)
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    for i, c in enumerate(run.get("cells") or []):
+        pts = [(lv.get("output_tok_per_s"), (lv.get("e2e_s") or {}).get("p50"), (lv.get("e2e_s") or {}).get("p90"), lv.get("level"))
+               for lv in c.get("levels") or [] if lv.get("output_tok_per_s") and (lv.get("e2e_s") or {}).get("p50")]
+        if not pts:
+            continue
+        xs, p50, p90, labels = zip(*pts)
+        ax.plot(xs, p50, "o-", color=f"C{i}", label=f"{c.get('cell')} p50")
+        ax.plot(xs, p90, "s--", color=f"C{i}", alpha=0.6, label=f"{c.get('cell')} p90")
+        for x, y, lab in zip(xs, p50, labels):
+            ax.annotate(str(lab), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("output tokens/s (all requests)")
+    ax.set_ylabel("end-to-end latency (s)")
+    ax.set_title(f"llamactl load {run.get('profile', '')}: throughput vs latency")
+    ax.legend(fontsize=8)
+    _save(plt, fig, path)

@@ -14,8 +14,8 @@ from typing import Any
 from llamactl.core.errors import BadInput, LlamactlError
 from llamactl.core.files import read_text
 
-VALIDATE, BENCH, QUALITY = "validate", "bench", "quality"
-KINDS = (VALIDATE, BENCH, QUALITY)
+VALIDATE, BENCH, QUALITY, LOAD, SOAK = "validate", "bench", "quality", "load", "soak"
+KINDS = (VALIDATE, BENCH, QUALITY, LOAD, SOAK)
 # statuses that are not a problem; anything else (fail, error, xpass, interrupted, unknown) is listed as one
 NOT_A_PROBLEM = {"pass", "skip", "xfail", "not_run", "not-run", "notrun", "skipped", "passed"}
 
@@ -31,7 +31,7 @@ def is_problem(cell: dict[str, Any]) -> bool:
 
 
 def kind_of(run: Any) -> str:
-    """``validate``, ``bench`` or ``quality`` (which says so in ``kind``); BadInput when ``run`` is none of them."""
+    """``validate``, ``bench``, or ``quality``/``load``/``soak`` (which say so in ``kind``); BadInput when ``run`` is none."""
     if not isinstance(run, dict):
         raise BadInput("not a llamactl run: expected a JSON object with 'cells'")
     if run.get("kind") in KINDS:
