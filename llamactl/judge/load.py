@@ -232,7 +232,8 @@ def load_cell(base: profiles.Resolved, cell: Cell, binary: launcher.Binary, run_
         out["argv"] = plan.argv
         sp = launcher.start(plan, log)
         sp.wait_healthy(prof.health_timeout)
-        with sp.client(limits=httpx.Limits(max_connections=MAX_IN_FLIGHT + 8, max_keepalive_connections=MAX_IN_FLIGHT)) as client:
+        # a new connection per request (as bench): a kept-alive one the server closed meanwhile would fail
+        with sp.client(limits=httpx.Limits(max_connections=MAX_IN_FLIGHT + 8, max_keepalive_connections=0)) as client:
             tpw, overhead = traffic.calibrate(client, sp.url)
             s = Settings(**{**s.__dict__, "tokens_per_word": tpw, "overhead": overhead})
             out["tokens_per_word"] = round(tpw, 3)

@@ -146,6 +146,21 @@ class QualityBounds(BaseModel):
     top1_min: float = Field(ge=0, le=1, description="top-1 agreement (0-1) at least this")
 
 
+class SoakBounds(BaseModel):
+    """``soak``'s verdict thresholds for one profile or cell (``harness.soak``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    memory_slope_mib_per_h: float = Field(
+        default=512.0, gt=0, description="soak: growth of RssAnon+VmSwap less the prompt cache's own size after warm-up, MiB per hour, at most")
+    slot_release_s: float = Field(
+        default=2.0, gt=0, description="soak: seconds a slot may stay busy after its client left (or with no client)")
+    acceptance_drop_max: float = Field(
+        default=0.10, ge=0, le=1, description="soak: draft acceptance in the last tenth at most this much (0-1) under the first tenth's")
+    tps_ratio_min: float = Field(
+        default=0.70, gt=0, le=1, description="soak: server decode tok/s in the last tenth at least this ratio of the first tenth's")
+    warmup: float = Field(default=0.2, ge=0, lt=0.9, description="soak: fraction of the run left out of the memory slope")
+
+
 class Harness(BaseModel):
     """What llamactl's harness (validate, bench) expects of a cell and how long it waits: not llama-server
     flags. A profile's ``harness:`` block; the same keys at the top level (the older form) and in matrix
@@ -176,6 +191,7 @@ class Harness(BaseModel):
     tie_margin: float = Field(
         default=0.05, ge=0, le=1, description="validate: answers that part where the reference's top-2 probability "
                                               "margin is under this are WARN 'numerics', not FAIL")
+    soak: SoakBounds = Field(default_factory=SoakBounds, description="soak: verdict thresholds (memory slope, slot release, drift)")
     reference_kv: str = Field(default="f16", description="validate: the KV cache type kv_quality compares against")
     expect_quality: QualityBounds | None = Field(
         default=None, description="validate: kv_quality bounds {kl_max, top1_min}; default by KV type (8-bit: 0.01 "

@@ -1,0 +1,535 @@
+"""`llamactl soak`: hours of mixed agent traffic on one server per cell, and whether the server lasts.
+
+Traffic (seeded; ``clients`` threads, each an agent whose conversation grows turn by turn and starts
+again at half the slot's context), as coding agents send it: short and long turns, streaming and not,
+``/v1/messages`` with system blocks and tools, clients that leave mid-stream, prompts longer than the
+slot's context (an error is the right answer there), and right-answer probes: a reference request (``judge/answers.py``) whose answer under
+load must equal its answer alone.
+
+A sampler reads, every ``sample_s``: the server process from /proc (VmRSS, VmHWM, RssAnon, VmSwap,
+threads, open files), busy slots (``/slots`` ``is_processing``) against the requests the clients have in
+flight, and the prompt cache's own size from the server log (``cache state: N prompts, X MiB``).
+
+Verdicts (thresholds: the profile's ``harness.soak``, :class:`SoakBounds`):
+
+- ``memory``: slope of RssAnon + VmSwap less the prompt cache's size after warm-up, MiB per hour (the
+  host prompt cache grows with distinct prompts by design, llama.cpp #25740; swap hides leaks from RSS);
+- ``slots_released``: no slot busy beyond the requests in flight for longer than ``slot_release_s``;
+- ``drift``: draft acceptance and server decode tok/s of the last tenth against the first tenth;
+- ``errors``: no 5xx, no crash, no timeout; every request answered, or failed with the reason it should;
+- ``answers``: the probes' answers under load equal their answers alone (the validate rule for numerics).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+
+from llamactl.core.errors import LlamactlError
+from llamactl.core.procstat import anon_swap_mib, open_files, read_status
+from llamactl.judge import answers as A, traffic
+from llamactl.judge.matrix import Cell, cell_profile, slug
+from llamactl.judge.status import Status
+from llamactl.judge.traffic import Record, pcts
+from llamactl.serve import launcher, profiles
+from llamactl.serve.profiles import SoakBounds
+from llamactl.serve.server import ServerDied, ServerProcess
+
+# the traffic mix: kind -> weight
+MIX = {"chat": 4, "chat-stream": 3, "long-stream": 2, "messages": 2, "messages-stream": 2, "disconnect": 2,
+       "overrun": 1, "answer": 2}
+CACHE_STATE = re.compile(r"cache state: (\d+) prompts, ([\d.]+) MiB")
+LEAVE_AFTER = 3          # content chunks a leaving client reads first
+
+
+@dataclass
+class Sample:
+    """One reading of the server (times in s since the soak's start, memory in MiB)."""
+
+    t: float
+    rss: float | None = None
+    hwm: float | None = None
+    anon_swap: float | None = None
+    swap: float | None = None
+    threads: float | None = None
+    open_files: int | None = None
+    busy: int | None = None
+    in_flight: int = 0
+    cache_mib: float = 0.0
+    cache_prompts: int = 0
+
+
+@dataclass
+class Verdict:
+    name: str
+    status: Status
+    detail: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "status": self.status.value, "detail": self.detail, "data": self.data}
+
+
+@dataclass
+class Settings:
+    """``duration_s`` of traffic (s), ``clients`` (None: the cell's slots), ``sample_s`` between readings."""
+
+    duration_s: float = 1800.0
+    clients: int | None = None
+    sample_s: float = 1.0
+    seed: int = 42
+    timeout: float = 120.0
+
+
+def linear_slope(points: list[tuple[float, float]]) -> float | None:
+    """Least-squares slope of (x, y) points (y units per x unit); None below 3 points or no spread in x."""
+    if len(points) < 3:
+        return None
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    if sxx <= 0:
+        return None
+    return sum((x - mx) * (y - my) for x, y in points) / sxx
+
+
+class _LogCache:
+    """The prompt cache's size as the server last logged it (``cache state: N prompts, X MiB``)."""
+
+    def __init__(self, log: Path) -> None:
+        self.log, self.pos, self.mib, self.prompts = log, 0, 0.0, 0
+
+    def read(self) -> None:
+        try:
+            with self.log.open("r", errors="replace") as f:
+                f.seek(self.pos)
+                text = f.read()
+                self.pos = f.tell()
+        except OSError:
+            return
+        for m in CACHE_STATE.finditer(text):
+            self.prompts, self.mib = int(m.group(1)), float(m.group(2))
+
+
+# ---- verdicts -------------------------------------------------------------------------------------
+
+
+def memory_verdict(samples: list[Sample], b: SoakBounds, duration_s: float, n_requests: int) -> Verdict:
+    """The memory slope after warm-up (MiB/h) of RssAnon+VmSwap less the prompt cache, against its bound."""
+    start = b.warmup * duration_s
+    pts = [(s.t, s.anon_swap - s.cache_mib) for s in samples if s.t >= start and s.anon_swap is not None]
+    raw = [(s.t, s.rss) for s in samples if s.t >= start and s.rss is not None]
+    cache = [(s.t, s.cache_mib) for s in samples if s.t >= start]
+    slope = linear_slope(pts)
+    data: dict[str, Any] = {
+        "slope_mib_per_h": None if slope is None else round(slope * 3600, 1),
+        "rss_slope_mib_per_h": None if (r := linear_slope(raw)) is None else round(r * 3600, 1),
+        "cache_slope_mib_per_h": None if (c := linear_slope(cache)) is None else round(c * 3600, 1),
+        "bound_mib_per_h": b.memory_slope_mib_per_h, "after_s": round(start, 1), "samples": len(pts),
+        "peak_rss_mib": max((s.hwm or 0 for s in samples), default=None),
+        "swap_mib": max((s.swap or 0 for s in samples), default=None),
+        "growth_mib": round(pts[-1][1] - pts[0][1], 1) if len(pts) > 1 else None}
+    if slope is None:
+        return Verdict("memory", Status.SKIP, f"too few samples after warm-up ({len(pts)}): run longer", data)
+    if n_requests and len(pts) > 1:
+        data["kib_per_request"] = round(1024 * (pts[-1][1] - pts[0][1]) / n_requests, 1)
+    line = (f"RssAnon+VmSwap less the prompt cache grows {slope * 3600:+.0f} MiB/h after warm-up (bound "
+            f"{b.memory_slope_mib_per_h:g}; RSS {data['rss_slope_mib_per_h']:+.0f}, prompt cache "
+            f"{data['cache_slope_mib_per_h']:+.0f} MiB/h)")
+    return Verdict("memory", Status.FAIL if slope * 3600 > b.memory_slope_mib_per_h else Status.PASS, line, data)
+
+
+def slots_verdict(samples: list[Sample], b: SoakBounds, departures: list[float]) -> Verdict:
+    """FAIL when more slots were busy than requests in flight for longer than ``slot_release_s`` in a row."""
+    longest, since, worst_at = 0.0, None, None
+    for s in samples:
+        if s.busy is not None and s.busy > s.in_flight:
+            since = s.t if since is None else since
+            if s.t - since > longest:
+                longest, worst_at = s.t - since, since
+        else:
+            since = None
+    data = {"longest_s": round(longest, 2), "at_s": None if worst_at is None else round(worst_at, 1),
+            "bound_s": b.slot_release_s, "clients_left": len(departures),
+            "samples": sum(1 for s in samples if s.busy is not None)}
+    if not data["samples"]:
+        return Verdict("slots_released", Status.SKIP, "no /slots samples (slots: false?)", data)
+    if longest > b.slot_release_s:
+        return Verdict("slots_released", Status.FAIL, f"a slot stayed busy with no client for {longest:.1f} s from "
+                       f"{worst_at:.0f} s (bound {b.slot_release_s:g} s; {len(departures)} clients left mid-stream)", data)
+    return Verdict("slots_released", Status.PASS, f"busy slots never outlived their clients by more than "
+                   f"{b.slot_release_s:g} s ({len(departures)} clients left mid-stream; longest {longest:.1f} s)", data)
+
+
+def _tenths(records: list[Record], duration_s: float) -> tuple[list[Record], list[Record]]:
+    tenth = duration_s / 10
+    first = [r for r in records if r.ok and r.end_s <= tenth]
+    last = [r for r in records if r.ok and r.start_s >= duration_s - tenth]
+    return first, last
+
+
+def _acceptance(rs: list[Record]) -> float | None:
+    drafted = sum(r.server.get("draft_n") or 0 for r in rs)
+    return sum(r.server.get("draft_n_accepted") or 0 for r in rs) / drafted if drafted else None
+
+
+def drift_verdict(records: list[Record], b: SoakBounds, duration_s: float) -> Verdict:
+    """Draft acceptance and median server decode tok/s (``timings.predicted_per_second``) of requests in the
+    last tenth against the first tenth."""
+    first, last = _tenths(records, duration_s)
+    tps = [pcts([r.server.get("predicted_per_second") for r in rs if (r.output_tokens or 0) > 1])["p50"] for rs in (first, last)]
+    acc = [_acceptance(rs) for rs in (first, last)]
+    data = {"tok_per_s": {"first": tps[0], "last": tps[1]}, "acceptance": {"first": acc[0], "last": acc[1]},
+            "requests": {"first": len(first), "last": len(last)}, "tps_ratio_min": b.tps_ratio_min,
+            "acceptance_drop_max": b.acceptance_drop_max}
+    problems = []
+    if tps[0] and tps[1]:
+        data["tps_ratio"] = round(tps[1] / tps[0], 3)
+        if tps[1] / tps[0] < b.tps_ratio_min:
+            problems.append(f"decode tok/s fell to {tps[1] / tps[0]:.0%} of the first tenth's ({tps[1]:.0f} vs {tps[0]:.0f})")
+    if acc[0] is not None and acc[1] is not None and acc[0] - acc[1] > b.acceptance_drop_max:
+        problems.append(f"draft acceptance fell from {acc[0]:.0%} to {acc[1]:.0%}")
+    if problems:
+        return Verdict("drift", Status.FAIL, "; ".join(problems), data)
+    if not tps[0] or not tps[1]:
+        return Verdict("drift", Status.SKIP, "too few requests in the first or last tenth to compare", data)
+    acc_s = "" if acc[0] is None or acc[1] is None else f", acceptance {acc[0]:.0%} -> {acc[1]:.0%}"
+    return Verdict("drift", Status.PASS, f"last tenth decode tok/s {tps[1] / tps[0]:.0%} of the first's{acc_s}", data)
+
+
+def errors_verdict(records: list[Record], crash: str | None) -> Verdict:
+    """No crash, 5xx, timeout or broken stream; an error only where one is the answer (a prompt over the
+    slot's context); every request accounted for."""
+    kinds = Counter(r.error for r in records if r.error)
+    unexpected = [r for r in records if r.error and not r.expected_error]
+    wrong_ok = [r for r in records if r.expected_error and r.ok]
+    data = {"requests": len(records), "answered": sum(1 for r in records if r.ok and not r.left),
+            "left": sum(1 for r in records if r.left), "errors": dict(kinds),
+            "expected_errors": sum(1 for r in records if r.error and r.expected_error),
+            "examples": [f"{r.kind} at {r.start_s:.0f} s: {r.error} {r.detail[:120]}" for r in unexpected[:5]],
+            "overrun_answered": len(wrong_ok)}
+    if crash:
+        return Verdict("errors", Status.FAIL, f"the server died: {crash}", data)
+    if unexpected:
+        top = Counter(r.error for r in unexpected).most_common()
+        return Verdict("errors", Status.FAIL, f"{len(unexpected)} of {len(records)} requests failed: "
+                       + ", ".join(f"{n} {k}" for k, n in top) + f" (first: {data['examples'][0]})", data)
+    return Verdict("errors", Status.PASS, f"{len(records)} requests: {data['answered']} answered, {data['left']} "
+                   f"left on purpose, {data['expected_errors']} refused as they should be", data)
+
+
+def answers_verdict(probes: list[tuple[A.Answer, A.Answer, float]], exact: bool, tie_margin: float) -> Verdict:
+    """Each probe's answer under load (cache off) against its answer alone, judged as validate judges."""
+    if not probes:
+        return Verdict("answers", Status.SKIP, "no answer probes ran (too short a soak?)", {"probes": 0})
+    verdicts = [(A.judge(A.first_divergence(alone, got, alone), exact=exact, tie_margin=tie_margin,
+                         what=f"{got.key} at {t:.0f} s under load vs alone"), t) for alone, got, t in probes]
+    data: dict[str, Any] = {"probes": len(probes), "differ": [v.divergence.to_dict() for v, _ in verdicts if v.divergence]}
+    for status in (Status.FAIL, Status.WARN):
+        hit = [v for v, _ in verdicts if v.status == status]
+        if hit:
+            return Verdict("answers", status, f"{len(hit)}/{len(probes)} probes differ: {hit[0].detail}", data)
+    return Verdict("answers", Status.PASS, f"{len(probes)} answers under load equal their answers alone", data)
+
+
+# ---- the run --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """What the terminal shows while a soak runs (the CLI draws it)."""
+
+    cell: str
+    elapsed_s: float
+    duration_s: float
+    requests: int
+    errors: int
+    rss_mib: float | None
+
+
+class _Session:
+    """One agent's conversation: a system prompt and the turns so far, growing until half the slot's
+    context, then a new one (as agents send it: each request repeats the conversation, so the slot and the
+    prompt cache reuse its prefix)."""
+
+    def __init__(self, client_no: int) -> None:
+        self.client_no = client_no
+        self.restart(0)
+
+    def restart(self, i: int) -> None:
+        self.tag = f"c{self.client_no}s{i}"
+        self.system = f"You are coding agent {self.tag}. Answer briefly."
+        self.turns: list[dict[str, str]] = []
+        self.tokens = 0
+
+    def add(self, user: str, answer: str, tokens: int) -> None:
+        self.turns += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+        self.tokens = tokens
+
+
+class _Traffic:
+    """The soak's clients: seeded request kinds and lengths, every request recorded."""
+
+    def __init__(self, client: httpx.Client, url: str, model: str, n_ctx_slot: int, s: Settings, t0: float,
+                 probes: dict[str, tuple[A.AnswerRequest, A.Answer]], calib: tuple[float, int]) -> None:
+        self.client, self.url, self.model, self.n_ctx_slot, self.s, self.t0 = client, url, model, n_ctx_slot, s, t0
+        self.probes = probes
+        self.tpw, self.overhead = calib
+        self.lock = threading.Lock()
+        self.records: list[Record] = []
+        self.probe_results: list[tuple[A.Answer, A.Answer, float]] = []
+        self.departures: list[float] = []
+        self.in_flight = 0
+        self.errors = 0
+
+    def prompt(self, rng: random.Random, n: int, tag: str) -> str:
+        return traffic.prompt_text(n, rng, tag, self.tpw, self.overhead)
+
+    def one(self, rng: random.Random, i: int, session: "_Session") -> None:
+        """One request of ``session``'s conversation (or a one-off: overrun, probe), recorded."""
+        kind = rng.choices(list(MIX), weights=list(MIX.values()))[0]
+        short_max = max(8, min(96, self.n_ctx_slot // 8))
+        long_max = max(short_max + 1, min(1024, self.n_ctx_slot // 4))
+        path, leave, expected = "/v1/chat/completions", None, False
+        if kind == "answer":
+            self._probe(rng.choice(sorted(self.probes)))
+            return
+        if kind == "overrun":   # a prompt longer than the slot's context; the server must refuse it with a reason
+            body = traffic.chat_body(self.prompt(rng, self.n_ctx_slot + 64, f"x{i}"), 16, stream=False, model=self.model)
+            expected = True
+        else:
+            n_new = rng.randint(short_max, long_max) if kind == "long-stream" else rng.randint(16, short_max)
+            if session.tokens + 2 * n_new + 128 > self.n_ctx_slot // 2:   # the conversation is full: a new one
+                session.restart(i)
+            user = self.prompt(rng, n_new, f"{session.tag} turn {len(session.turns) // 2 + 1}")
+            n_out = rng.randint(8, 48) if kind != "long-stream" else rng.randint(16, 64)
+            if kind == "disconnect":   # a long answer the client walks away from
+                n_out = max(64, self.n_ctx_slot - 2 * (session.tokens + n_new) - 64)
+                leave = LEAVE_AFTER
+            stream = kind in ("chat-stream", "long-stream", "messages-stream", "disconnect")
+            if kind.startswith("messages"):
+                path = "/v1/messages"
+                body = traffic.messages_body("", n_out, stream=stream, model=self.model)
+                body["messages"] = [*session.turns, {"role": "user", "content": user}]
+            else:
+                body = traffic.chat_body("", n_out, stream=stream, model=self.model, system=session.system)
+                body["messages"] = [body["messages"][0], *session.turns, {"role": "user", "content": user}]
+        with self.lock:
+            self.in_flight += 1
+        try:
+            rec = traffic.send(self.client, self.url, path, body, kind=kind, t0=self.t0, timeout=self.s.timeout,
+                               leave_after_tokens=leave)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+        rec.expected_error = expected and rec.error == traffic.HTTP_4XX   # refused with a reason: right
+        self._keep(rec)
+        if rec.left:
+            with self.lock:
+                self.departures.append(rec.end_s)
+        elif rec.ok and not expected:
+            # the conversation's length: the server's count of the whole prompt where the answer has one (usage),
+            # never less than the sum of the turns (a streamed answer may carry only the evaluated tokens)
+            session.add(user, rec.text or ".", max(rec.prompt_tokens or 0, session.tokens + n_new + 16) + (rec.output_tokens or 0))
+
+    def _keep(self, rec: Record) -> None:
+        with self.lock:
+            self.records.append(rec)
+            if rec.error and not rec.expected_error:
+                self.errors += 1
+
+    def _probe(self, key: str) -> None:
+        req, alone = self.probes[key]
+        with self.lock:
+            self.in_flight += 1
+        t = time.monotonic() - self.t0
+        rec = Record("answer", t)
+        try:
+            r = self.client.post(f"{self.url}{req.path}", json=req.body(n_probs=A.N_PROBS if req.path == "/completion" else 0,
+                                                                          model=self.model), timeout=self.s.timeout)
+            rec.status = r.status_code
+            if r.status_code != 200:
+                rec.error, rec.detail = traffic._kind_of_status(r.status_code), r.text[:200]
+            else:
+                got = A.parse_answer(req, r.json())
+                rec.output_tokens = len(got.tokens)
+                with self.lock:
+                    self.probe_results.append((alone, got, t))
+        except httpx.TimeoutException as exc:
+            rec.error, rec.detail = traffic.TIMEOUT, type(exc).__name__
+        except httpx.TransportError as exc:
+            rec.error, rec.detail = traffic.CONNECT, f"{type(exc).__name__}: {exc}"[:200]
+        except (ValueError, A.BadAnswer) as exc:
+            rec.error, rec.detail = traffic.STREAM, str(exc)[:200]
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+        rec.end_s = time.monotonic() - self.t0
+        self._keep(rec)
+
+
+def _alone(client: httpx.Client, url: str, model: str, timeout: float) -> dict[str, tuple[A.AnswerRequest, A.Answer]]:
+    """The probes' answers alone (nothing else in flight, cache off), before the traffic starts."""
+    out = {}
+    for req in (A.short_request(0, "soak"), A.short_request(1, "soak"), A.chat_request("soak")):
+        r = client.post(f"{url}{req.path}", json=req.body(n_probs=A.N_PROBS if req.path == "/completion" else 0,
+                                                          model=model), timeout=timeout)
+        if r.status_code != 200:
+            raise LlamactlError(f"soak: the answer probe {req.key} failed alone: HTTP {r.status_code} {r.text[:150]}")
+        out[req.key] = (req, A.parse_answer(req, r.json()))
+    return out
+
+
+def _slot_busy(client: httpx.Client, url: str) -> int | None:
+    try:
+        r = client.get(f"{url}/slots", timeout=5)
+        if r.status_code != 200:
+            return None
+        slots = r.json()
+        return sum(1 for s in slots if isinstance(s, dict) and s.get("is_processing")) if isinstance(slots, list) else None
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def soak_cell(base: profiles.Resolved, cell: Cell, binary: launcher.Binary, run_dir: Path, s: Settings,
+              progress: Callable[[Progress], None] | None = None, stop: threading.Event | None = None) -> dict[str, Any]:
+    """One server for ``cell``, ``s.duration_s`` of mixed traffic, the verdicts.
+
+    Returns ``{"cell", "status", "reason", "verdicts", "samples", "kinds", "latency", "log", "argv"}``; a
+    server that fails to start is the cell's ``error`` status with its cause; ``stop`` (Ctrl-C) ends the
+    traffic early and the verdicts are made on what ran (``interrupted``).
+    """
+    stop = stop or threading.Event()
+    resolved = cell_profile(base, cell)
+    prof = resolved.profile
+    bounds = prof.harness.soak
+    model = prof.alias or "model"
+    log = run_dir / f"soak-{slug(cell.id)}.log"
+    out: dict[str, Any] = {"cell": cell.id, "overrides": cell.values, "status": Status.ERROR.value, "reason": "",
+                           "verdicts": [], "samples": [], "log": str(log), "bounds": bounds.model_dump()}
+    sp: ServerProcess | None = None
+    try:
+        plan = launcher.plan(resolved, binary=binary)
+        out["argv"] = plan.argv
+        sp = launcher.start(plan, log)
+        sp.wait_healthy(prof.health_timeout)
+        clients = s.clients or prof.parallel
+        # a new connection per request: a kept-alive one the server closed meanwhile fails the next request
+        # ("Server disconnected without sending a response"), a client artefact, not the server's fault
+        limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=0)
+        with sp.client(limits=limits) as client, sp.client() as side:
+            n_ctx_slot = _n_ctx_slot(side, sp.url) or max(256, (prof.ctx_size or 4096) // max(1, prof.parallel))
+            calib = traffic.calibrate(side, sp.url)
+            probes = _alone(client, sp.url, model, s.timeout)
+            t0 = time.monotonic()
+            tr = _Traffic(client, sp.url, model, n_ctx_slot, s, t0, probes, calib)
+            samples = _run_traffic(tr, sp, side, log, s, clients, stop, cell.id, progress)
+        duration = min(s.duration_s, samples[-1].t if samples else s.duration_s)
+        crash = None if sp.alive() else sp.crash().summary()
+        records = sorted(tr.records, key=lambda r: r.start_s)
+        verdicts = [memory_verdict(samples, bounds, duration, len(records)),
+                    slots_verdict(samples, bounds, tr.departures),
+                    drift_verdict(records, bounds, duration),
+                    errors_verdict(records, crash),
+                    answers_verdict(tr.probe_results, prof.harness.exact_answers, prof.harness.tie_margin)]
+        out.update(verdicts=[v.to_dict() for v in verdicts], samples=[vars(x) for x in samples],
+                   duration_s=round(duration, 1), interrupted=stop.is_set(), clients=clients, n_ctx_slot=n_ctx_slot,
+                   kinds=dict(Counter(r.kind for r in records)), latency=_latency(records),
+                   series=_series(records, duration))
+        bad = [v for v in verdicts if v.status == Status.FAIL]
+        warn = [v for v in verdicts if v.status == Status.WARN]
+        out["status"] = (Status.FAIL if bad else Status.WARN if warn else Status.PASS).value
+        out["reason"] = "; ".join(f"{v.name}: {v.detail}" for v in bad or warn)
+    except (ServerDied, LlamactlError) as exc:
+        out["reason"] = str(exc)
+    finally:
+        if sp is not None:
+            sp.stop()
+    return out
+
+
+def _n_ctx_slot(client: httpx.Client, url: str) -> int | None:
+    try:
+        slots = client.get(f"{url}/slots", timeout=5).json()
+        return int(slots[0]["n_ctx"]) if isinstance(slots, list) and slots else None
+    except (httpx.HTTPError, ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
+def _run_traffic(tr: _Traffic, sp: ServerProcess, side: httpx.Client, log: Path, s: Settings, clients: int,
+                 stop: threading.Event, cell: str, progress: Callable[[Progress], None] | None) -> list[Sample]:
+    deadline = tr.t0 + s.duration_s
+    counter = {"i": 0}
+    lock = threading.Lock()
+
+    def worker(k: int) -> None:
+        rng = random.Random(f"{s.seed}/client{k}")
+        session = _Session(k)
+        while not stop.is_set() and time.monotonic() < deadline and sp.alive():
+            with lock:
+                counter["i"] += 1
+                i = counter["i"]
+            tr.one(rng, i, session)
+    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(clients)]
+    for th in threads:
+        th.start()
+    cache = _LogCache(log)
+    samples: list[Sample] = []
+    while True:
+        now = time.monotonic()
+        st = read_status(sp.pid) if sp.pid else None
+        cache.read()
+        with tr.lock:
+            in_flight = tr.in_flight
+        busy = _slot_busy(side, sp.url)
+        with tr.lock:   # a request that ended while /slots was read: count the smaller in-flight number
+            in_flight = max(in_flight, tr.in_flight)
+        samples.append(Sample(round(now - tr.t0, 3), st.get("VmRSS") if st else None, st.get("VmHWM") if st else None,
+                              anon_swap_mib(st) if st else None, st.get("VmSwap") if st else None,
+                              st.get("Threads") if st else None, open_files(sp.pid) if sp.pid else None,
+                              busy, in_flight, cache.mib, cache.prompts))
+        if progress:
+            progress(Progress(cell, now - tr.t0, s.duration_s, len(tr.records), tr.errors, samples[-1].rss))
+        alive = any(th.is_alive() for th in threads)
+        if not alive or not sp.alive():
+            break
+        stop.wait(max(0.0, s.sample_s - (time.monotonic() - now)))
+    for th in threads:
+        th.join(timeout=s.timeout)
+    return samples
+
+
+def _latency(records: list[Record]) -> dict[str, Any]:
+    ok = [r for r in records if r.ok and not r.left]
+    return {"ttft_s": pcts([r.ttft_s for r in ok]), "e2e_s": pcts([r.e2e_s for r in ok]),
+            "tpot_s": pcts([r.tpot_s for r in ok])}
+
+
+def _series(records: list[Record], duration: float, buckets: int = 30) -> dict[str, list[tuple[float, float | None]]]:
+    """Per time bucket (its middle, s): server decode tok/s (median), acceptance, e2e p50 (s), requests."""
+    width = max(duration / buckets, 1e-6)
+    out: dict[str, list[tuple[float, float | None]]] = {"tok_per_s": [], "acceptance": [], "e2e_p50_s": [], "requests": []}
+    for k in range(buckets):
+        lo, hi = k * width, (k + 1) * width
+        rs = [r for r in records if r.ok and lo <= r.end_s < hi]
+        mid = round(lo + width / 2, 2)
+        out["tok_per_s"].append((mid, pcts([r.server.get("predicted_per_second") for r in rs if (r.output_tokens or 0) > 1])["p50"]))
+        out["acceptance"].append((mid, _acceptance(rs)))
+        out["e2e_p50_s"].append((mid, pcts([r.e2e_s for r in rs if not r.left])["p50"]))
+        out["requests"].append((mid, float(len(rs))))
+    return out
+
+
+def to_json(cells: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
+    """The run as ``soak --json`` writes it (``kind: soak``)."""
+    return {"kind": "soak", "profile": meta.get("profile"), "meta": meta, "cells": cells,
+            "ok": all(c.get("status") in ("pass", "warn") for c in cells)}
