@@ -51,9 +51,9 @@ def run(
     """Launch llama-server from a profile; Ctrl-C stops it (nothing is left running)."""
     out = Output(json)
     if router or more:
-        if not router:
-            raise BadInput(f"more than one profile ({name}, {', '.join(more or [])}) needs --router",
-                           hint=f"llamactl run --router {name} {' '.join(more or [])}")
+        if not router:   # a usage error, as click words it (the older `run --json FILE` gets its hint)
+            raise typer.BadParameter(f"Got unexpected extra argument ({' '.join(more or [])}); more than one "
+                                     f"profile needs --router: llamactl run --router {name} {' '.join(more or [])}")
         if detach:
             raise BadInput("--router cannot be combined with --detach (yet)", hint="run it in the foreground")
         _run_router([name, *(more or [])], overrides, models_max, quiet, out)

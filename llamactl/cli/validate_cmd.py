@@ -63,9 +63,9 @@ def validate(
     """
     check_outputs((json_path, "--json-out"), (junit, "--junit"), (html, "--html"), (md, "--markdown"))   # before the build and the run, not after them
     if router or more:
-        if not router:
-            raise BadInput(f"more than one profile ({name}, {', '.join(more or [])}) needs --router",
-                           hint=f"llamactl validate --router {name} {' '.join(more or [])}")
+        if not router:   # a usage error, as click words it (the older `validate --json FILE` gets its hint)
+            raise typer.BadParameter(f"Got unexpected extra argument ({' '.join(more or [])}); more than one "
+                                     f"profile needs --router: llamactl validate --router {name} {' '.join(more or [])}")
         if any(x is not None for x in (matrix, cell, url, shard, junit, html, md)):
             raise BadInput("--router takes --models-max, --json and --json-out (not --matrix, --cell, --url, --shard, "
                            "--junit, --html, --markdown)")

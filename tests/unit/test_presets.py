@@ -177,3 +177,4 @@ def test_cli_export_without_a_format_is_bad_input():
 def test_cli_more_profiles_without_router_is_bad_input():
     cp = _cli("run", "default", "tiny-gemma4-mtp")
     assert cp.returncode == ExitCode.BAD_INPUT and "needs --router" in cp.stderr and "Traceback" not in cp.stderr
+    assert "unexpected extra argument" in cp.stderr
