@@ -46,6 +46,7 @@ PROMPT = "The list of colours, sizes and animals goes like this:"
 N_PREDICT = 16
 PROBE = "llamactl-probe-unloadable"      # the section of a model that cannot load (load_failure)
 LOAD_WAIT_S = 60.0
+EVICT_WAIT_S = 5.0     # the router unloads the LRU model before it answers the request that needs room
 
 
 @dataclass
@@ -263,7 +264,7 @@ def load_evict(ctx: RouterContext) -> dict:
     extra = names[fit]
     complete(ctx, extra)
     try:
-        st = wait_state(ctx, {names[0]: "unloaded", extra: "loaded"}, timeout=15)
+        st = wait_state(ctx, {names[0]: "unloaded", extra: "loaded"}, timeout=EVICT_WAIT_S)
     except CheckFailed as exc:
         loaded = [k for k, v in values(models(ctx)).items() if v == "loaded"]
         steps.append({"after": f"request {extra}", "models": values(models(ctx))})
