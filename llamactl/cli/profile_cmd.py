@@ -165,9 +165,12 @@ def export(
     if out_file is not None:
         write_atomic(out_file, text)
         err_console.print(f"preset: {out_file}", highlight=False, markup=False)
+    def human(d: dict) -> None:
+        if out_file is None:
+            sys.stdout.write(text)
+
     o_.result({"profile": r.name, "section": section or r.name, "ini": text, "out": str(out_file) if out_file else None,
-               "rendered_from": origin},
-              lambda d: sys.stdout.write(text) if out_file is None else None)
+               "rendered_from": origin}, human)
 
 
 @app.command("import")

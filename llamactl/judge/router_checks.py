@@ -264,15 +264,15 @@ def load_evict(ctx: RouterContext) -> dict:
     extra = names[fit]
     complete(ctx, extra)
     try:
-        st = wait_state(ctx, {names[0]: "unloaded", extra: "loaded"}, timeout=EVICT_WAIT_S)
+        after = wait_state(ctx, {names[0]: "unloaded", extra: "loaded"}, timeout=EVICT_WAIT_S)
     except CheckFailed as exc:
         loaded = [k for k, v in values(models(ctx)).items() if v == "loaded"]
         steps.append({"after": f"request {extra}", "models": values(models(ctx))})
         raise CheckFailed(f"--models-max {n_max}: after asking for {extra}, {len(loaded)} model(s) loaded "
                           f"({', '.join(loaded)}); the least recently used, {names[0]}, should be unloaded ({exc})",
                           {"steps": steps}) from exc
-    steps.append({"after": f"request {extra}", "models": values(st)})
-    loaded = [k for k, v in values(st).items() if v == "loaded"]
+    steps.append({"after": f"request {extra}", "models": values(after)})
+    loaded = [k for k, v in values(after).items() if v == "loaded"]
     if len(loaded) > n_max:
         raise CheckFailed(f"{len(loaded)} models loaded with --models-max {n_max}: {', '.join(loaded)}", {"steps": steps})
     return {"steps": steps, "evicted": names[0]}

@@ -3,7 +3,6 @@ and router mode (`run --router`, the router checks) with two tiny Gemma 4 target
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
