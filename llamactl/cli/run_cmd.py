@@ -35,8 +35,7 @@ def _echo(line: str) -> None:
 @o.with_overrides()
 def run(
     name: o.ProfileName,
-    more: Annotated[Optional[list[str]], typer.Argument(help="With --router: the other profiles the router serves.",
-                                                        show_default=False)] = None,
+    more: o.RouterMembers = None,
     overrides: o.Overrides = o.Overrides(),
     router: Annotated[bool, typer.Option("--router", help="One llama-server in router mode over these profiles' models "
                                          "(a generated --models-preset; the model name is the profile name), e.g. "

@@ -35,8 +35,7 @@ from llamactl.judge.validate import Report, new_report, run_matrix, run_url
 @o.with_overrides()
 def validate(
     name: Annotated[str, typer.Argument(help="Profile whose matrix to run.")] = "default",
-    more: Annotated[Optional[list[str]], typer.Argument(help="With --router: the other profiles the router serves.",
-                                                        show_default=False)] = None,
+    more: o.RouterMembers = None,
     overrides: o.Overrides = o.Overrides(),
     router: Annotated[bool, typer.Option("--router", help="Validate llama-server's router mode over these profiles "
                                          "(routing, load/evict, one model's crash, a model that cannot load), e.g. "
