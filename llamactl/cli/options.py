@@ -43,6 +43,8 @@ History = Annotated[Optional[Path], typer.Option("--history", help="Run history 
 Html = Annotated[Optional[Path], typer.Option("--html", help="Write a self-contained HTML report here.")]
 Markdown = Annotated[Optional[Path], typer.Option("--markdown", help="Write a Markdown report here (fits a CI job summary).")]
 ProfileName = Annotated[str, typer.Argument(help="Profile name (profiles/NAME.yaml) or a path to a YAML file.")]
+RouterMembers = Annotated[Optional[list[str]], typer.Argument(
+    help="With --router: the other profiles the router serves (each model is named by its profile).", show_default=False)]
 
 
 def cli_overrides(

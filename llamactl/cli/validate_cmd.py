@@ -5,6 +5,8 @@ Examples:
     llamactl validate tiny-gemma4-mtp --junit reports/junit.xml --json reports/validate.json
     llamactl validate gemma4-26b-a4b-mtp --cell parallel=2 --cell enable_mtp=1
     llamactl validate tiny-gemma4-mtp --matrix profiles/matrices/kv-types.yaml --fail-fast
+    llamactl validate --router tiny-gemma4-mtp tiny-gemma4-bench --json-out reports/router.json
+    llamactl validate --router tiny-gemma4-mtp tiny-gemma4-bench --models-max 2
 """
 
 from __future__ import annotations
@@ -33,7 +35,14 @@ from llamactl.judge.validate import Report, new_report, run_matrix, run_url
 @o.with_overrides()
 def validate(
     name: Annotated[str, typer.Argument(help="Profile whose matrix to run.")] = "default",
+    more: o.RouterMembers = None,
     overrides: o.Overrides = o.Overrides(),
+    router: Annotated[bool, typer.Option("--router", help="Validate llama-server's router mode over these profiles "
+                                         "(routing, load/evict, one model's crash, a model that cannot load), e.g. "
+                                         "`validate --router tiny-gemma4-mtp tiny-gemma4-bench`.")] = False,
+    models_max: Annotated[Optional[int], typer.Option("--models-max", help="With --router: --models-max of the router "
+                                                      "(default: one less than the profiles, so eviction is exercised), "
+                                                      "e.g. --models-max 1.", show_default=False)] = None,
     matrix: Annotated[Optional[Path], typer.Option("--matrix", help="YAML file with a matrix (axes/include/exclude).")] = None,
     cell: Annotated[Optional[list[str]], typer.Option("--cell", help="Only cells matching key=value (repeatable).")] = None,
     fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failing cell.")] = False,
@@ -52,6 +61,17 @@ def validate(
     internal error), with every cell listed; their paths are checked before anything runs.
     """
     check_outputs((json_path, "--json-out"), (junit, "--junit"), (html, "--html"), (md, "--markdown"))   # before the build and the run, not after them
+    if router or more:
+        if not router:   # a usage error, as click words it (the older `validate --json FILE` gets its hint)
+            raise typer.BadParameter(f"Got unexpected extra argument ({' '.join(more or [])}); more than one "
+                                     f"profile needs --router: llamactl validate --router {name} {' '.join(more or [])}")
+        if any(x is not None for x in (matrix, cell, url, shard, junit, html, md)):
+            raise BadInput("--router takes --models-max, --json and --json-out (not --matrix, --cell, --url, --shard, "
+                           "--junit, --html, --markdown)")
+        _validate_router([name, *(more or [])], overrides, models_max, json_path, json)
+        return
+    if models_max is not None:
+        raise BadInput("--models-max is for --router", hint=f"llamactl validate --router {name} OTHER --models-max 1")
     base = overrides.resolve(name)
     spec = load_matrix_file(matrix) if matrix else base.profile.matrix
     cells = select(expand(spec, str(matrix or f"{base.path} matrix")), cell or [])
@@ -110,6 +130,42 @@ def validate(
     finally:
         _write_reports(report, json_path, junit)
     _finish(report, out, screen, live_enabled, history, html, md)
+
+
+def _validate_router(names: list[str], overrides: o.Overrides, models_max: int | None, json_path: Path | None,
+                     json: bool) -> None:
+    """`validate --router A B ...`: the router checks (judge/router_checks.py); exit 1 unless all pass or skip."""
+    import json as jsonlib
+
+    from rich.table import Table
+
+    from llamactl.core import paths
+    from llamactl.core.files import write_atomic
+    from llamactl.judge.router_checks import run_router
+
+    out = Output(json)
+    screen = err_console if json else console
+    members = [overrides.resolve(n) for n in names]
+    stop_on_signals()
+    screen.print(f"validating the router over [bold]{escape(', '.join(names))}[/]", highlight=False)
+    run_dir = paths.new_run_dir("router-validate")
+    report = run_router(members, run_dir, models_max=models_max, progress=out.progress,
+                        on_check=lambda c: screen.print(f"  {c.name}: {Status(c.status).label} {escape(c.detail[:200])}",
+                                                        highlight=False))
+    data = report.to_dict()
+    if json_path is not None:
+        write_atomic(json_path, jsonlib.dumps(data, indent=2, default=str) + "\n")
+    t = Table("check", "status", "seconds", "detail", title=f"router over {', '.join(names)} (--models-max {report.models_max})")
+    for c in report.checks:
+        st = Status(c.status)
+        t.add_row(c.name, f"[{reports.STYLE[st]}]{st.label}[/]", f"{c.seconds:.2f}", escape(c.detail[:160]))
+    screen.print(t)
+    if report.log:
+        screen.print(f"log: {report.log}  preset: {report.preset}", highlight=False, markup=False)
+    if json:
+        out.result(data)
+    if not report.ok:
+        sys.exit(ExitCode.FAILED)
 
 
 def _validate_url(base, url: str, cells: list, json_path: Path | None, junit: Path | None,

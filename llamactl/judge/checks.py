@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import httpx
 
@@ -764,7 +764,10 @@ CHECKS: list[tuple[str, Callable[[CellContext], dict]]] = [
 ]
 
 
-def run_check(name: str, fn: Callable[[CellContext], dict], ctx: CellContext) -> CheckResult:
+Ctx = TypeVar("Ctx")   # a cell's CellContext, or judge.router_checks' RouterContext
+
+
+def run_check(name: str, fn: Callable[[Ctx], dict], ctx: Ctx) -> CheckResult:
     """Run one check; every outcome, any exception included, becomes a CheckResult (KeyboardInterrupt passes)."""
     t = time.monotonic()
 
