@@ -28,13 +28,13 @@ from llamactl.report.history import History
 def history(
     profile: Annotated[Optional[str], typer.Argument(help="Only runs of this profile.", show_default=False)] = None,
     cell: Annotated[Optional[str], typer.Option("--cell", help="One cell's numbers per run (and arm).")] = None,
-    kind: Annotated[Optional[str], typer.Option("--kind", help="validate | bench | quality.")] = None,
+    kind: Annotated[Optional[str], typer.Option("--kind", help="validate | bench | quality | load | soak.")] = None,
     limit: Annotated[int, typer.Option("--limit", help="At most this many runs (or cell rows).")] = 50,
     json: o.Json = False,
     history_path: o.History = None,
 ) -> None:
     """List recorded runs: id, time, kind, profile, result, build and machine; --cell for per-cell numbers."""
-    if kind not in (None, "validate", "bench", "quality"):
+    if kind not in (None, "validate", "bench", "quality", "load", "soak"):
         raise BadInput(f"--kind {kind!r}: expected validate, bench or quality")
     if limit < 1:
         raise BadInput("--limit must be >= 1")

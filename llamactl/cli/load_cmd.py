@@ -29,13 +29,12 @@ from llamactl.core.files import write_atomic
 from llamactl.judge import load as load_lib
 from llamactl.judge.matrix import expand, load_matrix_file, select
 from llamactl.judge.traffic import Lengths, Record
-from llamactl.report import fingerprint, gate, load_gate, png, view
+from llamactl.report import fingerprint, gate, load_gate, png, traffic_view, view
 from llamactl.report.history import History
 from llamactl.serve import launcher
 
 
-def _ms(x: Any) -> str:
-    return num(None if x is None else 1000 * x, "{:.0f}")
+_ms = traffic_view._ms
 
 
 def _table(data: dict[str, Any]) -> Table:
@@ -51,7 +50,8 @@ def _table(data: dict[str, Any]) -> Table:
             t.add_row(escape(c["cell"]), "-", "-", f"[red]{escape(c['error'][:120])}[/]", *["-"] * 8)
             continue
         for lv in c["levels"]:
-            trio = lambda k: "/".join(_ms(lv[k][p]) for p in ("p50", "p90", "p99"))   # noqa: E731
+            def trio(k: str, lv: dict[str, Any] = lv) -> str:
+                return "/".join(_ms(lv[k][p]) for p in ("p50", "p90", "p99"))
             errs = ", ".join(f"{k} {n}" for k, n in lv["errors"].items()) or "0"
             t.add_row(escape(c["cell"]), lv["level"], str(lv["completed"]), f"[red]{escape(errs)}[/]" if lv["errors"] else errs,
                       num(lv["req_per_s"], "{:.2f}"), num(lv["output_tok_per_s"]), num(lv["per_request_tok_per_s"]["p50"]),

@@ -12,6 +12,7 @@ figures cross-checked with the server's own ``timings`` (a gap over ``GAP_SHOWN_
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
 import time
@@ -243,8 +244,10 @@ def load_cell(base: profiles.Resolved, cell: Cell, binary: launcher.Binary, run_
                 if stop is not None and stop.is_set():
                     break
                 before = _spec(client, sp.url)
-                records, wall = drive(client, sp.url, level, s, stop,
-                                      (lambda r, lv=level: progress(lv.label, r)) if progress else None)
+                on_record: Callable[[Record], None] | None = None
+                if progress is not None:
+                    on_record = functools.partial(progress, level.label)
+                records, wall = drive(client, sp.url, level, s, stop, on_record)
                 d = _spec(client, sp.url).minus(before)
                 summary = summarize(level, records, wall, prof.parallel)
                 summary["acceptance"] = d.acceptance if d.present and d.draft_tokens else None

@@ -13,6 +13,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -191,9 +192,9 @@ def _plain(r: httpx.Response, rec: Record, path: str) -> None:
     if not isinstance(data, dict):
         rec.error, rec.detail = STREAM, f"not an object: {str(data)[:120]}"
         return
-    timings = data.get("timings") if isinstance(data.get("timings"), dict) else {}
+    timings: dict[str, Any] = data["timings"] if isinstance(data.get("timings"), dict) else {}
     rec.server = _timings(timings)
-    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    usage: dict[str, Any] = data["usage"] if isinstance(data.get("usage"), dict) else {}
     if path == "/v1/messages":
         rec.output_tokens = usage.get("output_tokens")
         rec.prompt_tokens = usage.get("input_tokens")
@@ -292,7 +293,7 @@ def percentile(xs: list[float], q: float) -> float | None:
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
-def pcts(xs: list[float | None]) -> dict[str, float | None]:
+def pcts(xs: Sequence[float | None]) -> dict[str, float | None]:
     """``{"p50", "p90", "p99", "mean", "n"}`` of the values that are there."""
     vals = [float(x) for x in xs if x is not None]
     return {"p50": percentile(vals, 50), "p90": percentile(vals, 90), "p99": percentile(vals, 99),

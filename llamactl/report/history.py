@@ -139,15 +139,15 @@ def _summary(kind: str, run: dict[str, Any]) -> tuple[bool | None, str]:
         return ok, f"{len(cells)} candidate(s)" + (f", {bad} error(s)" if bad else "") + (f", gate {gate}" if gate else "")
     if kind == runs.LOAD:
         cells = run.get("cells") or []
-        bad = sum(1 for c in cells if c.get("error"))
+        n_bad = sum(1 for c in cells if c.get("error"))
         gate = (run.get("gate") or {}).get("worst")
-        return bad == 0 and gate != "regression", f"{len(cells)} cell(s) x {len((run.get('meta') or {}).get('levels') or [])} load(s)" \
-            + (f", {bad} error(s)" if bad else "") + (f", gate {gate}" if gate else "")
+        return n_bad == 0 and gate != "regression", f"{len(cells)} cell(s) x {len((run.get('meta') or {}).get('levels') or [])} load(s)" \
+            + (f", {n_bad} error(s)" if n_bad else "") + (f", gate {gate}" if gate else "")
     if kind == runs.SOAK:
         cells = run.get("cells") or []
-        bad = [c for c in cells if runs.is_problem(c)]
-        return not bad, f"{len(cells)} cell(s), {len(bad)} failed" + (
-            f": {bad[0].get('reason', '')[:80]}" if bad else "")
+        failed = [c for c in cells if runs.is_problem(c)]
+        return not failed, f"{len(cells)} cell(s), {len(failed)} failed" + (
+            f": {failed[0].get('reason', '')[:80]}" if failed else "")
     n = len(run.get("cells") or [])
     errors = sum(1 for c in run.get("cells") or [] for r in (c.get("variants") or {}).values() if r.get("error"))
     return errors == 0, f"{n} cell(s)" + (f", {errors} arm error(s)" if errors else "")

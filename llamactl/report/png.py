@@ -100,10 +100,10 @@ def load_png(run: dict[str, Any], path: Path, option: str = "--plot") -> None:
                for lv in c.get("levels") or [] if lv.get("output_tok_per_s") and (lv.get("e2e_s") or {}).get("p50")]
         if not pts:
             continue
-        xs, p50, p90, labels = zip(*pts)
+        xs, p50, p90, labels = zip(*pts, strict=True)
         ax.plot(xs, p50, "o-", color=f"C{i}", label=f"{c.get('cell')} p50")
         ax.plot(xs, p90, "s--", color=f"C{i}", alpha=0.6, label=f"{c.get('cell')} p90")
-        for x, y, lab in zip(xs, p50, labels):
+        for x, y, lab in zip(xs, p50, labels, strict=True):
             ax.annotate(str(lab), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xlabel("output tokens/s (all requests)")
     ax.set_ylabel("end-to-end latency (s)")

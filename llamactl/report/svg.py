@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 PALETTE = ["#8c8c8c", "#2a7ab9", "#e08a1e", "#3a9a4a", "#a04ab0", "#c0392b", "#16a0a0", "#7a5c3a"]
@@ -171,5 +171,46 @@ def quantiles(series: dict[str, list[tuple[float, float]]], title: str, ylabel: 
         for q, v in pts:
             dot = ET.SubElement(svg, "circle", cx=f"{x(q):.1f}", cy=f"{y(v):.1f}", r="3", fill=colour)
             ET.SubElement(dot, "title").text = f"{name} {q:g}%: {v:.6f}"
+    _legend(svg, names, lambda n: PALETTE[(names.index(n) + 1) % len(PALETTE)])
+    return ET.tostring(svg, encoding="unicode")
+
+
+def xy(series: Mapping[str, Sequence[tuple[float, float | None]]], title: str, xlabel: str, ylabel: str,
+       labels: dict[str, list[str]] | None = None) -> str:
+    """Lines over a numeric x axis (0..max x): per series, (x, y) points (a None y breaks the line);
+    ``labels`` names points (a load's label beside its dot). Returns SVG markup."""
+    pts_all = [(x, y) for pts in series.values() for x, y in pts if y is not None]
+    xmax = _nice_max(max([x for x, _ in pts_all] or [1.0]) * 1.05)
+    ymax = _nice_max(max([y for _, y in pts_all] or [1.0]) * 1.1)
+    svg, y_of = _frame(title, ylabel, ymax)
+    plot_w = W - LEFT - RIGHT
+
+    def x_of(v: float) -> float:
+        return LEFT + plot_w * v / xmax
+    for i in range(5):
+        v = xmax * i / 4
+        ET.SubElement(svg, "text", {"x": f"{x_of(v):.1f}", "y": str(H - BOTTOM + 14), "text-anchor": "middle",
+                                    "font-size": "10"}).text = _fmt(v)
+    ET.SubElement(svg, "text", {"x": str(LEFT + plot_w // 2), "y": str(H - BOTTOM + 32), "text-anchor": "middle",
+                                "font-size": "10"}).text = xlabel
+    names = list(series)
+    for si, (name, pts) in enumerate(series.items()):
+        colour = PALETTE[(si + 1) % len(PALETTE)]
+        run: list[str] = []
+        for x, y in [*pts, (0.0, None)]:
+            if y is None:
+                if len(run) > 1:
+                    ET.SubElement(svg, "polyline", {"points": " ".join(run), "fill": "none", "stroke": colour, "stroke-width": "2"})
+                run = []
+                continue
+            run.append(f"{x_of(x):.1f},{y_of(y):.1f}")
+        for k, (x, y) in enumerate(pts):
+            if y is None:
+                continue
+            dot = ET.SubElement(svg, "circle", cx=f"{x_of(x):.1f}", cy=f"{y_of(y):.1f}", r="2.5", fill=colour)
+            lab = (labels or {}).get(name, [])
+            ET.SubElement(dot, "title").text = f"{name}: {lab[k] + ' ' if k < len(lab) else ''}({x:g}, {y:.3g})"
+            if k < len(lab):
+                ET.SubElement(svg, "text", {"x": f"{x_of(x) + 4:.1f}", "y": f"{y_of(y) - 4:.1f}", "font-size": "9"}).text = lab[k]
     _legend(svg, names, lambda n: PALETTE[(names.index(n) + 1) % len(PALETTE)])
     return ET.tostring(svg, encoding="unicode")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from llamactl.core.errors import LlamactlError
-from llamactl.report import fingerprint, gate as gate_lib, runs, svg
+from llamactl.report import fingerprint, gate as gate_lib, runs, svg, traffic_view
 from llamactl.report.history import CellRow, History
 
 KNOWN_STATUSES = {"pass", "fail", "error", "skip", "xfail", "xpass", "not_run", "interrupted", "running", "ok", "warn",
@@ -158,6 +158,10 @@ def run_view(run: dict[str, Any], history: History | None = None) -> dict[str, A
             "run_dir": runs.run_dir_of(run)}
     if run["kind"] == runs.QUALITY:
         base.update(quality_view(run))
+    elif run["kind"] == runs.LOAD:
+        base.update(traffic_view.load_view(run))
+    elif run["kind"] == runs.SOAK:
+        base.update(traffic_view.soak_view(run))
     else:
         base.update(validate_view(run) if run["kind"] == runs.VALIDATE else bench_view(run))
     return base

@@ -230,12 +230,14 @@ def new_run_dir(name: str) -> Path:
 
 
 def start(plan_: LaunchPlan, log_path: Path, echo: Callable[[str], None] | None = None,
-          detach: bool = False) -> ServerProcess:
+          detach: bool = False, keep: Callable[[str], bool] | None = None) -> ServerProcess:
+    """Start the planned llama-server (and its local RPC workers); ``echo`` hears every output line,
+    ``keep`` (None: all) decides which lines the log file and the crash tail keep."""
     for ep in plan_.endpoints:
         ep.clear_stale()   # a unix socket file left by an earlier server: llama-server cannot bind over it
     sp = ServerProcess(plan_.argv, plan_.host, plan_.port, log_path, env=plan_.env, echo=echo,
                        api_key=plan_.resolved.profile.api_key, drop_env=tuple(plan_.env_dropped),
-                       endpoint=plan_.endpoint)
+                       endpoint=plan_.endpoint, keep=keep)
     if plan_.rpc_workers:    # workers first (on loopback), the server after; sp.stop() stops them after it
         if detach:
             raise BadInput("rpc.local_workers cannot be left running with --detach",

@@ -168,6 +168,7 @@ class ServerProcess:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
     echo: Callable[[str], None] | None = None   # called with each log line (terminal output)
+    keep: Callable[[str], bool] | None = None    # which lines the log file and the tail keep (None: all)
     api_key: str | None = None
     drop_env: tuple[str, ...] = ()            # inherited variables llama-server must not see (launcher decides)
     proc: subprocess.Popen | None = None
@@ -238,9 +239,10 @@ class ServerProcess:
                 self._line(logf, line)
 
     def _line(self, logf: TextIO, line: str) -> None:
-        logf.write(line)
-        logf.flush()
-        self._tail.append(line.rstrip("\n"))
+        if self.keep is None or self.keep(line):
+            logf.write(line)
+            logf.flush()
+            self._tail.append(line.rstrip("\n"))
         if self.echo:
             self.echo(line.rstrip("\n"))
 

@@ -1,0 +1,177 @@
+"""load and soak without a server: lengths, levels, durations, timing one request (MockTransport), the
+verdicts on synthetic samples, and the load gate."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import httpx
+import pytest
+
+from llamactl.cli.soak_cmd import parse_duration
+from llamactl.core.errors import BadInput
+from llamactl.judge import load as L, soak as S, traffic as T
+from llamactl.judge.answers import Answer
+from llamactl.judge.status import Status
+from llamactl.report import gate, load_gate
+from llamactl.serve.profiles import SoakBounds
+
+
+def test_lengths_parse_and_draw():
+    assert T.Lengths.parse("128", "--prompt-len") == T.Lengths(128, 128)
+    r = T.Lengths.parse(" 64:256 ", "--max-tokens")
+    rng = random.Random(1)
+    assert all(64 <= r.draw(rng) <= 256 for _ in range(50)) and str(r) == "64:256"
+    for bad in ("", "x", "0", "9:3", "1:x", "-4", "1.5"):
+        with pytest.raises(BadInput, match="--prompt-len"):
+            T.Lengths.parse(bad, "--prompt-len")
+
+
+def test_levels_and_durations():
+    assert [lv.label for lv in L.parse_levels(["1,2", "4"], ["0.5"])] == ["1 clients", "2 clients", "4 clients", "0.5 req/s"]
+    assert [lv.label for lv in L.parse_levels([], [])] == ["1 clients", "2 clients", "4 clients", "8 clients"]
+    for clients, rates in ((["0"], []), (["x"], []), (["1.5"], []), ([], ["-1"]), ([], ["nan"]), (["1000"], [])):
+        with pytest.raises(BadInput):
+            L.parse_levels(clients, rates)
+    assert parse_duration("90") == 90 and parse_duration("30m") == 1800 and parse_duration("1h30m") == 5400
+    assert parse_duration("2.5s") == 2.5
+    for bad in ("", "0", "abc", "5 weeks", "-1m", "1x"):
+        with pytest.raises(BadInput, match="--duration"):
+            parse_duration(bad)
+
+
+def test_percentiles():
+    assert T.percentile([], 50) is None
+    assert T.percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5 and T.percentile([5.0], 99) == 5.0
+    p = T.pcts([None, 1.0, 3.0])
+    assert p["n"] == 2 and p["mean"] == 2.0 and p["p50"] == 2.0
+
+
+def _sse(chunks: list[dict], done: bool = True) -> str:
+    return "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + ("data: [DONE]\n\n" if done else "")
+
+
+def _client(handler) -> httpx.Client:
+    return httpx.Client(transport=httpx.MockTransport(handler))
+
+
+def test_send_times_a_streamed_answer_and_takes_the_servers_counts():
+    chunks = [{"choices": [{"delta": {"content": w}}]} for w in ("a", "b", "c")]
+    chunks.append({"choices": [{"delta": {}, "finish_reason": "length"}],
+                   "timings": {"prompt_n": 7, "prompt_ms": 5.0, "predicted_n": 3, "predicted_ms": 2.0, "draft_n": 2,
+                               "draft_n_accepted": 1}})
+    c = _client(lambda req: httpx.Response(200, text=_sse(chunks), headers={"content-type": "text/event-stream"}))
+    rec = T.send(c, "http://x", "/v1/chat/completions", T.chat_body("hi", 3, stream=True), kind="k", t0=0.0)
+    assert rec.ok and rec.output_tokens == 3 and rec.prompt_tokens == 7 and rec.text == "abc"
+    assert rec.ttft_s is not None and rec.tpot_s is not None and rec.server["draft_n_accepted"] == 1
+    left = T.send(c, "http://x", "/v1/chat/completions", T.chat_body("hi", 3, stream=True), kind="k", t0=0.0,
+                  leave_after_tokens=1)
+    assert left.left and left.ok and left.output_tokens == 1
+
+
+def test_send_reads_anthropic_streams_and_names_each_failure():
+    events = [{"type": "message_start"}, {"type": "content_block_delta", "delta": {"type": "text_delta", "text": "hi"}},
+              {"type": "message_delta", "usage": {"output_tokens": 1}}]
+    c = _client(lambda req: httpx.Response(200, text=_sse(events, done=False)))
+    rec = T.send(c, "http://x", "/v1/messages", T.messages_body("q", 4, stream=True), kind="m", t0=0.0)
+    assert rec.ok and rec.text == "hi" and rec.output_tokens == 1
+    for resp, kind in ((httpx.Response(503, text="busy"), T.HTTP_5XX), (httpx.Response(400, text="too long"), T.HTTP_4XX),
+                       (httpx.Response(200, text="data: {oops\n\n"), T.STREAM)):
+        rec = T.send(_client(lambda req, r=resp: r), "http://x", "/v1/chat/completions",
+                     T.chat_body("q", 4, stream=True), kind="k", t0=0.0)
+        assert rec.error == kind, (kind, rec)
+
+    def refuse(req: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+    assert T.send(_client(refuse), "http://x", "/v1/chat/completions", T.chat_body("q", 4, stream=False),
+                  kind="k", t0=0.0).error == T.CONNECT
+
+    def slow(req: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow")
+    assert T.send(_client(slow), "http://x", "/v1/chat/completions", T.chat_body("q", 4, stream=False),
+                  kind="k", t0=0.0).error == T.TIMEOUT
+
+
+def _rec(start: float, end: float, **kw) -> T.Record:
+    r = T.Record(kw.pop("kind", "chat"), start, end, 200)
+    for k, v in kw.items():
+        setattr(r, k, v)
+    return r
+
+
+def test_summarize_counts_errors_and_shows_client_server_gaps():
+    ok = [_rec(i, i + 1.0, ttft_s=0.1, tpot_s=0.01, output_tokens=10, server={"predicted_ms": 100.0, "predicted_n": 10,
+                                                                                "prompt_ms": 50.0}) for i in range(4)]
+    bad = [_rec(5, 6, error=T.HTTP_5XX, detail="boom")]
+    s = L.summarize(L.Level("clients", 2), ok + bad, 10.0, slots=2)
+    assert s["completed"] == 4 and s["errors"] == {T.HTTP_5XX: 1} and s["error_examples"][T.HTTP_5XX] == "boom"
+    assert s["output_tok_per_s"] == 4.0 and s["req_per_s"] == 0.4
+    assert s["server_check"]["tpot_s"]["gap_pct"] == pytest.approx(0.0)
+    assert "ttft_s: client 100.00 ms vs server 50.00 ms (+100%)" in s["server_check"]["shown"]
+    # more clients than slots: a wait for a slot is queue_s, not a gap
+    s = L.summarize(L.Level("clients", 4), ok, 10.0, slots=2)
+    assert "ttft_s" not in s["server_check"] and s["queue_s"]["p50"] == pytest.approx(0.05)
+
+
+def _samples(resid_per_s: float, cache_per_s: float = 0.0, entries_per_s: float = 0.0, n: int = 60) -> list[S.Sample]:
+    return [S.Sample(float(t), rss=200 + t * (resid_per_s + cache_per_s), anon_swap=100 + t * (resid_per_s + cache_per_s),
+                     cache_mib=t * cache_per_s, cache_prompts=int(t * entries_per_s), busy=1, in_flight=1) for t in range(n)]
+
+
+def test_memory_verdict_tells_the_prompt_cache_and_its_bookkeeping_from_a_leak():
+    b = SoakBounds(memory_slope_mib_per_h=512)
+    assert S.memory_verdict(_samples(0.0, cache_per_s=5.0), b, 60, 600).status == Status.PASS   # the cache's own growth
+    leak = S.memory_verdict(_samples(1.0), b, 60, 600)                                         # 3600 MiB/h
+    assert leak.status == Status.FAIL and "+3600 MiB/h" in leak.detail
+    # growth that tracks new cache entries at ~40 KiB each: bookkeeping, or a leak: WARN
+    v = S.memory_verdict(_samples(0.2, cache_per_s=5.0, entries_per_s=5.0), b, 60, 600)
+    assert v.status == Status.WARN and "prompt-cache entries" in v.detail
+    # a leak beside a growing cache: far more per entry than bookkeeping
+    v = S.memory_verdict(_samples(2.0, cache_per_s=5.0, entries_per_s=1.0), b, 60, 600)
+    assert v.status == Status.FAIL and "per new prompt-cache entry" in v.detail
+    assert S.memory_verdict(_samples(1.0, n=2), b, 60, 10).status == Status.SKIP
+
+
+def test_slot_verdict_fails_a_slot_busy_with_no_client():
+    b = SoakBounds(slot_release_s=2.0)
+    fine = [S.Sample(float(t), busy=1, in_flight=1) for t in range(10)]
+    assert S.slots_verdict(fine, b, [1.0]).status == Status.PASS
+    stuck = fine + [S.Sample(10.0 + t, busy=2, in_flight=1) for t in range(4)]
+    v = S.slots_verdict(stuck, b, [9.5])
+    assert v.status == Status.FAIL and "stayed busy with no client for 3.0 s from 10 s" in v.detail
+    assert S.slots_verdict([S.Sample(0.0)], b, []).status == Status.SKIP
+
+
+def test_drift_errors_and_answers_verdicts():
+    b = SoakBounds()
+
+    def recs(t0: float, tps: float, acc: float) -> list[T.Record]:
+        return [_rec(t0, t0 + 0.5, output_tokens=8, server={"predicted_per_second": tps, "draft_n": 10,
+                                                            "draft_n_accepted": 10 * acc}) for _ in range(3)]
+    assert S.drift_verdict(recs(0, 100, 0.9) + recs(95, 95, 0.9), b, 100).status == Status.PASS
+    v = S.drift_verdict(recs(0, 100, 0.9) + recs(95, 50, 0.5), b, 100)
+    assert v.status == Status.FAIL and "decode tok/s fell to 50%" in v.detail and "acceptance fell from 90% to 50%" in v.detail
+    ok = [_rec(0, 1), _rec(1, 2, left=True), _rec(2, 3, error=T.HTTP_4XX, expected_error=True)]
+    assert S.errors_verdict(ok, None).status == Status.PASS
+    assert S.errors_verdict(ok + [_rec(3, 4, error=T.HTTP_5XX, detail="x")], None).status == Status.FAIL
+    assert "died" in S.errors_verdict(ok, "SIGSEGV").detail
+    a = Answer("short-0", [1, 2, 3], "abc")
+    assert S.answers_verdict([(a, a, 1.0)], True, 0.05).status == Status.PASS
+    v = S.answers_verdict([(a, Answer("short-0", [1, 9, 3], "a?c"), 5.0)], True, 0.05)
+    assert v.status == Status.FAIL and "short-0 at 5 s under load vs alone" in v.detail
+    assert S.answers_verdict([], True, 0.05).status == Status.SKIP
+
+
+def test_load_gate_compares_throughput_and_p90_latency():
+    def run(tps: float, p90: float) -> dict:
+        return {"kind": "load", "cells": [{"cell": "c", "levels": [{"level": "2 clients", "output_tok_per_s": tps,
+                                                                     "e2e_s": {"p90": p90}}]}]}
+    th = gate.Thresholds(0.95, 0.85)
+    v = load_gate.compare(run(100, 1.0), run(100, 1.0), "file a", th)
+    assert [x.verdict for x in v] == [gate.OK, gate.OK]
+    v = load_gate.compare(run(50, 1.0), run(100, 1.0), "file a", th)
+    assert v[0].verdict == gate.REGRESSION and v[1].verdict == gate.OK
+    v = load_gate.compare(run(100, 1.1), run(100, 1.0), "file a", th)
+    assert v[1].verdict == gate.WARN
+    assert load_gate.compare(run(100, 1.0), {"cells": []}, "file a", th)[0].verdict == gate.NO_BASELINE
