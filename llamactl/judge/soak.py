@@ -48,8 +48,11 @@ MIX = {"chat": 4, "chat-stream": 3, "long-stream": 2, "messages": 2, "messages-s
        "overrun": 1, "answer": 2}
 CACHE_STATE = re.compile(r"cache state: (\d+) prompts, ([\d.]+) MiB")
 PER_ENTRY = re.compile(r"(update|load): +- prompt (0x|with length)")
-CACHE_ENTRY_KIB = 64.0   # bookkeeping a prompt-cache entry may hold beyond its logged size (token ids, checkpoints' metadata, heap slack)
-LEAVE_AFTER = 3          # content chunks a leaving client reads first
+# bookkeeping a prompt-cache entry may hold beyond its logged size (token ids, checkpoints' metadata, heap
+# slack): 64 KiB plus 32 bytes per token of the slot's context (seen: 36-42 KiB at 2k, ~100 KiB at 8k)
+CACHE_ENTRY_KIB, CACHE_ENTRY_BYTES_PER_TOKEN = 64.0, 32
+LEAVE_AFTER = 3
+LONG_ANSWER = 256        # max_tokens of the answers clients walk away from; every other request asks for fewer          # content chunks a leaving client reads first
 
 
 @dataclass
@@ -65,6 +68,8 @@ class Sample:
     open_files: int | None = None
     busy: int | None = None
     in_flight: int = 0
+    busy_long: int | None = None      # busy slots decoding a walk-away answer (n_predict >= LONG_ANSWER)
+    in_flight_long: int = 0           # walk-away requests whose client has not left yet
     cache_mib: float = 0.0
     cache_prompts: int = 0
 
@@ -136,13 +141,18 @@ def _corr(xs: list[float], ys: list[float]) -> float:
     return sxy / (sxx * syy) ** 0.5 if sxx > 0 and syy > 0 else 0.0
 
 
-def memory_verdict(samples: list[Sample], b: SoakBounds, duration_s: float, n_requests: int) -> Verdict:
+def entry_allowance_kib(n_ctx_slot: int | None) -> float:
+    """KiB a prompt-cache entry may hold beyond its logged size, for a slot context of ``n_ctx_slot`` tokens."""
+    return CACHE_ENTRY_KIB + CACHE_ENTRY_BYTES_PER_TOKEN * (n_ctx_slot or 0) / 1024
+
+
+def memory_verdict(samples: list[Sample], b: SoakBounds, duration_s: float, n_requests: int,
+                   n_ctx_slot: int | None = None) -> Verdict:
     """The memory slope after warm-up (MiB/h) of RssAnon+VmSwap less the prompt cache's logged size.
 
     Over the bound, the growth is judged against the cache's entries: while entries are added all along
     (the cache has not reached its ``--cache-ram`` limit), each holds some bookkeeping beyond its logged
-    size, so growth of at most ``CACHE_ENTRY_KIB`` per new entry that tracks the entries (correlation
-    > 0.9) is WARN ("cap --cache-ram or run until the cache is full to tell"); anything else over the
+    size, so growth of at most :func:`entry_allowance_kib` per new entry is WARN ("cap --cache-ram or run until the cache is full to tell"); anything else over the
     bound is FAIL (a leak beside the cache).
     """
     start = b.warmup * duration_s
@@ -170,23 +180,27 @@ def memory_verdict(samples: list[Sample], b: SoakBounds, duration_s: float, n_re
     if slope * 3600 <= b.memory_slope_mib_per_h:
         return Verdict("memory", Status.PASS, line, data)
     new_entries = after[-1].cache_prompts - after[0].cache_prompts
-    if new_entries > 0 and data["growth_mib"] is not None:
-        per_entry = 1024 * data["growth_mib"] / new_entries
+    if new_entries > 0 and len(pts) > 1:
+        per_entry = 1024 * slope * (pts[-1][0] - pts[0][0]) / new_entries   # the fitted growth, not two noisy ends
         tracks = _corr([float(s.cache_prompts) for s in after], [y for _, y in pts])
         data.update(kib_per_new_cache_entry=round(per_entry, 1), tracks_cache_entries=round(tracks, 3))
-        if per_entry <= CACHE_ENTRY_KIB and tracks > 0.9:
+        allowance = entry_allowance_kib(n_ctx_slot)
+        data["entry_allowance_kib"] = allowance
+        if per_entry <= allowance:
             return Verdict("memory", Status.WARN, f"{line}: it tracks the {new_entries} prompt-cache entries added "
-                           f"({per_entry:.0f} KiB each, within the cache's bookkeeping of {CACHE_ENTRY_KIB:g}); cap "
+                           f"({per_entry:.0f} KiB each, within the cache's bookkeeping of {allowance:.0f}); cap "
                            "--cache-ram or soak until the cache is full to tell it from a leak", data)
-        line += f"; {per_entry:.0f} KiB per new prompt-cache entry, more than its bookkeeping ({CACHE_ENTRY_KIB:g})"
+        line += f"; {per_entry:.0f} KiB per new prompt-cache entry, more than its bookkeeping ({allowance:.0f})"
     return Verdict("memory", Status.FAIL, line, data)
 
 
 def slots_verdict(samples: list[Sample], b: SoakBounds, departures: list[float]) -> Verdict:
-    """FAIL when more slots were busy than requests in flight for longer than ``slot_release_s`` in a row."""
+    """FAIL when, for longer than ``slot_release_s`` in a row, more slots were busy than requests in flight,
+    or more slots decoded a walk-away answer (``/slots`` ``params.n_predict`` >= ``LONG_ANSWER``) than such
+    requests still had a client (queued requests cannot hide a slot kept for a client that left)."""
     longest, since, worst_at = 0.0, None, None
     for s in samples:
-        if s.busy is not None and s.busy > s.in_flight:
+        if (s.busy is not None and s.busy > s.in_flight) or (s.busy_long is not None and s.busy_long > s.in_flight_long):
             since = s.t if since is None else since
             if s.t - since > longest:
                 longest, worst_at = s.t - since, since
@@ -204,9 +218,13 @@ def slots_verdict(samples: list[Sample], b: SoakBounds, departures: list[float])
                    f"{b.slot_release_s:g} s ({len(departures)} clients left mid-stream; longest {longest:.1f} s)", data)
 
 
-def _tenths(records: list[Record], duration_s: float) -> tuple[list[Record], list[Record]]:
-    tenth = duration_s / 10
-    first = [r for r in records if r.ok and r.end_s <= tenth]
+def _tenths(records: list[Record], duration_s: float, warmup: float = 0.0) -> tuple[list[Record], list[Record]]:
+    """Requests of the first tenth after warm-up (conversations have grown to their usual lengths) and of
+    the last tenth; a tenth is at least a third of the run or 60 s, whichever is less (a short soak's
+    tenth holds too few requests to compare)."""
+    tenth = max(duration_s / 10, min(duration_s / 3, 60.0))
+    start = warmup * duration_s
+    first = [r for r in records if r.ok and start <= r.start_s and r.end_s <= start + tenth]
     last = [r for r in records if r.ok and r.start_s >= duration_s - tenth]
     return first, last
 
@@ -216,28 +234,50 @@ def _acceptance(rs: list[Record]) -> float | None:
     return sum(r.server.get("draft_n_accepted") or 0 for r in rs) / drafted if drafted else None
 
 
+def _context_bin(r: Record) -> int | None:
+    """Requests of like context length (prompt + answer tokens, within a factor of 2) decode alike: a
+    conversation that grew decodes slower by design, not by drift."""
+    n = (r.prompt_tokens or 0) + (r.output_tokens or 0)
+    return n.bit_length() if r.prompt_tokens else None
+
+
+def _tps_ratio(first: list[Record], last: list[Record]) -> tuple[float | None, float | None, float | None, str]:
+    """(ratio, first tok/s, last tok/s, how): the median of per-context-length-bin ratios of median server
+    decode tok/s where both tenths have 2+ requests of that length, else the plain ratio of medians."""
+    def tps(rs: list[Record]) -> float | None:
+        return pcts([r.server.get("predicted_per_second") for r in rs if (r.output_tokens or 0) > 1])["p50"]
+    a, b = tps(first), tps(last)
+    ratios = []
+    for k in sorted({_context_bin(r) for r in first} & {_context_bin(r) for r in last} - {None}):
+        fa, la = [r for r in first if _context_bin(r) == k], [r for r in last if _context_bin(r) == k]
+        x, y = tps(fa), tps(la)
+        if len(fa) >= 2 and len(la) >= 2 and x and y:
+            ratios.append(y / x)
+    if ratios:
+        return pcts(ratios)["p50"], a, b, f"like context lengths, {len(ratios)} bin(s)"
+    return (b / a if a and b else None), a, b, "all requests (no context length in both tenths)"
+
+
 def drift_verdict(records: list[Record], b: SoakBounds, duration_s: float) -> Verdict:
-    """Draft acceptance and median server decode tok/s (``timings.predicted_per_second``) of requests in the
-    last tenth against the first tenth."""
-    first, last = _tenths(records, duration_s)
-    tps = [pcts([r.server.get("predicted_per_second") for r in rs if (r.output_tokens or 0) > 1])["p50"] for rs in (first, last)]
+    """Draft acceptance and server decode tok/s (``timings.predicted_per_second``) of requests in the last
+    tenth against the first tenth after warm-up; tok/s compared between requests of like context length."""
+    first, last = _tenths(records, duration_s, b.warmup)
+    ratio, t0, t1, how = _tps_ratio(first, last)
     acc = [_acceptance(rs) for rs in (first, last)]
-    data = {"tok_per_s": {"first": tps[0], "last": tps[1]}, "acceptance": {"first": acc[0], "last": acc[1]},
-            "requests": {"first": len(first), "last": len(last)}, "tps_ratio_min": b.tps_ratio_min,
-            "acceptance_drop_max": b.acceptance_drop_max}
+    data: dict[str, Any] = {"tok_per_s": {"first": t0, "last": t1}, "acceptance": {"first": acc[0], "last": acc[1]},
+                            "requests": {"first": len(first), "last": len(last)}, "tps_ratio_min": b.tps_ratio_min,
+                            "acceptance_drop_max": b.acceptance_drop_max, "tps_ratio": ratio, "compared": how}
     problems = []
-    if tps[0] and tps[1]:
-        data["tps_ratio"] = round(tps[1] / tps[0], 3)
-        if tps[1] / tps[0] < b.tps_ratio_min:
-            problems.append(f"decode tok/s fell to {tps[1] / tps[0]:.0%} of the first tenth's ({tps[1]:.0f} vs {tps[0]:.0f})")
+    if ratio is not None and ratio < b.tps_ratio_min:
+        problems.append(f"decode tok/s fell to {ratio:.0%} of the first tenth's ({how})")
     if acc[0] is not None and acc[1] is not None and acc[0] - acc[1] > b.acceptance_drop_max:
         problems.append(f"draft acceptance fell from {acc[0]:.0%} to {acc[1]:.0%}")
     if problems:
         return Verdict("drift", Status.FAIL, "; ".join(problems), data)
-    if not tps[0] or not tps[1]:
+    if ratio is None:
         return Verdict("drift", Status.SKIP, "too few requests in the first or last tenth to compare", data)
     acc_s = "" if acc[0] is None or acc[1] is None else f", acceptance {acc[0]:.0%} -> {acc[1]:.0%}"
-    return Verdict("drift", Status.PASS, f"last tenth decode tok/s {tps[1] / tps[0]:.0%} of the first's{acc_s}", data)
+    return Verdict("drift", Status.PASS, f"last tenth decode tok/s {ratio:.0%} of the first's ({how}){acc_s}", data)
 
 
 def errors_verdict(records: list[Record], crash: str | None) -> Verdict:
@@ -323,6 +363,7 @@ class _Traffic:
         self.probe_results: list[tuple[A.Answer, A.Answer, float]] = []
         self.departures: list[float] = []
         self.in_flight = 0
+        self.in_flight_long = 0
         self.errors = 0
 
     def prompt(self, rng: random.Random, n: int, tag: str) -> str:
@@ -347,7 +388,7 @@ class _Traffic:
             user = self.prompt(rng, n_new, f"{session.tag} turn {len(session.turns) // 2 + 1}")
             n_out = rng.randint(8, 48) if kind != "long-stream" else rng.randint(16, 64)
             if kind == "disconnect":   # a long answer the client walks away from
-                n_out = max(64, self.n_ctx_slot - 2 * (session.tokens + n_new) - 64)
+                n_out = max(LONG_ANSWER, self.n_ctx_slot - 2 * (session.tokens + n_new) - 64)
                 leave = LEAVE_AFTER
             stream = kind in ("chat-stream", "long-stream", "messages-stream", "disconnect")
             if kind.startswith("messages"):
@@ -357,14 +398,17 @@ class _Traffic:
             else:
                 body = traffic.chat_body("", n_out, stream=stream, model=self.model, system=session.system)
                 body["messages"] = [body["messages"][0], *session.turns, {"role": "user", "content": user}]
+        long = int(leave is not None)
         with self.lock:
             self.in_flight += 1
+            self.in_flight_long += long
         try:
             rec = traffic.send(self.client, self.url, path, body, kind=kind, t0=self.t0, timeout=self.s.timeout,
                                leave_after_tokens=leave)
         finally:
             with self.lock:
                 self.in_flight -= 1
+                self.in_flight_long -= long
         rec.expected_error = expected and rec.error == traffic.HTTP_4XX   # refused with a reason: right
         self._keep(rec)
         if rec.left:
@@ -423,15 +467,18 @@ def _alone(client: httpx.Client, url: str, model: str, timeout: float) -> dict[s
     return out
 
 
-def _slot_busy(client: httpx.Client, url: str) -> int | None:
+def _slot_busy(client: httpx.Client, url: str) -> tuple[int | None, int | None]:
+    """(busy slots, busy slots decoding a walk-away answer) from ``/slots``; (None, None) when unreadable."""
     try:
         r = client.get(f"{url}/slots", timeout=5)
-        if r.status_code != 200:
-            return None
-        slots = r.json()
-        return sum(1 for s in slots if isinstance(s, dict) and s.get("is_processing")) if isinstance(slots, list) else None
+        slots = r.json() if r.status_code == 200 else None
     except (httpx.HTTPError, ValueError):
-        return None
+        return None, None
+    if not isinstance(slots, list):
+        return None, None
+    busy = [s for s in slots if isinstance(s, dict) and s.get("is_processing")]
+    long = [s for s in busy if int((s.get("params") or {}).get("n_predict") or 0) >= LONG_ANSWER]
+    return len(busy), len(long)
 
 
 def soak_cell(base: profiles.Resolved, cell: Cell, binary: launcher.Binary, run_dir: Path, s: Settings,
@@ -473,7 +520,7 @@ def soak_cell(base: profiles.Resolved, cell: Cell, binary: launcher.Binary, run_
         duration = min(s.duration_s, samples[-1].t if samples else s.duration_s)
         crash = None if sp.alive() else sp.crash().summary()
         records = sorted(tr.records, key=lambda r: r.start_s)
-        verdicts = [memory_verdict(samples, bounds, duration, len(records)),
+        verdicts = [memory_verdict(samples, bounds, duration, len(records), n_ctx_slot),
                     slots_verdict(samples, bounds, tr.departures),
                     drift_verdict(records, bounds, duration),
                     errors_verdict(records, crash),
@@ -524,14 +571,14 @@ def _run_traffic(tr: _Traffic, sp: ServerProcess, side: httpx.Client, cache: _Ca
         now = time.monotonic()
         st = read_status(sp.pid) if sp.pid else None
         with tr.lock:
-            in_flight = tr.in_flight
-        busy = _slot_busy(side, sp.url)
-        with tr.lock:   # a request that ended while /slots was read: count the smaller in-flight number
-            in_flight = max(in_flight, tr.in_flight)
+            in_flight, in_flight_long = tr.in_flight, tr.in_flight_long
+        busy, busy_long = _slot_busy(side, sp.url)
+        with tr.lock:   # a request sent while /slots was read counts: the larger in-flight number
+            in_flight, in_flight_long = max(in_flight, tr.in_flight), max(in_flight_long, tr.in_flight_long)
         samples.append(Sample(round(now - tr.t0, 3), st.get("VmRSS") if st else None, st.get("VmHWM") if st else None,
                               anon_swap_mib(st) if st else None, st.get("VmSwap") if st else None,
                               st.get("Threads") if st else None, open_files(sp.pid) if sp.pid else None,
-                              busy, in_flight, cache.mib, cache.prompts))
+                              busy, in_flight, busy_long, in_flight_long, cache.mib, cache.prompts))
         if progress:
             progress(Progress(cell, now - tr.t0, s.duration_s, len(tr.records), tr.errors, samples[-1].rss))
         alive = any(th.is_alive() for th in threads)

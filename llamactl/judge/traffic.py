@@ -240,6 +240,9 @@ def _stream(client: httpx.Client, url: str, path: str, body: dict[str, Any], rec
                 return
             if isinstance(d.get("timings"), dict):
                 timings = d["timings"]
+            start_usage = (d.get("message") or {}).get("usage") if d.get("type") == "message_start" else None
+            if isinstance(start_usage, dict) and start_usage.get("input_tokens") is not None:
+                rec.prompt_tokens = start_usage["input_tokens"]   # Anthropic: the prompt's size comes first
             text = _delta_text(d)
             usage = d.get("usage") if isinstance(d.get("usage"), dict) else None
             if usage:

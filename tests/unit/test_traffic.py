@@ -144,14 +144,19 @@ def test_slot_verdict_fails_a_slot_busy_with_no_client():
 
 
 def test_drift_errors_and_answers_verdicts():
-    b = SoakBounds()
+    b = SoakBounds(warmup=0.0)
 
-    def recs(t0: float, tps: float, acc: float) -> list[T.Record]:
-        return [_rec(t0, t0 + 0.5, output_tokens=8, server={"predicted_per_second": tps, "draft_n": 10,
-                                                            "draft_n_accepted": 10 * acc}) for _ in range(3)]
+    def recs(t0: float, tps: float, acc: float, prompt: int = 100) -> list[T.Record]:
+        return [_rec(t0, t0 + 0.5, output_tokens=8, prompt_tokens=prompt, server={
+            "predicted_per_second": tps, "draft_n": 10, "draft_n_accepted": 10 * acc}) for _ in range(3)]
     assert S.drift_verdict(recs(0, 100, 0.9) + recs(95, 95, 0.9), b, 100).status == Status.PASS
     v = S.drift_verdict(recs(0, 100, 0.9) + recs(95, 50, 0.5), b, 100)
     assert v.status == Status.FAIL and "decode tok/s fell to 50%" in v.detail and "acceptance fell from 90% to 50%" in v.detail
+    # conversations that grew decode slower by design: only like context lengths are compared (windows: a third)
+    grown = recs(0, 100, 0.9) + recs(0, 40, 0.9, prompt=3000) + recs(95, 38, 0.9, prompt=3000) + recs(95, 99, 0.9)[:2]
+    v = S.drift_verdict(grown, b, 100)
+    assert v.status == Status.PASS and "like context lengths, 2 bin(s)" in v.detail, v.detail
+    assert S.drift_verdict(recs(0, 100, 0.9) + recs(95, 40, 0.9, prompt=3000), b, 100).status == Status.FAIL
     ok = [_rec(0, 1), _rec(1, 2, left=True), _rec(2, 3, error=T.HTTP_4XX, expected_error=True)]
     assert S.errors_verdict(ok, None).status == Status.PASS
     assert S.errors_verdict(ok + [_rec(3, 4, error=T.HTTP_5XX, detail="x")], None).status == Status.FAIL
@@ -175,3 +180,13 @@ def test_load_gate_compares_throughput_and_p90_latency():
     v = load_gate.compare(run(100, 1.1), run(100, 1.0), "file a", th)
     assert v[1].verdict == gate.WARN
     assert load_gate.compare(run(100, 1.0), {"cells": []}, "file a", th)[0].verdict == gate.NO_BASELINE
+
+
+def test_a_slot_kept_for_a_client_that_left_shows_even_behind_queued_requests():
+    b = SoakBounds(slot_release_s=1.0)
+    # both slots busy, two requests in flight (one queued): only the walk-away count shows the kept slot
+    hidden = [S.Sample(float(t), busy=2, in_flight=2, busy_long=1, in_flight_long=0) for t in range(4)]
+    v = S.slots_verdict(hidden, b, [0.0])
+    assert v.status == Status.FAIL and "for 3.0 s" in v.detail
+    fine = [S.Sample(float(t), busy=2, in_flight=2, busy_long=1, in_flight_long=1) for t in range(4)]
+    assert S.slots_verdict(fine, b, [0.0]).status == Status.PASS
