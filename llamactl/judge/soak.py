@@ -248,7 +248,8 @@ def _tps_ratio(first: list[Record], last: list[Record]) -> tuple[float | None, f
         return pcts([r.server.get("predicted_per_second") for r in rs if (r.output_tokens or 0) > 1])["p50"]
     a, b = tps(first), tps(last)
     ratios = []
-    for k in sorted({_context_bin(r) for r in first} & {_context_bin(r) for r in last} - {None}):
+    bins = {_context_bin(r) for r in first} & {_context_bin(r) for r in last}
+    for k in sorted(x for x in bins if x is not None):
         fa, la = [r for r in first if _context_bin(r) == k], [r for r in last if _context_bin(r) == k]
         x, y = tps(fa), tps(la)
         if len(fa) >= 2 and len(la) >= 2 and x and y:
