@@ -6,6 +6,7 @@ Examples:
     llamactl load default --parallel 2 --clients 1,2,4 --html reports/load.html --plot reports/load.png
     llamactl load default --clients 4 --requests 100 --json | jq '.cells[].levels[] | {level, output_tok_per_s}'
     llamactl load default --clients 2 --baseline last --fail-below 0.85
+    llamactl load default --url http://127.0.0.1:8080 --clients 1,2     # a server already running
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ def load(
     prompt_len: Annotated[str, typer.Option("--prompt-len", help="Prompt tokens: N or LO:HI (uniform, seeded).")] = "128",
     max_tokens: Annotated[str, typer.Option("--max-tokens", help="Answer tokens: N or LO:HI (uniform, seeded; ignore_eos).")] = "64",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the length draws and arrivals.")] = 42,
+    url: Annotated[Optional[str], typer.Option("--url", help="Load a server already running here (no launch); the "
+                   "profile gives its model name and API key.")] = None,
     baseline: Annotated[Optional[str], typer.Option("--baseline", help="Gate against: last (same profile on this machine), "
                         "a history run id, or a load JSON file.")] = None,
     warn_below: Annotated[float, typer.Option("--warn-below", help="Warn when output tok/s (or 1/p90 e2e) falls below this ratio of the baseline.")] = 0.95,
@@ -102,7 +105,11 @@ def load(
     against = load_gate.baseline(baseline, base.name, fingerprint.machine()["id"], History(history)) if baseline else None
     out = Output(json)
     screen = err_console if json else console
-    binary = launcher.ensure_binary(base.profile, out.progress)
+    if url is not None:
+        if not url.startswith(("http://", "https://")):
+            raise BadInput(f"--url {url!r}: expected http://HOST:PORT")
+        cells = cells[:1]
+    binary = launcher.ensure_binary(base.profile, out.progress) if url is None else None
     run_dir = launcher.new_run_dir(f"load-{base.name}")
     stop = threading.Event()
     stop_on_signals(on_signal=stop.set)
@@ -122,11 +129,16 @@ def load(
                     if seen:
                         progress.advance(task)
                     seen.add(level)
-            results.append(load_lib.load_cell(base, c, binary, run_dir, levels, settings, tick, stop))
+            if url is not None:
+                results.append(load_lib.load_url(base, url, levels, settings, tick, stop))
+            else:
+                assert binary is not None
+                results.append(load_lib.load_cell(base, c, binary, run_dir, levels, settings, tick, stop))
             progress.update(task, completed=len(results) * len(levels))
             if stop.is_set():
                 break
-    meta = {"profile": base.name, "binary": str(binary.path), "version": (binary.manifest or {}).get("version", ""),
+    meta = {"profile": base.name, "binary": str(binary.path) if binary else None, "url": url,
+            "version": (binary.manifest or {}).get("version", "") if binary else "",
             "prompt_len": str(settings.prompt_len), "max_tokens": str(settings.max_tokens), "duration_s": duration,
             "requests": requests, "seed": seed, "levels": [lv.label for lv in levels],
             "wall_s": round(time.monotonic() - t0, 1), "run_dir": str(run_dir), "interrupted": stop.is_set()}

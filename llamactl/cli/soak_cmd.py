@@ -82,7 +82,7 @@ def soak(
     history: o.History = None,
     json: o.Json = False,
 ) -> None:
-    """Mixed agent traffic for --duration per cell; verdicts on memory slope, slot release, drift, errors and answers."""
+    """Hours of mixed agent traffic: memory slope, slots released, acceptance and tok/s drift, errors, answers under load."""
     seconds = parse_duration(duration)
     if clients is not None and not 1 <= clients <= 64:
         raise BadInput("--clients must be 1..64")

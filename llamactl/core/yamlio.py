@@ -21,7 +21,7 @@ import yaml
 from yaml.composer import ComposerError
 from yaml.constructor import ConstructorError
 from yaml.events import AliasEvent
-from yaml.nodes import MappingNode, Node, SequenceNode
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from llamactl.core.errors import BadInput
 from llamactl.core.files import MAX_TEXT_BYTES, read_text
@@ -135,21 +135,28 @@ def _where(exc: yaml.YAMLError) -> tuple[int | None, str]:
     return (mark.line + 1 if mark is not None else None), " ".join(text.split())
 
 
-def _key_lines(node: Node, lines: dict[str, int], prefix: str = "", depth: int = 2) -> None:
-    """1-based line of each mapping key, dotted, ``depth`` levels down (``build.backend``)."""
+def _key_lines(node: Node, lines: dict[str, int], prefix: str = "", depth: int = 2,
+               raw: dict[str, str] | None = None) -> None:
+    """1-based line of each mapping key, dotted, ``depth`` levels down (``build.backend``); with ``raw``,
+    the text of each plain (unquoted) scalar value that YAML reads as a number or a boolean."""
     if not isinstance(node, MappingNode) or depth == 0:
         return
     for k, v in node.value:
         if isinstance(k.value, str):
             key = f"{prefix}{k.value}"
             lines.setdefault(key, k.start_mark.line + 1)
-            _key_lines(v, lines, f"{key}.", depth - 1)
+            if raw is not None and isinstance(v, ScalarNode) and v.tag in (BOOL, INT, FLOAT) and v.style is None:
+                raw.setdefault(key, v.value)
+            _key_lines(v, lines, f"{key}.", depth - 1, raw)
 
 
-def loads(text: str, source: str = "<string>", lines: dict[str, int] | None = None) -> Any:
+def loads(text: str, source: str = "<string>", lines: dict[str, int] | None = None,
+          raw: dict[str, str] | None = None) -> Any:
     """Parse one YAML document from ``text``; ``source`` names it in errors (a path, or ``--set``).
 
-    ``lines``, when given, receives the 1-based line of each key (dotted, two levels deep).
+    ``lines``, when given, receives the 1-based line of each key (dotted, two levels deep); ``raw`` the
+    text as written of each value YAML typed as a number or boolean (``api_key: 0755`` -> ``"0755"``), for
+    keys that take text.
     Raises:
         BadInput: invalid YAML, a duplicate key, a bomb or nesting too deep: ``SOURCE:LINE: problem``.
     """
@@ -159,8 +166,8 @@ def loads(text: str, source: str = "<string>", lines: dict[str, int] | None = No
         if node is None:
             return None
         _expanded_size(node, {}, set())
-        if lines is not None:
-            _key_lines(node, lines)
+        if lines is not None or raw is not None:
+            _key_lines(node, {} if lines is None else lines, raw=raw)
         return loader.construct_document(node)
     except yaml.YAMLError as exc:
         line, problem = _where(exc)
@@ -173,9 +180,9 @@ def loads(text: str, source: str = "<string>", lines: dict[str, int] | None = No
 
 
 def load_file(path: Path, what: str = "file", max_bytes: int = MAX_TEXT_BYTES,
-              lines: dict[str, int] | None = None) -> Any:
+              lines: dict[str, int] | None = None, raw: dict[str, str] | None = None) -> Any:
     """Read (bounded, UTF-8) and parse a YAML file. Raises BadInput naming the file and line."""
-    return loads(read_text(path, what, max_bytes), str(path), lines)
+    return loads(read_text(path, what, max_bytes), str(path), lines, raw)
 
 
 def parse_scalar(raw: str) -> Any:

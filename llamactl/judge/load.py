@@ -213,6 +213,56 @@ def _spec(client: httpx.Client, url: str) -> metrics.SpecCounters:
         return metrics.SpecCounters()
 
 
+def _drive_levels(client: httpx.Client, url: str, levels: list[Level], s: Settings, slots: int, out: dict[str, Any],
+                  progress: Callable[[str, Record | None], None] | None, stop: threading.Event | None,
+                  alive: Callable[[], bool] = lambda: True) -> None:
+    """Calibrate prompt lengths, warm up, then every load in turn into ``out["levels"]``."""
+    tpw, overhead = traffic.calibrate(client, url)
+    s = Settings(**{**s.__dict__, "tokens_per_word": tpw, "overhead": overhead})
+    out["tokens_per_word"] = round(tpw, 3)
+    traffic.send(client, url, "/v1/chat/completions", traffic.chat_body("Hello.", 8, stream=True, model=s.model),
+                 kind="warm-up", t0=time.monotonic())
+    for level in levels:
+        if stop is not None and stop.is_set():
+            break
+        before = _spec(client, url)
+        on_record: Callable[[Record], None] | None = None
+        if progress is not None:
+            on_record = functools.partial(progress, level.label)
+        records, wall = drive(client, url, level, s, stop, on_record)
+        d = _spec(client, url).minus(before)
+        summary = summarize(level, records, wall, slots)
+        summary["acceptance"] = d.acceptance if d.present and d.draft_tokens else None
+        summary["records"] = [r.to_dict() for r in records]
+        out["levels"].append(summary)
+        if not alive():
+            break
+
+
+def load_url(base: profiles.Resolved, url: str, levels: list[Level], s: Settings,
+             progress: Callable[[str, Record | None], None] | None = None,
+             stop: threading.Event | None = None) -> dict[str, Any]:
+    """Every load against a server already running at ``url`` (nothing launched or stopped; its slots
+    from ``/props`` ``total_slots``, else the profile's ``parallel``), as one cell named ``url``."""
+    prof = base.profile
+    url = url.rstrip("/")
+    out: dict[str, Any] = {"cell": "url", "url": url, "overrides": {}, "levels": [], "error": None, "log": None,
+                           "mtp": bool(prof.enable_mtp and prof.draft_model)}
+    headers = {"Authorization": f"Bearer {prof.api_key}"} if prof.api_key else {}
+    limits = httpx.Limits(max_connections=MAX_IN_FLIGHT + 8, max_keepalive_connections=0)
+    with httpx.Client(headers=headers, limits=limits) as client:
+        try:
+            props = client.get(f"{url}/props", timeout=10).json()
+            slots = int(props.get("total_slots") or prof.parallel)
+            s = Settings(**{**s.__dict__, "model": prof.alias or "model"})
+        except (httpx.HTTPError, ValueError, TypeError, AttributeError) as exc:
+            out["error"] = f"{url}/props: {type(exc).__name__}: {exc}"
+            return out
+        out["parallel"] = slots
+        _drive_levels(client, url, levels, s, slots, out, progress, stop)
+    return out
+
+
 def load_cell(base: profiles.Resolved, cell: Cell, binary: launcher.Binary, run_dir: Path, levels: list[Level],
               s: Settings, progress: Callable[[str, Record | None], None] | None = None,
               stop: threading.Event | None = None) -> dict[str, Any]:
@@ -235,27 +285,9 @@ def load_cell(base: profiles.Resolved, cell: Cell, binary: launcher.Binary, run_
         sp.wait_healthy(prof.health_timeout)
         # a new connection per request (as bench): a kept-alive one the server closed meanwhile would fail
         with sp.client(limits=httpx.Limits(max_connections=MAX_IN_FLIGHT + 8, max_keepalive_connections=0)) as client:
-            tpw, overhead = traffic.calibrate(client, sp.url)
-            s = Settings(**{**s.__dict__, "tokens_per_word": tpw, "overhead": overhead})
-            out["tokens_per_word"] = round(tpw, 3)
-            traffic.send(client, sp.url, "/v1/chat/completions",
-                         traffic.chat_body("Hello.", 8, stream=True, model=s.model), kind="warm-up", t0=time.monotonic())
-            for level in levels:
-                if stop is not None and stop.is_set():
-                    break
-                before = _spec(client, sp.url)
-                on_record: Callable[[Record], None] | None = None
-                if progress is not None:
-                    on_record = functools.partial(progress, level.label)
-                records, wall = drive(client, sp.url, level, s, stop, on_record)
-                d = _spec(client, sp.url).minus(before)
-                summary = summarize(level, records, wall, prof.parallel)
-                summary["acceptance"] = d.acceptance if d.present and d.draft_tokens else None
-                summary["records"] = [r.to_dict() for r in records]
-                out["levels"].append(summary)
-                if not sp.alive():
-                    out["error"] = sp.crash().summary()
-                    break
+            _drive_levels(client, sp.url, levels, s, prof.parallel, out, progress, stop, sp.alive)
+            if not sp.alive():
+                out["error"] = sp.crash().summary()
         out["peak_rss_mib"] = _peak_rss_mib(sp.pid)
     except (ServerDied, LlamactlError) as exc:
         out["error"] = str(exc)

@@ -9,15 +9,18 @@ a 240 MB model is described in well under a second. Split models
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 import os
+import pickle
 import re
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from llamactl.core.errors import BadInput
+from llamactl.core.files import atomic_path
 
 SUPPORTED_VERSIONS = (2, 3)          # llama.cpp's gguf reader refuses version 1 and anything newer than 3
 SMALL_ARRAY = 1024                   # numeric arrays up to this many elements are read; longer ones are summarised
@@ -179,26 +182,63 @@ def _open_checked(path: Path) -> int:
     return st.st_size
 
 
+HEADER_CACHE_VERSION = 1   # bump when Header or _parse changes what a cached header holds
+
+
+def _header_cache(path: Path) -> Path | None:
+    """Where the parsed header of ``path`` as it is now (path, size, mtime, inode, ctime) is kept; None
+    when the file cannot be stat'ed (read_header names the problem)."""
+    from llamactl.core import paths
+
+    try:
+        st = path.stat()
+        real = path.resolve()
+    except OSError:
+        return None
+    key = hashlib.sha256(f"{HEADER_CACHE_VERSION}|{real}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{st.st_ctime_ns}"
+                         .encode()).hexdigest()[:32]
+    return paths.cache_root() / "gguf-headers" / f"{key}.pickle"
+
+
 def read_header(path: Path) -> Header:
     """Parse the GGUF header of ``path`` without reading tensor data.
+
+    A header parsed once is kept in ``<cache>/gguf-headers`` keyed by the file's path, size, mtime,
+    inode and ctime, and read back from there (no gguf/numpy import: ``run --detach`` starts sooner);
+    a file that changed in any of these is parsed again, and a file that fails is never cached.
 
     Raises:
         ModelFileError: the file is missing, a directory, unreadable, not a GGUF file, of an
             unsupported GGUF version, corrupt, or truncated (header or tensor data).
     """
-    import gguf
-
     path = Path(path)
     size = _open_checked(path)
     if size == 0:
         raise ModelFileError(f"{path} is empty, not a GGUF file")
+    cache = _header_cache(path)
+    if cache is not None:
+        try:
+            cached = pickle.loads(cache.read_bytes())
+            if isinstance(cached, Header) and cached.file_size == size:
+                return replace(cached, path=path)
+        except Exception:   # noqa: BLE001 - a missing, stale or unreadable cache entry is just parsed again
+            pass
+    import gguf
+
     try:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            return _parse(buf, path, size, gguf)
+            h = _parse(buf, path, size, gguf)
     except PermissionError:
         raise ModelFileError(f"model file {path} cannot be read: permission denied") from None
     except OSError as exc:
         raise ModelFileError(f"model file {path} cannot be read: {exc.strerror or exc}") from None
+    if cache is not None:
+        try:
+            with atomic_path(cache) as tmp:
+                tmp.write_bytes(pickle.dumps(h, protocol=pickle.HIGHEST_PROTOCOL))
+        except OSError:
+            pass   # a cache that cannot be written costs the next run the parse, nothing else
+    return h
 
 
 def _parse(buf: mmap.mmap, path: Path, size: int, gguf: Any) -> Header:

@@ -440,7 +440,8 @@ def _read_yaml(path: Path, lines: dict[str, int] | None = None) -> dict:
     if not path.exists() and not path.is_symlink():
         known = ", ".join(list_profiles(path.parent)) if path.parent.is_dir() else ""
         raise BadInput(f"profile {path.stem!r} not found ({path})", hint=f"known profiles: {known or 'none'}")
-    data = yamlio.load_file(path, "profile", lines=lines)
+    raw: dict[str, str] = {}
+    data = yamlio.load_file(path, "profile", lines=lines, raw=raw)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -448,6 +449,21 @@ def _read_yaml(path: Path, lines: dict[str, int] | None = None) -> dict:
     bad = [k for k in data if not isinstance(k, str)]
     if bad:
         raise BadInput(f"{path}: profile keys must be names, got {bad[0]!r}")
+    return _text_as_written(data, raw)
+
+
+def _text_as_written(data: dict, raw: dict[str, str]) -> dict:
+    """``data`` with the text as written for keys that take text where YAML read a number or a boolean
+    (``api_key: 0755``, ``alias: 1e3``, ``host: 0x7f000001``, ``build.source: 123``), as ``--set`` keeps it."""
+    for key, text in raw.items():
+        annotation = field_annotation(key)
+        if annotation is None or not takes_text(annotation):
+            continue
+        head, _, tail = key.partition(".")
+        if not tail and not isinstance(data.get(key), str):
+            data[key] = text
+        elif tail and isinstance(data.get(head), dict) and not isinstance(data[head].get(tail), str):
+            data[head] = {**data[head], tail: text}
     return data
 
 

@@ -115,3 +115,21 @@ def test_ctrl_c_stops_a_soak_writes_its_report_and_leaves_no_server(built, clean
     data = json.loads(out.read_text())
     assert data["meta"]["interrupted"] and data["cells"][0]["verdicts"]
     assert all(wait_gone(pid, 10) for pid in llama_server_pids() - before)
+
+
+def test_load_url_drives_a_server_already_running(built, clean_env, tmp_path):
+    cp = subprocess.run([*LLAMACTL, "run", "tiny-gemma4-mtp", "--no-mtp", "--detach", "--json", "--port", "0"],
+                        capture_output=True, text=True, env=clean_env, timeout=120)
+    info = json.loads(cp.stdout)
+    try:
+        out = tmp_path / "url.json"
+        cp = run(["load", "tiny-gemma4-mtp", "--url", info["url"], "--clients", "1", "--duration", "1",
+                  "--max-tokens", "16", "--json-out", str(out), "--no-env"], clean_env)
+        assert cp.returncode == 0, cp.stdout[-2000:]
+        cell = json.loads(out.read_text())["cells"][0]
+        assert cell["cell"] == "url" and cell["levels"][0]["completed"] > 0 and cell["levels"][0]["errors"] == {}
+        bad = run(["load", "tiny-gemma4-mtp", "--url", "localhost:1", "--no-env"], clean_env)
+        assert bad.returncode == 2 and "expected http://HOST:PORT" in bad.stderr
+    finally:
+        os.kill(info["pid"], signal.SIGTERM)
+        assert wait_gone(info["pid"], 15)

@@ -248,3 +248,28 @@ def test_no_architecture(tmp_path):
     w.close()
     with pytest.raises(ModelFileError, match="no general.architecture"):
         check_launchable(p)
+
+
+def test_a_parsed_header_is_read_back_from_the_cache_until_the_file_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLAMACTL_CACHE", str(tmp_path / "cache"))
+    p = write_gguf(tmp_path / "m.gguf", n_tensors=3)
+    first = read_header(p)
+    cached = list((tmp_path / "cache" / "gguf-headers").glob("*.pickle"))
+    assert len(cached) == 1
+    again = read_header(p)
+    assert again == first and again.path == p
+    # the same file under another name is the same header, named as asked
+    link = tmp_path / "link.gguf"
+    link.symlink_to(p)
+    assert read_header(link).path == link
+    # rewritten (a new inode, size and mtime): parsed again, and a truncated file is refused, never served stale
+    data = p.read_bytes()
+    p.unlink()
+    p.write_bytes(data[: len(data) - 8])
+    with pytest.raises(ModelFileError, match="truncated"):
+        read_header(p)
+    # a corrupt cache entry is parsed again
+    p.write_bytes(data)
+    for f in (tmp_path / "cache" / "gguf-headers").glob("*.pickle"):
+        f.write_bytes(b"not a pickle")
+    assert read_header(p).tensors == first.tensors

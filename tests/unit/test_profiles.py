@@ -120,3 +120,15 @@ def test_flat_harness_keys_still_load_into_the_block_and_a_cell_wins():
     r = profiles.resolve("tiny-gemma4-mtp", environ={}, cli={"expect_acceptance": [0.1, 0.2]})
     assert r.profile.harness.expect_acceptance == (0.1, 0.2) and r.origin("harness.expect_acceptance") == "cli"
     assert r.profile.harness.concurrent_max_tokens == 400 and r.origin("harness.concurrent_max_tokens") == "profile tiny-gemma4-mtp.yaml"
+
+
+@pytest.mark.parametrize("line,key,want", [
+    ("api_key: 0755", "api_key", "0755"), ("alias: 1e3", "alias", "1e3"), ("host: 0x7f000001", "host", "0x7f000001"),
+    ("alias: true", "alias", "true"), ("alias: .inf", "alias", ".inf"), ("alias: 0o17", "alias", "0o17"),
+])
+def test_a_profile_file_keeps_text_as_written_where_a_key_takes_text(tmp_path, line, key, want):
+    p = tmp_path / "p.yaml"
+    p.write_text(f"model: gemma3-270m\n{line}\nparallel: 2\nbuild:\n  source: 123\n")
+    r = profiles.resolve(str(p), environ={})
+    assert getattr(r.profile, key) == want
+    assert r.profile.parallel == 2 and r.profile.build.source == "123"   # numbers stay numbers where they are numbers
