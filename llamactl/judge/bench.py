@@ -185,14 +185,6 @@ def stream_one(client: httpx.Client, url: str, model: str, prompt: str, n_predic
             "server_prompt_tps": timings.get("prompt_per_second")}
 
 
-def _spec(client: httpx.Client, url: str) -> metrics.SpecCounters:
-    try:
-        r = client.get(f"{url}/metrics", timeout=10)
-        return metrics.spec_counters(metrics.parse(r.text)) if r.status_code == 200 else metrics.SpecCounters()
-    except httpx.HTTPError:
-        return metrics.SpecCounters()
-
-
 def _beside(prof: profiles.Profile, variant: str) -> profiles.Profile:
     """``prof`` for a second server running next to the first: a free port, ``NAME-<variant>.sock`` sockets."""
     hosts = [f"{h[:-len('.sock')]}-{variant}.sock" if h.endswith(".sock") else h for h in split_hosts(prof.host)]
@@ -325,9 +317,9 @@ def bench_cell(base: profiles.Resolved, cell: Cell, binary: launcher.Binary, run
                     # going first or second after another server's burst cannot favour one arm
                     for v in (live if (rep * len(prompts) + pi) % 2 == 0 else live[::-1]):
                         url, client = servers[v].url, clients[v]
-                        before = _spec(client, url)
+                        before = metrics.fetch_spec(client, url)
                         res = stream_one(client, url, model, prompt, n_predict, seed)
-                        d = _spec(client, url).minus(before)
+                        d = metrics.fetch_spec(client, url).minus(before)
                         out.variants[v].samples.append(Sample(cell.id, v, rep, pi, draft_tokens=d.draft_tokens,
                                                               accepted_tokens=d.accepted_tokens,
                                                               accepted_per_pos=d.accepted_per_pos, **res))

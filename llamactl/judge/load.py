@@ -205,14 +205,6 @@ def server_check(ok: list[Record], ttft: bool = True) -> dict[str, Any]:
     return out
 
 
-def _spec(client: httpx.Client, url: str) -> metrics.SpecCounters:
-    try:
-        r = client.get(f"{url}/metrics", timeout=10)
-        return metrics.spec_counters(metrics.parse(r.text)) if r.status_code == 200 else metrics.SpecCounters()
-    except httpx.HTTPError:
-        return metrics.SpecCounters()
-
-
 def _drive_levels(client: httpx.Client, url: str, levels: list[Level], s: Settings, slots: int, out: dict[str, Any],
                   progress: Callable[[str, Record | None], None] | None, stop: threading.Event | None,
                   alive: Callable[[], bool] = lambda: True) -> None:
@@ -225,12 +217,12 @@ def _drive_levels(client: httpx.Client, url: str, levels: list[Level], s: Settin
     for level in levels:
         if stop is not None and stop.is_set():
             break
-        before = _spec(client, url)
+        before = metrics.fetch_spec(client, url)
         on_record: Callable[[Record], None] | None = None
         if progress is not None:
             on_record = functools.partial(progress, level.label)
         records, wall = drive(client, url, level, s, stop, on_record)
-        d = _spec(client, url).minus(before)
+        d = metrics.fetch_spec(client, url).minus(before)
         summary = summarize(level, records, wall, slots)
         summary["acceptance"] = d.acceptance if d.present and d.draft_tokens else None
         summary["records"] = [r.to_dict() for r in records]

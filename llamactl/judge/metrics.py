@@ -8,8 +8,12 @@ Two naming schemes exist: the AtomicBot fork's (and our series')
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from prometheus_client.parser import text_string_to_metric_families
+
+if TYPE_CHECKING:
+    import httpx
 
 LABELLED = {
     "llamacpp:speculative_drafts_generated_total": "drafts",
@@ -103,3 +107,15 @@ def spec_counters(samples: list[Sample]) -> SpecCounters:
         return c
     return SpecCounters()
 
+
+
+def fetch_spec(client: "httpx.Client", url: str) -> SpecCounters:
+    """The speculative counters from ``GET url/metrics`` (bench, load: deltas around samples); empty
+    counters when /metrics is off, not 200, or unreachable."""
+    import httpx
+
+    try:
+        r = client.get(f"{url}/metrics", timeout=10)
+        return spec_counters(parse(r.text)) if r.status_code == 200 else SpecCounters()
+    except httpx.HTTPError:
+        return SpecCounters()
