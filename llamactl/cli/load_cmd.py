@@ -92,7 +92,7 @@ def load(
     json: o.Json = False,
 ) -> None:
     """Throughput (req/s, output tok/s) and latency (TTFT, TPOT, end to end: p50/p90/p99) per load, one server per cell."""
-    if duration <= 0 or (requests is not None and requests < 1):
+    if not 0 < duration < float("inf") or (requests is not None and requests < 1):
         raise BadInput("--duration must be > 0 and --requests >= 1")
     levels = load_lib.parse_levels(clients or [], rate or [])
     settings = load_lib.Settings(Lengths.parse(prompt_len, "--prompt-len"), Lengths.parse(max_tokens, "--max-tokens"),

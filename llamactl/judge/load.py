@@ -61,8 +61,10 @@ def parse_levels(clients: list[str], rates: list[str]) -> list[Level]:
                 v = float(part) if mode == "rate" else int(part)
             except ValueError:
                 raise BadInput(f"--{mode} {part!r}: expected a {'number of requests/s' if mode == 'rate' else 'whole number of clients'}") from None
-            if v <= 0 or v != v:
-                raise BadInput(f"--{mode} {part!r}: must be more than 0")
+            if not v > 0 or v == float("inf"):
+                raise BadInput(f"--{mode} {part!r}: must be a number more than 0")
+            if mode == "rate" and v > 1000:
+                raise BadInput(f"--rate {part}: at most 1000 requests/s")
             if mode == "clients" and v > 256:
                 raise BadInput(f"--clients {part}: at most 256 clients")
             out.append(Level(mode, float(v)))   # type: ignore[arg-type]

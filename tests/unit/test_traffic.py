@@ -31,7 +31,7 @@ def test_lengths_parse_and_draw():
 def test_levels_and_durations():
     assert [lv.label for lv in L.parse_levels(["1,2", "4"], ["0.5"])] == ["1 clients", "2 clients", "4 clients", "0.5 req/s"]
     assert [lv.label for lv in L.parse_levels([], [])] == ["1 clients", "2 clients", "4 clients", "8 clients"]
-    for clients, rates in ((["0"], []), (["x"], []), (["1.5"], []), ([], ["-1"]), ([], ["nan"]), (["1000"], [])):
+    for clients, rates in ((["0"], []), (["x"], []), (["1.5"], []), ([], ["-1"]), ([], ["nan"]), (["1000"], []), ([], ["inf"]), ([], ["5000"])):
         with pytest.raises(BadInput):
             L.parse_levels(clients, rates)
     assert parse_duration("90") == 90 and parse_duration("30m") == 1800 and parse_duration("1h30m") == 5400
