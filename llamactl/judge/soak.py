@@ -38,7 +38,7 @@ from llamactl.core.procstat import anon_swap_mib, open_files, read_status
 from llamactl.judge import answers as A, traffic
 from llamactl.judge.matrix import Cell, cell_profile, slug
 from llamactl.judge.status import Status
-from llamactl.judge.traffic import Record, pcts
+from llamactl.judge.traffic import Record, pcts, percentile
 from llamactl.serve import launcher, profiles
 from llamactl.serve.profiles import SoakBounds
 from llamactl.serve.server import ServerDied, ServerProcess
@@ -241,36 +241,53 @@ def _context_bin(r: Record) -> int | None:
     return n.bit_length() if r.prompt_tokens else None
 
 
-def _tps_ratio(first: list[Record], last: list[Record]) -> tuple[float | None, float | None, float | None, str]:
-    """(ratio, first tok/s, last tok/s, how): the median of per-context-length-bin ratios of median server
-    decode tok/s where both tenths have 2+ requests of that length, else the plain ratio of medians."""
-    def tps(rs: list[Record]) -> float | None:
-        return pcts([r.server.get("predicted_per_second") for r in rs if (r.output_tokens or 0) > 1])["p50"]
-    a, b = tps(first), tps(last)
-    ratios = []
+def _tps_ratio(first: list[Record], last: list[Record]) -> tuple[float | None, float | None, float | None, str, bool]:
+    """(ratio, first tok/s, last tok/s, how, outside the noise).
+
+    Each request's server decode tok/s is divided by the first tenth's median for its context length
+    (bins where both tenths have 2+ requests; else all requests in one bin). ``ratio`` is the median of
+    the last tenth's normalised values; "outside the noise" when the interquartile ranges of the two
+    tenths' normalised values do not overlap (bench's gate rule: one loaded core moves single requests
+    a lot on a small machine)."""
+    def tps_of(rs: list[Record]) -> list[float]:
+        return [float(r.server["predicted_per_second"]) for r in rs
+                if (r.output_tokens or 0) > 1 and isinstance(r.server.get("predicted_per_second"), (int, float))]
+    a, b = pcts(tps_of(first))["p50"], pcts(tps_of(last))["p50"]
     bins = {_context_bin(r) for r in first} & {_context_bin(r) for r in last}
-    for k in sorted(x for x in bins if x is not None):
-        fa, la = [r for r in first if _context_bin(r) == k], [r for r in last if _context_bin(r) == k]
-        x, y = tps(fa), tps(la)
-        if len(fa) >= 2 and len(la) >= 2 and x and y:
-            ratios.append(y / x)
-    if ratios:
-        return pcts(ratios)["p50"], a, b, f"like context lengths, {len(ratios)} bin(s)"
-    return (b / a if a and b else None), a, b, "all requests (no context length in both tenths)"
+    groups = [([r for r in first if _context_bin(r) == k], [r for r in last if _context_bin(r) == k])
+              for k in sorted(x for x in bins if x is not None)]
+    groups = [(f, la) for f, la in groups if len(tps_of(f)) >= 2 and len(tps_of(la)) >= 2]
+    how = f"like context lengths, {len(groups)} bin(s)"
+    if not groups:
+        groups, how = [(first, last)], "all requests (no context length in both tenths)"
+    norm_first: list[float] = []
+    norm_last: list[float] = []
+    for f, la in groups:
+        base = pcts(tps_of(f))["p50"]
+        if base:
+            norm_first += [x / base for x in tps_of(f)]
+            norm_last += [x / base for x in tps_of(la)]
+    if not norm_first or not norm_last:
+        return None, a, b, how, False
+    q_first = (percentile(norm_first, 25), percentile(norm_first, 75))
+    q_last = (percentile(norm_last, 25), percentile(norm_last, 75))
+    overlap = q_last[0] <= q_first[1] and q_first[0] <= q_last[1]   # type: ignore[operator]
+    return pcts(norm_last)["p50"], a, b, how, not overlap
 
 
 def drift_verdict(records: list[Record], b: SoakBounds, duration_s: float) -> Verdict:
     """Draft acceptance and server decode tok/s (``timings.predicted_per_second``) of requests in the last
     tenth against the first tenth after warm-up; tok/s compared between requests of like context length."""
     first, last = _tenths(records, duration_s, b.warmup)
-    ratio, t0, t1, how = _tps_ratio(first, last)
+    ratio, t0, t1, how, outside = _tps_ratio(first, last)
     acc = [_acceptance(rs) for rs in (first, last)]
     data: dict[str, Any] = {"tok_per_s": {"first": t0, "last": t1}, "acceptance": {"first": acc[0], "last": acc[1]},
                             "requests": {"first": len(first), "last": len(last)}, "tps_ratio_min": b.tps_ratio_min,
-                            "acceptance_drop_max": b.acceptance_drop_max, "tps_ratio": ratio, "compared": how}
+                            "acceptance_drop_max": b.acceptance_drop_max, "tps_ratio": ratio, "compared": how,
+                            "outside_noise": outside}
     problems = []
-    if ratio is not None and ratio < b.tps_ratio_min:
-        problems.append(f"decode tok/s fell to {ratio:.0%} of the first tenth's ({how})")
+    if ratio is not None and ratio < b.tps_ratio_min and outside:
+        problems.append(f"decode tok/s fell to {ratio:.0%} of the first tenth's ({how}; interquartile ranges apart)")
     if acc[0] is not None and acc[1] is not None and acc[0] - acc[1] > b.acceptance_drop_max:
         problems.append(f"draft acceptance fell from {acc[0]:.0%} to {acc[1]:.0%}")
     if problems:
@@ -278,7 +295,8 @@ def drift_verdict(records: list[Record], b: SoakBounds, duration_s: float) -> Ve
     if ratio is None:
         return Verdict("drift", Status.SKIP, "too few requests in the first or last tenth to compare", data)
     acc_s = "" if acc[0] is None or acc[1] is None else f", acceptance {acc[0]:.0%} -> {acc[1]:.0%}"
-    return Verdict("drift", Status.PASS, f"last tenth decode tok/s {ratio:.0%} of the first's ({how}){acc_s}", data)
+    noise = "; within the noise: interquartile ranges overlap" if ratio < b.tps_ratio_min else ""
+    return Verdict("drift", Status.PASS, f"last tenth decode tok/s {ratio:.0%} of the first's ({how}{noise}){acc_s}", data)
 
 
 def errors_verdict(records: list[Record], crash: str | None) -> Verdict:
