@@ -287,13 +287,15 @@ def row_at(pos: int, *sources: Answer, prefix: list[int] | None = None) -> list[
 
 
 def margin_at(pos: int, *sources: Answer, prefix: list[int] | None = None) -> tuple[float | None, list[tuple[int, float]] | None]:
-    """The top-2 margin (p1 - p2) at ``pos`` from :func:`row_at`, and its top-2."""
+    """The top-2 margin (p1 - p2) at ``pos`` from :func:`row_at`, and its top-2. With only the top
+    token's probability known (``top_logprobs: 1``), its lower bound ``max(0, 2 p1 - 1)``: p2 may be as
+    large as what p1 leaves, so a difference there is not claimed to be far from a tie."""
     row = row_at(pos, *sources, prefix=prefix)
     if not row:
         return None, None
     if len(row) >= 2:
         return round(row[0][1] - row[1][1], 6), row[:2]
-    return round(row[0][1], 6), row[:1]
+    return round(max(0.0, 2 * row[0][1] - 1), 6), row[:1]
 
 
 def first_divergence(ref: Answer, got: Answer, *margin_sources: Answer) -> Divergence | None:

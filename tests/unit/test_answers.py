@@ -197,3 +197,9 @@ def test_a_chat_answer_cut_by_the_slots_context_is_named_with_both_numbers():
     assert cut_by_context([full, eos], 400, 128) is None
     msg = cut_by_context([full, cut], 400, 128)
     assert msg is not None and "answer 1" in msg and "107 of 400" in msg and "n_ctx_slot 128" in msg
+
+
+def test_a_margin_from_the_top_token_alone_is_its_lower_bound():
+    only_top = A.Answer("k", [5, 6], "ab", top=[[(5, 0.229)], [(6, 0.9)]])
+    assert A.margin_at(0, only_top) == (0.0, [(5, 0.229)])        # p2 may be as large: no claim of a clear margin
+    assert A.margin_at(1, only_top)[0] == 0.8                      # p2 <= 0.1

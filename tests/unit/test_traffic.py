@@ -128,8 +128,14 @@ def test_memory_verdict_tells_the_prompt_cache_and_its_bookkeeping_from_a_leak()
     v = S.memory_verdict(_samples(0.2, cache_per_s=5.0, entries_per_s=5.0), b, 60, 600)
     assert v.status == Status.WARN and "prompt-cache entries" in v.detail
     # a leak beside a growing cache: far more per entry than bookkeeping
-    v = S.memory_verdict(_samples(2.0, cache_per_s=5.0, entries_per_s=1.0), b, 60, 600)
-    assert v.status == Status.FAIL and "per new prompt-cache entry" in v.detail
+    v = S.memory_verdict(_samples(0.3, cache_per_s=5.0, entries_per_s=0.1), b, 60, 600)
+    assert v.status == Status.FAIL and "per new prompt-cache entry" in v.detail, v.detail
+    assert "more than 4x the bound" in S.memory_verdict(_samples(2.0, cache_per_s=5.0, entries_per_s=1.0), b, 60, 600).detail
+    # growth while the cache churns at its limit (evicting as it adds): heap left by evicted entries, WARN
+    full = [S.Sample(float(t), rss=9000 + 0.25 * t, anon_swap=8500 + 0.25 * t, cache_mib=8190, cache_prompts=2700,
+                     cache_limit_mib=8192) for t in range(60)]
+    v = S.memory_verdict(full, b, 60, 600)
+    assert v.status == Status.WARN and "churned at its 8192 MiB limit" in v.detail, v.detail
     assert S.memory_verdict(_samples(1.0, n=2), b, 60, 10).status == Status.SKIP
 
 
