@@ -49,8 +49,9 @@ MIX = {"chat": 4, "chat-stream": 3, "long-stream": 2, "messages": 2, "messages-s
 CACHE_STATE = re.compile(r"cache state: (\d+) prompts, ([\d.]+) MiB \(limits: ([\d.]+) MiB")
 PER_ENTRY = re.compile(r"(update|load): +- prompt (0x|with length)")
 # bookkeeping a prompt-cache entry may hold beyond its logged size (token ids, checkpoints' metadata, heap
-# slack): 64 KiB plus 32 bytes per token of the slot's context (seen: 36-42 KiB at 2k, ~100 KiB at 8k)
-CACHE_ENTRY_KIB, CACHE_ENTRY_BYTES_PER_TOKEN = 64.0, 32
+# slack): 64 KiB, 32 bytes per token of the slot's context and 3% of the entry's own size (seen: tiny Gemma 4
+# 36-42 KiB per ~3 MiB entry at 2k context, ~100 KiB at 8k; Gemma 3 270M ~0.75-1 MiB per ~48 MiB entry)
+CACHE_ENTRY_KIB, CACHE_ENTRY_BYTES_PER_TOKEN, CACHE_ENTRY_SHARE = 64.0, 32, 0.03
 LEAVE_AFTER = 3          # content chunks a leaving client reads first
 LONG_ANSWER = 256        # max_tokens of the answers clients walk away from; every other request asks for fewer
 CHURN_AT = 0.95          # the prompt cache at this share of its --cache-ram limit evicts as it adds: it churns
@@ -146,9 +147,10 @@ def _corr(xs: list[float], ys: list[float]) -> float:
     return sxy / (sxx * syy) ** 0.5 if sxx > 0 and syy > 0 else 0.0
 
 
-def entry_allowance_kib(n_ctx_slot: int | None) -> float:
-    """KiB a prompt-cache entry may hold beyond its logged size, for a slot context of ``n_ctx_slot`` tokens."""
-    return CACHE_ENTRY_KIB + CACHE_ENTRY_BYTES_PER_TOKEN * (n_ctx_slot or 0) / 1024
+def entry_allowance_kib(n_ctx_slot: int | None, entry_mib: float = 0.0) -> float:
+    """KiB a prompt-cache entry of ``entry_mib`` (its logged size) may hold beyond that size, for a slot
+    context of ``n_ctx_slot`` tokens."""
+    return CACHE_ENTRY_KIB + CACHE_ENTRY_BYTES_PER_TOKEN * (n_ctx_slot or 0) / 1024 + CACHE_ENTRY_SHARE * entry_mib * 1024
 
 
 def memory_verdict(samples: list[Sample], b: SoakBounds, duration_s: float, n_requests: int,
@@ -199,7 +201,7 @@ def memory_verdict(samples: list[Sample], b: SoakBounds, duration_s: float, n_re
         per_entry = 1024 * slope * (pts[-1][0] - pts[0][0]) / new_entries   # the fitted growth, not two noisy ends
         tracks = _corr([float(s.cache_prompts) for s in after], [y for _, y in pts])
         data.update(kib_per_new_cache_entry=round(per_entry, 1), tracks_cache_entries=round(tracks, 3))
-        allowance = entry_allowance_kib(n_ctx_slot)
+        allowance = entry_allowance_kib(n_ctx_slot, after[-1].cache_mib / max(1, after[-1].cache_prompts))
         data["entry_allowance_kib"] = allowance
         if per_entry <= allowance:
             return Verdict("memory", Status.WARN, f"{line}: it tracks the {new_entries} prompt-cache entries added "
