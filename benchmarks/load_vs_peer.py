@@ -7,7 +7,11 @@ Starts one llama-server (`llamactl run PROFILE --detach`), then for each concurr
 `llamactl load --url` (closed loop, C clients, prompt PP and answer TG tokens, cache off) and
 `llama-benchy --concurrency C --pp PP --tg TG --no-cache --exact-tg` against it, and prints the
 figures both report: per-request decode tok/s (llama-benchy `t_s_req` of `tgTG`; load's p50 per-request
-tok/s), time to first token (llama-benchy `e2e_ttft`, load's TTFT p50) and the difference in percent.
+tok/s), all requests' tok/s (llama-benchy `tg_throughput`: decode tokens over the batch's decode span;
+load's output tok/s: every token over the load's wall time, prompts included), time to first token
+(llama-benchy `e2e_ttft`, load's TTFT p50) and the difference in percent. llama-benchy starts its C
+requests together and waits for all (a batch per run); load's C clients each start their next request
+when their last one ends (a closed loop): the loads are alike, not identical.
 llama-benchy is not a dependency: install it in its own venv (`python -m venv /tmp/peer &&
 /tmp/peer/bin/pip install llama-benchy`) and pass its script with --peer. Offline: its book is the
 pinned text llamactl's `quality` uses, put where llama-benchy caches downloads, and its tokenizer a
@@ -94,12 +98,12 @@ def main() -> None:
     print(f"{args.profile} --parallel {args.parallel}, prompt {args.pp} tokens, answer {args.tg} tokens (cache off)")
     print(f"{'clients':>7} {'metric':<28} {'llamactl load':>14} {'llama-benchy':>13} {'diff':>7}")
     for c, lv, peer in rows:
-        bench = {b.get("test_name", ""): b for b in peer.get("benchmarks") or peer.get("results") or []}
-        tg = next((v for k, v in bench.items() if k.startswith(f"tg{args.tg}")), {})
-        pp = next((v for k, v in bench.items() if k.startswith(f"pp{args.pp}")), {})
-        pairs = [("per-request decode tok/s", lv["per_request_tok_per_s"]["p50"], _mean(tg.get("t_s_req"))),
-                 ("all requests decode tok/s", lv["output_tok_per_s"], _mean(tg.get("t_s"))),
-                 ("TTFT s", lv["ttft_s"]["p50"], _mean(pp.get("e2e_ttft")) or _mean(pp.get("ttfr")))]
+        b = next((x for x in peer.get("benchmarks") or [] if x.get("concurrency") == c
+                  and x.get("prompt_size") == args.pp and not x.get("is_context_prefill_phase")), {})
+        ttft_ms = _mean(b.get("e2e_ttft")) or _mean(b.get("ttfr"))
+        pairs = [("per-request decode tok/s", lv["per_request_tok_per_s"]["p50"], _mean(b.get("tg_req_throughput"))),
+                 ("all requests tok/s", lv["output_tok_per_s"], _mean(b.get("tg_throughput"))),
+                 ("TTFT s", lv["ttft_s"]["p50"], None if ttft_ms is None else ttft_ms / 1000)]
         for name, ours, theirs in pairs:
             diff = "" if not ours or not theirs else f"{100 * (ours - theirs) / theirs:+.1f}%"
             print(f"{c:>7} {name:<28} {_fmt(ours):>14} {_fmt(theirs):>13} {diff:>7}")

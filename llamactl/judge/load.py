@@ -211,7 +211,7 @@ def _drive_levels(client: httpx.Client, url: str, levels: list[Level], s: Settin
                   progress: Callable[[str, Record | None], None] | None, stop: threading.Event | None,
                   alive: Callable[[], bool] = lambda: True) -> None:
     """Calibrate prompt lengths, warm up, then every load in turn into ``out["levels"]``."""
-    tpw, overhead = traffic.calibrate(client, url)
+    tpw, overhead = traffic.calibrate(client, url, model=s.model)
     s = Settings(**{**s.__dict__, "tokens_per_word": tpw, "overhead": overhead})
     out["tokens_per_word"] = round(tpw, 3)
     traffic.send(client, url, "/v1/chat/completions", traffic.chat_body("Hello.", 8, stream=True, model=s.model),

@@ -548,7 +548,7 @@ def soak_cell(base: profiles.Resolved, cell: Cell, binary: launcher.Binary, run_
         limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=0)
         with sp.client(limits=limits) as client, sp.client() as side:
             n_ctx_slot = _n_ctx_slot(side, sp.url) or max(256, (prof.ctx or 4096) // max(1, prof.parallel))
-            calib = traffic.calibrate(side, sp.url)
+            calib = traffic.calibrate(side, sp.url, model=model)
             probes = _alone(client, sp.url, model, s.timeout)
             t0 = time.monotonic()
             tr = _Traffic(client, sp.url, model, n_ctx_slot, s, t0, probes, calib)

@@ -73,16 +73,23 @@ def prompt_text(n_tokens: int, rng: random.Random, tag: str = "", tokens_per_wor
     return f"[{tag}] {PROMPT_HEAD} " + " ".join(rng.choice(WORDS) for _ in range(n_words))
 
 
-def calibrate(client: httpx.Client, url: str, timeout: float = 30.0) -> tuple[float, int]:
-    """(tokens per word, tokens of the instruction) of this server's model, from its ``/tokenize``;
-    (1.0, 12) when the server cannot tell (a prompt length is then approximate)."""
+def calibrate(client: httpx.Client, url: str, timeout: float = 30.0, model: str = "model") -> tuple[float, int]:
+    """(tokens per word, tokens a chat prompt adds to its words: the instruction and the chat template) of
+    this server's model: words from its ``/tokenize``, the rest from one chat request's ``usage.prompt_tokens``
+    (max_tokens 1). (1.0, 12) when the server cannot tell (prompt lengths are then approximate)."""
     try:
         words = client.post(f"{url}/tokenize", json={"content": " " + " ".join(WORDS)}, timeout=timeout)
-        head = client.post(f"{url}/tokenize", json={"content": f"[r0] {PROMPT_HEAD}"}, timeout=timeout)
-        n_words, n_head = len(words.json()["tokens"]), len(head.json()["tokens"])
+        tpw = len(words.json()["tokens"]) / len(WORDS) or 1.0
     except (httpx.HTTPError, ValueError, KeyError, TypeError):
         return 1.0, 12
-    return (n_words / len(WORDS) if n_words else 1.0), n_head + 10   # + the chat template's own tokens
+    probe = f"[r0] {PROMPT_HEAD} " + " ".join(WORDS[:20])
+    try:
+        r = client.post(f"{url}/v1/chat/completions", timeout=timeout, json=chat_body(probe, 1, stream=False, model=model,
+                                                                                       cache_prompt=False))
+        n_prompt = int(r.json()["usage"]["prompt_tokens"])
+        return tpw, max(0, n_prompt - round(20 * tpw))
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return tpw, 12
 
 
 @dataclass
