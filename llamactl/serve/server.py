@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import itertools
 import re
 import signal
 import subprocess
@@ -135,6 +136,22 @@ class Crash:
         how = f"killed by {self.signal}" if self.signal else f"exit code {self.returncode}"
         why = self.assert_line or self.error_line
         return f"llama-server {how}" + (f": {why}" if why else "")
+
+
+def _assert_window(log: Path, after: int = 400) -> list[str] | None:
+    """The first assert/abort line of the log file and the ``after`` lines that follow it (its frames),
+    read line by line (a soak's log can be large); None when there is none or the file is unreadable."""
+    try:
+        with log.open("r", errors="replace") as f:
+            for line in f:
+                if _ASSERT.search(line):
+                    out = [line.rstrip("\n")]
+                    for nxt in itertools.islice(f, after):
+                        out.append(nxt.rstrip("\n"))
+                    return out
+    except OSError:
+        return None
+    return None
 
 
 def describe_exit(returncode: int | None, log_lines: list[str], log: Path) -> Crash:
@@ -300,12 +317,11 @@ class ServerProcess:
             self._reader.join(timeout=15)
         lines = self.log_lines()
         if rc is not None and not any(_ASSERT.search(ln) for ln in lines):
-            # the reader may lag behind a dying server (ggml prints its backtrace through gdb, seconds
-            # of output): the log file holds every line the pump wrote
-            try:
-                lines = self.log_path.read_text(errors="replace").splitlines()[-4000:] or lines
-            except OSError:
-                pass
+            # the reader may lag behind a dying server, and gdb's backtrace of every thread (ggml prints it
+            # after the assert) can be longer than the tail: the log file holds every line the pump wrote
+            window = _assert_window(self.log_path)
+            if window:
+                lines = window + lines[-15:]
         return describe_exit(rc, lines, self.log_path)
 
     def stop(self, grace: float = 10.0) -> int | None:

@@ -93,7 +93,7 @@ CASES = [
     ("profile-missing", ["profile", "show", "no-such-profile"], BAD, "profile 'no-such-profile' not found"),
     ("profile-missing-path", ["profile", "show", "{d}/nope.yaml"], BAD, "not found"),
     ("profile-extends-cycle", ["profile", "show", "{d}/cycle.yaml"], BAD, "extends forms a cycle"),
-    ("profile-extends-int", ["profile", "show", "{d}/extends-int.yaml"], BAD, "key 'extends' must name another profile"),
+    ("profile-extends-int", ["profile", "show", "{d}/extends-int.yaml"], BAD, "extends '3': no such profile"),
     ("profile-extends-missing", ["profile", "show", "{d}/extends-missing.yaml"], BAD, "extends-missing.yaml:1: extends 'no-such-profile': no such profile"),
     ("profile-enum-word", ["profile", "show", "{d}/fa.yaml"], BAD, "fa.yaml:2: key 'flash_attn': Input should be 'on', 'off' or 'auto'"),
     # --set

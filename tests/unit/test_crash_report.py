@@ -123,3 +123,25 @@ def test_frames_from_ggmls_gdb_backtrace_after_the_thread_list():
     crash = describe_exit(-6, lines, Path("/l"))
     assert crash.frames[0].startswith("#0") and "build_attn" in crash.frames[-1]
     assert not any("llama_model_loader" in f for f in crash.frames)
+
+
+def test_an_assert_followed_by_a_backtrace_longer_than_the_tail_is_still_found(tmp_path):
+    """gdb's backtrace of every thread can outrun the 4000-line tail (CI: the bisect test lost its
+    signature): the crash report reads the assert from the log file."""
+    import sys
+
+    from llamactl.serve.server import ServerProcess
+
+    log = tmp_path / "server.log"
+    script = ("import sys\nprint('srv  main: listening', flush=True)\n"
+              "print('/src/llama-context.cpp:123: bisect fault: more than one slot decodes', flush=True)\n"
+              "for i in range(6000): print(f'#{i % 30} 0x00007f0000{i:06x} in ggml_graph_compute ()')\n"
+              "sys.stdout.flush()\nimport os, signal\nos.kill(os.getpid(), signal.SIGABRT)\n")
+    sp = ServerProcess([sys.executable, "-c", script], "127.0.0.1", 1, log)
+    sp.start()
+    assert sp.proc is not None
+    sp.proc.wait(timeout=30)
+    crash = sp.crash()
+    assert crash.signal == "SIGABRT"
+    assert crash.assert_line == "/src/llama-context.cpp:123: bisect fault: more than one slot decodes"
+    assert "bisect fault: more than one slot decodes" in crash.summary()
