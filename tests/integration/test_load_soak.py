@@ -49,17 +49,18 @@ def test_load_reports_throughput_and_latency_per_load_and_gates(built, clean_env
         assert 48 <= lv["prompt_tokens"]["p50"] <= 160                       # calibrated by /tokenize
         assert lv["server_check"]["requests"] == lv["completed"] and lv["acceptance"] is not None
     assert "throughput vs latency" in html.read_text() and png.stat().st_size > 1000
-    # the run against itself is OK; against a baseline twice as fast it is a regression (exit 6)
-    cp = run(["load", "tiny-gemma4-mtp", *CELL, "--clients", "1", "--duration", "2", "--prompt-len", "64:128",
-              "--max-tokens", "32", "--baseline", str(out), "--no-env"], clean_env)
-    assert cp.returncode == 0 and "baseline gate" in cp.stdout
-    fast = json.loads(out.read_text())
-    for lv in fast["cells"][0]["levels"]:
-        lv["output_tok_per_s"] *= 2
-    (tmp_path / "fast.json").write_text(json.dumps(fast))
-    cp = run(["load", "tiny-gemma4-mtp", *CELL, "--clients", "1", "--duration", "2", "--prompt-len", "64:128",
-              "--max-tokens", "32", "--baseline", str(tmp_path / "fast.json"), "--no-env"], clean_env)
-    assert cp.returncode == 6 and "REGRESSION" in cp.stdout, cp.stdout[-2000:]
+    # gates: against a baseline half as fast the run passes; against one twice as fast it is a regression (exit 6)
+    # (a 2-second load varies by more than the 15% fail ratio on a busy machine: the baselines are scaled)
+    for factor, code, word in ((0.5, 0, "FASTER"), (2.0, 6, "REGRESSION")):
+        base = json.loads(out.read_text())
+        for lv in base["cells"][0]["levels"]:
+            lv["output_tok_per_s"] *= factor
+            lv["e2e_s"]["p90"] /= factor
+        scaled = tmp_path / f"base-{factor}.json"
+        scaled.write_text(json.dumps(base))
+        cp = run(["load", "tiny-gemma4-mtp", *CELL, "--clients", "1", "--duration", "2", "--prompt-len", "64:128",
+                  "--max-tokens", "32", "--baseline", str(scaled), "--no-env"], clean_env)
+        assert cp.returncode == code and "baseline gate" in cp.stdout and word in cp.stdout, cp.stdout[-2000:]
 
 
 def test_a_clean_soak_passes_every_verdict_and_reports_its_time_series(built, clean_env, tmp_path):
