@@ -25,6 +25,7 @@ from llamactl.judge import metrics, sse
 from llamactl.serve import profiles
 from llamactl.core.errors import BadInput, LlamactlError
 from llamactl.core.files import read_text
+from llamactl.core.procstat import read_status
 from llamactl.judge.matrix import Cell, cell_profile, slug
 from llamactl.serve.endpoint import split_hosts
 from llamactl.serve.server import ServerDied, ServerProcess
@@ -192,13 +193,9 @@ def _beside(prof: profiles.Profile, variant: str) -> profiles.Profile:
 
 
 def peak_rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        return None
-    return None
+    """Peak RSS (MiB, ``VmHWM`` from /proc); None when the process is gone."""
+    st = read_status(pid)
+    return st.get("VmHWM") if st else None
 
 
 def _aggregate(client: httpx.Client, url: str, model: str, slots: int, n_predict: int, seed: int, prompts: list[str]) -> float:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 
 from tests.integration.test_right_answers import bug_binary
@@ -83,23 +84,25 @@ def test_a_clean_soak_passes_every_verdict_and_reports_its_time_series(built, cl
     assert os.path.getsize(data["cells"][0]["log"]) < 50 * 2**20      # the per-entry cache listing is left out
 
 
-def test_a_leak_beside_the_prompt_cache_fails_the_memory_verdict(built, clean_env, tmp_path):
-    binary = bug_binary("leak", tmp_path)
+def bug_soak(name: str, env: dict, tmp_path: Path) -> tuple[int, dict[str, dict]]:
+    """A 30 s soak of the build with ``tests/fixtures/bugs/NAME.patch``: (exit code, verdicts by name)."""
+    binary = bug_binary(name, tmp_path)
     out = tmp_path / "soak.json"
-    cp = run([*SOAK, "--duration", "30s", "--json-out", str(out), "--set", f"server_binary={binary}"], clean_env)
-    v = verdicts(json.loads(out.read_text()))
+    cp = run([*SOAK, "--duration", "30s", "--json-out", str(out), "--set", f"server_binary={binary}"], env)
+    return cp.returncode, verdicts(json.loads(out.read_text()))
+
+
+def test_a_leak_beside_the_prompt_cache_fails_the_memory_verdict(built, clean_env, tmp_path):
+    code, v = bug_soak("leak", clean_env, tmp_path)
     print(v["memory"]["detail"])
-    assert cp.returncode == 1 and v["memory"]["status"] == "fail", v["memory"]
+    assert code == 1 and v["memory"]["status"] == "fail", v["memory"]
     assert v["errors"]["status"] == "pass"         # silent: every request answered
 
 
 def test_a_slot_kept_after_its_client_left_fails_the_slot_verdict(built, clean_env, tmp_path):
-    binary = bug_binary("slot-busy", tmp_path)
-    out = tmp_path / "soak.json"
-    cp = run([*SOAK, "--duration", "30s", "--json-out", str(out), "--set", f"server_binary={binary}"], clean_env)
-    v = verdicts(json.loads(out.read_text()))
+    code, v = bug_soak("slot-busy", clean_env, tmp_path)
     print(v["slots_released"]["detail"])
-    assert cp.returncode == 1 and v["slots_released"]["status"] == "fail", v["slots_released"]
+    assert code == 1 and v["slots_released"]["status"] == "fail", v["slots_released"]
     assert "stayed busy with no client" in v["slots_released"]["detail"]
 
 
