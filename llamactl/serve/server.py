@@ -34,8 +34,10 @@ if TYPE_CHECKING:
 
     from llamactl.serve.early import Early
 
-# ggml's GGML_ABORT prints "FILE:LINE: message" (e.g. ggml-rpc.cpp:566: Remote RPC server crashed ...)
-_ASSERT = re.compile(r"^\S+\.(?:c|cc|cpp|cu|m|mm):\d+: |GGML_ASSERT|GGML_ABORT|terminate called|Segmentation fault|Assertion .* failed|fatal error|std::\w+_error|what\(\):")
+# ggml's GGML_ABORT prints "FILE:LINE: message" (e.g. ggml-rpc.cpp:566: Remote RPC server crashed ...). Not
+# only at a line's start: llama.cpp's log thread writes a line's prefix ("0.00.115.435 I ") and its text in
+# separate writes to the same stderr, so an abort from another thread can land between them
+_ASSERT = re.compile(r"(?:^|(?<=\s))\S+\.(?:c|cc|cpp|cu|m|mm):\d+: |GGML_ASSERT|GGML_ABORT|terminate called|Segmentation fault|Assertion .* failed|fatal error|std::\w+_error|what\(\):")
 _FRAME = re.compile(r"^\s*(#\d+\s|\S*\(.*\+0x[0-9a-f]+\)|.*\bin \w|\s*\d+: )")
 _GDB_FRAME = re.compile(r"^#\d+\s+0x[0-9a-f]+ in ")
 _LOG_LINE = re.compile(r"^(?:[\d.]+ [IWED] )?(?:llama_model_loader|print_info|load_tensors|llama_context|llama_kv_cache|"
@@ -154,6 +156,20 @@ def _assert_window(log: Path, after: int = 400) -> list[str] | None:
     return None
 
 
+# where llama.cpp's log thread starts a line of its own ("0.00.115.463 I "), glued to an abort's text
+_LOG_PREFIX = re.compile(r"\d+\.\d\d\.\d\d\d\.\d\d\d [IWED] ")
+
+
+def _abort_text(line: str, m: re.Match) -> str:
+    """An abort's own words from the line that shows it: a "FILE:LINE: message" abort from its match on,
+    and up to the next log prefix (the log thread's prefix or next line written around it is not its text)."""
+    if not m.group().endswith(": "):
+        return line.strip()
+    text = line[m.start():]
+    glued = _LOG_PREFIX.search(text, m.end() - m.start())
+    return (text[:glued.start()] if glued and glued.start() > m.end() - m.start() else text).strip()
+
+
 def describe_exit(returncode: int | None, log_lines: list[str], log: Path) -> Crash:
     """A crash report from the exit status and the log: the assert and its frames, or the root-cause line."""
     sig = None
@@ -165,8 +181,10 @@ def describe_exit(returncode: int | None, log_lines: list[str], log: Path) -> Cr
     assert_line = None
     frames: list[str] = []
     for i, ln in enumerate(log_lines):
-        if _ASSERT.search(ln) and assert_line is None:
-            assert_line = _ANSI.sub("", ln).strip()
+        clean = _ANSI.sub("", ln)
+        m = _ASSERT.search(clean)
+        if m and assert_line is None:
+            assert_line = _abort_text(clean, m)
             window = [_ANSI.sub("", f).strip() for f in log_lines[i + 1:i + 400]]
             # ggml prints its backtrace through gdb when gdb is installed ("#3 0x... in ggml_reshape_3d ()"),
             # after gdb's thread list; else glibc's backtrace() lines, right after the assert

@@ -88,9 +88,17 @@ def test_slots_decoding_together_without_slots_endpoint(built, clean_env, tmp_pa
     assert cp.returncode == 0, cp.stdout + cp.stderr
     cell = data["cells"][0]
     conc = check(cell, "concurrency")
-    assert conc["status"] == "pass" and conc["data"]["evidence"] == evidence
+    assert conc["status"] == "pass", conc
     assert conc["data"]["draft_tokens"] > 0                       # both slots drafted meanwhile (MTP on)
+    if metrics and conc["data"]["peak_requests_processing"] == 2:
+        assert conc["data"]["evidence"] == evidence
+        return
+    # a sampled /metrics can miss a short overlap (each sample queues behind the server's loop): then the
+    # response timings decide, and the evidence says what the samples showed
+    assert conc["data"]["overlap_s"] > 0
     if metrics:
-        assert conc["data"]["peak_requests_processing"] == 2
+        assert conc["data"]["peak_requests_processing"] is not None      # /metrics was sampled, not skipped
+        assert conc["data"]["evidence"].startswith("response timings (requests never processed together: peak "
+                                                   "llamacpp:requests_processing"), conc["data"]["evidence"]
     else:
-        assert conc["data"]["overlap_s"] > 0
+        assert conc["data"]["evidence"] == evidence

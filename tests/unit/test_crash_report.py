@@ -145,3 +145,24 @@ def test_an_assert_followed_by_a_backtrace_longer_than_the_tail_is_still_found(t
     assert crash.signal == "SIGABRT"
     assert crash.assert_line == "/src/llama-context.cpp:123: bisect fault: more than one slot decodes"
     assert "bisect fault: more than one slot decodes" in crash.summary()
+
+
+def test_abort_written_between_a_log_lines_prefix_and_its_text():
+    """llama.cpp's log thread writes a line's prefix and its text apart: an abort from the decoding thread
+    can land between them (seen in CI: the bisect signature was lost). The abort is still found, without
+    the prefix, and a log line glued after its text is cut off."""
+    ab = "/root/build/src/llama-batch.cpp:45: bisect fault: more than one slot decodes"
+    for line in (f"0.00.115.435 I {ab}", f"\x1b[32m0.00.115.435 I \x1b[0m{ab}", f"0.00.115.435 W {ab}",
+                 f"{ab}0.00.115.463 I slot init_sampler: id  1 | task 36 | init sampler",
+                 f"0.00.115.435 I {ab}0.00.115.463 I slot init_sampler: id  1"):
+        lines = ["0.00.115.429 I slot create_check: id  0 | task 39 | superseding context checkpoint", line,
+                 "slot   operator(): id  1 | task 36 | cached n_tokens = 100, memory_seq_rm [100, end)"]
+        crash = describe_exit(-6, lines, Path("/l"))
+        assert crash.assert_line == ab, line
+        assert crash.summary() == f"llama-server killed by SIGABRT: {ab}"
+
+
+def test_a_path_with_line_number_inside_a_log_message_needs_whitespace_before_it():
+    # "see http://x.org/a.cpp:12: " is not an abort; a log line quoting a url stays out
+    crash = describe_exit(-9, ["0.00.001.000 I srv  log: see http://x.org/a.cpp:12:x"], Path("/l"))
+    assert crash.assert_line is None
