@@ -77,7 +77,7 @@ def examples(module: ModuleType, *words: str) -> str:
     doc = (module.__doc__ or "").split("Examples:", 1)[-1]
     lines = [ln.strip() for ln in doc.splitlines() if ln.strip().startswith(("llamactl", "CTX", "cd ", "LLAMACTL"))]
     picked = [ln for ln in lines if not words or any(w in ln for w in words)]
-    return "Examples:\n\n" + "\n\n".join(f"  [dim]$[/] {escape(ln)}" for ln in picked) if picked else ""
+    return "Examples:\n\n" + "\n\n".join(f"  [dim]$[/] {escape(ln)}" for ln in picked) if picked else ""   # typer help: rich markup
 
 
 def version_line() -> str:
@@ -245,7 +245,7 @@ def _error_line(message: str, hint: str | None = None) -> None:
     from llamactl.cli.console import err_console
 
     err_console.print(f"[bold red]error:[/] {escape(message)}" + (f" [dim]({escape(hint)})[/]" if hint else ""),
-                      highlight=False, soft_wrap=True)
+                      highlight=False, soft_wrap=True, markup=True)
 
 
 def _cause_chain(exc: BaseException) -> None:
@@ -261,7 +261,7 @@ def _cause_chain(exc: BaseException) -> None:
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
         err_console.print(f"[dim]{'error' if cur is exc else '  caused by'}: {escape(type(cur).__module__)}."
-                          f"{escape(type(cur).__qualname__)}: {escape(str(cur))}[/]", highlight=False, soft_wrap=True)
+                          f"{escape(type(cur).__qualname__)}: {escape(str(cur))}[/]", highlight=False, soft_wrap=True, markup=True)
         cur = cur.__cause__ or (None if cur.__suppress_context__ else cur.__context__)
     sys.stderr.write("".join(traceback.format_exception(exc)))
 
@@ -269,7 +269,7 @@ def _cause_chain(exc: BaseException) -> None:
 def _interrupted() -> int:
     from llamactl.cli.console import err_console
 
-    err_console.print("[yellow]interrupted[/]")
+    err_console.print("[yellow]interrupted[/]", markup=True)
     return ExitCode.INTERRUPTED
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.text import Text
 from rich.markup import escape
 from rich.console import Console
 from rich.table import Table
@@ -50,7 +51,7 @@ def _table(data: dict) -> Table:
             if dec["median"] and dec["min"] is not None:
                 spread = 100 * (dec["max"] - dec["min"]) / dec["median"]
             ttft = s["ttft_s"]["median"]
-            t.add_row(escape(c["cell"]), v if not r["error"] else f"{v} [red]({escape(r['error'][:60])})[/]", num(dec["median"]),
+            t.add_row(c["cell"], v if not r["error"] else Text.assemble(f"{v} ", (f"({r['error'][:60]})", "red")), num(dec["median"]),
                       num(spread, "±{:.0f}%"), num(s["server_decode_tps"]["median"]), num(s["server_prompt_tps"]["median"]),
                       num(None if ttft is None else ttft * 1000, "{:.0f}"), num(s["aggregate_tps"]["median"]),
                       num(s["acceptance"], "{:.0%}"), num(r["peak_rss_mb"], "{:.0f}"),
@@ -175,8 +176,8 @@ def _print_gates(data: dict, screen: Console = console) -> str:
             continue
         for v in g["verdicts"]:
             colour = {"regression": "bold red", "warn": "yellow", "faster": "green", "ok": "green"}.get(v["verdict"], "")
-            screen.print(f"  [{colour}]{escape(v['line'])}[/]" if colour else f"  {escape(v['line'])}", highlight=False)
-        screen.print(f"{title}: {g['worst'].upper()} against {escape(g['against'])}"
+            screen.print(f"  [{colour}]{escape(v['line'])}[/]" if colour else f"  {escape(v['line'])}", highlight=False, markup=True)
+        screen.print(f"{title}: {g['worst'].upper()} against {g['against']}"
                       + (f" (exit {int(ExitCode.REGRESSION)})" if g["worst"] == gate.REGRESSION else ""), highlight=False)
         if gate.SEVERITY.get(g["worst"], 0) > gate.SEVERITY.get(worst, 0):
             worst = g["worst"]

@@ -69,20 +69,20 @@ def bisect(
     space = lib.make_space(req, base)
     out = Output(json)
     stop_on_signals()
-    out.info(f"bisecting {space.kind} of {escape(req.source)} for [bold]{escape(base.name)}[/] cell "
+    out.info(f"bisecting {escape(space.kind)} of {escape(req.source)} for [bold]{escape(base.name)}[/] cell "
              f"{escape(the_cell.id)}: {'broken' if fixed else 'good'} {escape(space.old.ref[:12])} .. "
-             f"{'fixed' if fixed else 'bad'} {escape(space.new.ref[:12])}")
+             f"{'fixed' if fixed else 'bad'} {escape(space.new.ref[:12])}", markup=True)
     try:
         result = lib.bisect(req, base=base, cell=the_cell, space=space, resume=resume, progress=_printer(out), jobs=jobs,
                             build_progress=out.progress)
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]: the steps so far are saved; go on with the same command and --resume",
-                          highlight=False)
+                          highlight=False, markup=True)
         sys.exit(ExitCode.INTERRUPTED)
     data = result.to_dict()
     if json_path is not None:
         write_atomic(json_path, to_json(data) + "\n")
-        out.info(f"result: {escape(str(json_path))}")
+        out.info(f"result: {str(json_path)}")
     out.result(data, lambda _d: _human(result))
     if result.first is None:
         sys.exit(ExitCode.FAILED)
@@ -92,13 +92,13 @@ def _printer(out: Output):
     def show(ev: lib.Event) -> None:
         if ev.kind == "step" and ev.candidate is not None:
             left = f" (~{ev.left} left)" if ev.left else ""
-            out.info(f"step{left}: {escape(ev.candidate.ref[:12])} {escape(ev.candidate.label[:70])}".rstrip())
+            out.info(f"step{left}: {ev.candidate.ref[:12]} {ev.candidate.label[:70]}".rstrip())
         elif ev.kind == "built" and ev.step is not None:
             out.info(f"  build: {_build_words(ev.step)}")
         elif ev.kind == "verdict" and ev.step is not None:
             s = ev.step
             cell = f"cell {s.cell_s:.1f}s, " if s.cell_s is not None else ""
-            out.info(f"  {cell}[bold]{s.verdict}[/]: {escape(s.why[:160])}")
+            out.info(f"  {escape(cell)}[bold]{escape(s.verdict)}[/]: {escape(s.why[:160])}", markup=True)
     return show
 
 
@@ -113,13 +113,13 @@ def _build_words(s: lib.Step) -> str:
 def _human(r: lib.Result) -> None:
     t = Table("#", "ref", "verdict", "build", "cell", "step", "why")
     for i, s in enumerate(r.steps, 1):
-        t.add_row(str(i), escape(f"{s.ref[:12]} {s.label[:40]}".strip()), s.verdict, escape(_build_words(s)),
-                  f"{s.cell_s:.1f}s" if s.cell_s is not None else "-", f"{s.seconds:.1f}s", escape(s.why[:80]))
+        t.add_row(str(i), f"{s.ref[:12]} {s.label[:40]}".strip(), s.verdict, _build_words(s),
+                  f"{s.cell_s:.1f}s" if s.cell_s is not None else "-", f"{s.seconds:.1f}s", s.why[:80])
     console.print(t)
     what = "fixed" if r.fixed else "bad"
     if r.first is not None:
-        console.print(f"first {what} {r.space[:-1] if r.space != 'patches' else 'patch'}: [bold]{escape(r.first)}[/] "
-                      f"{escape(r.first_label or '')}", highlight=False)
+        console.print(f"first {escape(what)} {escape(r.space[:-1] if r.space != 'patches' else 'patch')}: [bold]{escape(r.first)}[/] "
+                      f"{escape(r.first_label or '')}", highlight=False, markup=True)
         if r.signature:
             console.print(f"  signature: {r.signature}", highlight=False, markup=False)
         if r.log:
@@ -130,6 +130,6 @@ def _human(r: lib.Result) -> None:
         console.print(f"only skipped steps are left: the first {what} is one of "
                       + ", ".join(shlex.quote(c[:12]) for c in r.could_be), highlight=False)
     if r.note:
-        console.print(f"[yellow]{escape(r.note)}[/]", highlight=False)
+        console.print(f"[yellow]{escape(r.note)}[/]", highlight=False, markup=True)
     console.print(f"bisect: {len(r.steps)} step(s), {r.builds} build(s), {r.wall_s:.0f}s; state {r.state_file}",
                   highlight=False)

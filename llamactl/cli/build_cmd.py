@@ -18,6 +18,7 @@ import time
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.text import Text
 from rich.table import Table
 
 from llamactl.build import builder as build_lib
@@ -39,7 +40,8 @@ def vendor(
     with vendor_lib.vendor_lock():
         prov = vendor_lib.vendor(source, force=force, progress=out.progress, series=series)
     out.result(prov, lambda p: console.print(
-        f"[green]vendored[/] {p.source} {p.version} (hash {p.hash[:16]}) -> {paths.vendor_tree()}  series: {p.series or '-'}"))
+        Text.assemble(("vendored", "green"), f" {p.source} {p.version} (hash {p.hash[:16]}) -> {paths.vendor_tree()}  "
+                      f"series: {p.series or '-'}")))
 
 
 def build(
@@ -79,8 +81,8 @@ def build(
 
 
 def _show(m: dict) -> None:
-    state = "[green]cached[/]" if m["cached"] else "[green]built[/]"
-    console.print(f"{state} {m['target']} ({m['backend']}, {m['source']['source']} {m['source']['version']}) in {m['seconds']:.2f}s")
+    state = Text("cached" if m["cached"] else "built", style="green")
+    console.print(state, f"{m['target']} ({m['backend']}, {m['source']['source']} {m['source']['version']}) in {m['seconds']:.2f}s")
     t = Table(show_header=False, box=None)
     t.add_row("binary", m["binaries"][m["target"]])
     t.add_row("version", m["version"].splitlines()[0] if m["version"] else "?")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
+from rich.text import Text
 from rich.table import Table
 
 from llamactl.build import cache as cache_lib
@@ -42,12 +42,12 @@ def _table(entries: list[cache_lib.Entry], title: str | None = None) -> None:
     t = Table("kind", "name", "size", "last used", "state", title=title)
     for e in entries:
         if e.in_use:
-            state = f"[green]in use[/] [dim]({escape(e.in_use)})[/]"
+            state = Text.assemble(("in use", "green"), " ", (f"({e.in_use})", "dim"))
         elif e.stale:
-            state = f"[yellow]stale[/] [dim]({escape(e.stale)})[/]"
+            state = Text.assemble(("stale", "yellow"), " ", (f"({e.stale})", "dim"))
         else:
-            state = "kept"
-        t.add_row(e.kind, escape(e.name), cache_lib.human_size(e.size), _ago(e.age_days), state)
+            state = Text("kept")
+        t.add_row(e.kind, e.name, cache_lib.human_size(e.size), _ago(e.age_days), state)
     console.print(t)
 
 

@@ -38,7 +38,7 @@ def stop_on_signals(on_signal: Callable[[], None] | None = None) -> None:
 
 def warn(msg: str) -> None:
     """One yellow ``warning:`` line on stderr."""
-    err_console.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False, soft_wrap=True)
+    err_console.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False, soft_wrap=True, markup=True)
 
 
 def warn_exposure(host: str) -> None:

@@ -1,6 +1,9 @@
 """One output helper for people and for machines (the command line's only).
 
-Human output goes through rich (which honours NO_COLOR and non-TTY output);
+Human output goes through rich (which honours NO_COLOR and non-TTY output). The consoles read no
+markup: user text (a profile value, a path, a log line, a check's detail) with ``[a, b]`` or ``[/x]`` in
+it prints as written; llamactl's own styled words opt in per call (``markup=True``, ``Text.from_markup``)
+with every value in them escaped (``rich.markup.escape``), as ``tests/unit/test_cli_markup.py`` checks;
 ``--json`` output is plain JSON on stdout with nothing else mixed in. The library below
 reports through ``logging`` and :data:`llamactl.core.progress.ProgressFn` callbacks;
 :class:`Output` shows both: the ``llamactl`` logger's lines as its ``info`` (stderr in JSON
@@ -32,8 +35,8 @@ def _width(stream) -> int | None:
     return int(os.environ.get("COLUMNS", "160"))
 
 
-console = Console(stderr=False, highlight=False, width=_width(sys.stdout))
-err_console = Console(stderr=True, highlight=False, width=_width(sys.stderr))
+console = Console(stderr=False, highlight=False, markup=False, width=_width(sys.stdout))
+err_console = Console(stderr=True, highlight=False, markup=False, width=_width(sys.stderr))
 
 
 def _default(o: Any) -> Any:
@@ -72,7 +75,7 @@ class Output:
         else:
             console.print(data)
 
-    def info(self, message: str, markup: bool = True) -> None:
+    def info(self, message: str, markup: bool = False) -> None:
         """Progress chatter: stderr in JSON mode so stdout stays parseable."""
         (err_console if self.json_mode else console).print(message, markup=markup)
 
@@ -100,7 +103,7 @@ class Output:
             tenth = int(ev.done * 10 // ev.total)
             if tenth > self._tenths.get(ev.what, -1):
                 self._tenths[ev.what] = tenth   # a plain line every 10% for logs without a bar
-                self.info(f"{ev.what}: [{int(ev.done)}/{int(ev.total)}]", markup=False)
+                self.info(f"{ev.what}: [{int(ev.done)}/{int(ev.total)}]")
 
 
 class _LibraryLog(logging.Handler):
@@ -135,7 +138,7 @@ def quiet_progress() -> bool:
 def _new_progress(transient: bool) -> Progress:
     return Progress(
         SpinnerColumn(),
-        TextColumn("[progress.description]{task.description}"),
+        TextColumn("{task.description}", style="progress.description", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),

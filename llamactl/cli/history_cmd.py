@@ -14,7 +14,7 @@ from dataclasses import asdict
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
+from rich.text import Text
 from rich.table import Table
 
 from llamactl.cli import options as o
@@ -46,15 +46,15 @@ def history(
             out.result([asdict(r) for r in rows])
             return
         if not rows:
-            console.print(f"no runs of cell {escape(cell)}{f' in {escape(profile)}' if profile else ''} in {store.path}")
+            console.print(f"no runs of cell {cell}{f' in {profile}' if profile else ''} in {store.path}")
             return
-        t = Table(title=f"cell {escape(cell)}: {len(rows)} row(s) from {store.path}", title_justify="left")
+        t = Table(title=f"cell {cell}: {len(rows)} row(s) from {store.path}", title_justify="left")
         for col in ("run", "when", "arm", "status", "decode tok/s", "TTFT ms", "acceptance", "all slots tok/s", "build", "machine"):
             t.add_column(col)
         for r in rows:
-            t.add_row(f"#{r.run_id}", r.started_at, escape(r.variant or "-"), r.status, num(r.decode_tps),
+            t.add_row(f"#{r.run_id}", r.started_at, r.variant or "-", r.status, num(r.decode_tps),
                       num(None if r.ttft_s is None else 1000 * r.ttft_s, "{:.0f}"), num(r.acceptance, "{:.0%}"),
-                      num(r.tokens_per_s), escape(fingerprint.build_label(r.build)), r.machine_id[:8])
+                      num(r.tokens_per_s), fingerprint.build_label(r.build), r.machine_id[:8])
         console.print(t)
         return
     run_rows = store.runs(profile=profile, kind=kind, limit=limit)
@@ -62,14 +62,14 @@ def history(
         out.result([asdict(r) for r in run_rows])
         return
     if not run_rows:
-        console.print(f"no runs{f' of {escape(profile)}' if profile else ''} recorded in {store.path}")
+        console.print(f"no runs{f' of {profile}' if profile else ''} recorded in {store.path}")
         return
     here = fingerprint.machine()["id"]
     t = Table(title=f"{len(run_rows)} run(s), newest first, from {store.path}", title_justify="left")
     for col in ("run", "when", "kind", "profile", "result", "build", "machine"):
         t.add_column(col)
     for run in run_rows:
-        result = ("[green]ok[/]" if run.ok else "[red]not ok[/]") if run.ok is not None else "-"
-        t.add_row(f"#{run.id}", run.started_at, run.kind, escape(run.profile), f"{result} {escape(run.summary)}",
-                  escape(fingerprint.build_label(run.build)), run.machine_id[:8] + (" (this)" if run.machine_id == here else ""))
+        result = (Text("ok", "green") if run.ok else Text("not ok", "red")) if run.ok is not None else Text("-")
+        t.add_row(f"#{run.id}", run.started_at, run.kind, run.profile, Text.assemble(result, f" {run.summary}"),
+                  fingerprint.build_label(run.build), run.machine_id[:8] + (" (this)" if run.machine_id == here else ""))
     console.print(t)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.markup import escape
+from rich.text import Text
 from rich.table import Table
 
 from llamactl.cli import options as o, report_cmd
@@ -48,18 +48,18 @@ def _table(data: dict[str, Any]) -> Table:
         t.add_column(col, overflow="fold")
     for c in data["cells"]:
         if c.get("error") and not c["levels"]:
-            t.add_row(escape(c["cell"]), "-", "-", f"[red]{escape(c['error'][:120])}[/]", *["-"] * 8)
+            t.add_row(c["cell"], "-", "-", Text(c['error'][:120], "red"), *["-"] * 8)
             continue
         for lv in c["levels"]:
             def trio(k: str, lv: dict[str, Any] = lv) -> str:
                 return "/".join(_ms(lv[k][p]) for p in ("p50", "p90", "p99"))
             errs = ", ".join(f"{k} {n}" for k, n in lv["errors"].items()) or "0"
-            t.add_row(escape(c["cell"]), lv["level"], str(lv["completed"]), f"[red]{escape(errs)}[/]" if lv["errors"] else errs,
+            t.add_row(c["cell"], lv["level"], str(lv["completed"]), Text(errs, "red" if lv["errors"] else ""),
                       num(lv["req_per_s"], "{:.2f}"), num(lv["output_tok_per_s"]), num(lv["per_request_tok_per_s"]["p50"]),
                       trio("ttft_s"), trio("tpot_s"), trio("e2e_s"), num(lv.get("acceptance"), "{:.0%}"),
-                      escape("; ".join(lv["server_check"].get("shown") or [])) or "within 5%")
+                      "; ".join(lv["server_check"].get("shown") or []) or "within 5%")
         if c.get("error"):
-            t.add_row(escape(c["cell"]), "", "", f"[red]{escape(c['error'][:120])}[/]", *[""] * 8)
+            t.add_row(c["cell"], "", "", Text(c['error'][:120], "red"), *[""] * 8)
     return t
 
 
@@ -148,8 +148,8 @@ def load(
         label, ref = against
         data["gate"] = view.gate_summary(load_gate.compare(data, ref, label, thresholds), label, thresholds)
         for v in data["gate"]["verdicts"]:
-            screen.print(f"  {escape(v['line'])}", highlight=False)
-        screen.print(f"baseline gate: {data['gate']['worst'].upper()} against {escape(label)}", highlight=False)
+            screen.print(f"  {v['line']}", highlight=False)
+        screen.print(f"baseline gate: {data['gate']['worst'].upper()} against {label}", highlight=False)
     data = report_cmd.after_run(data, history, html, md)
     if json_path:
         write_atomic(json_path, jsonlib.dumps(data, indent=2, default=str) + "\n")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.text import Text
 from rich.table import Table
 
 from llamactl.source import patches
@@ -44,7 +45,7 @@ def _table(states: list[patches.PatchState]) -> None:
         return
     t = Table("patch", "subject", "state", "detail")
     for s in states:
-        t.add_row(s.patch.name, s.patch.subject, f"[{COLORS[s.state]}]{s.state}[/]", s.detail)
+        t.add_row(s.patch.name, s.patch.subject, Text(s.state, COLORS[s.state]), s.detail)
     console.print(t)
 
 
@@ -66,7 +67,7 @@ def check(series: o.Series = None, json: o.Json = False) -> None:
 
     def human(_: object) -> None:
         _table(states)
-        console.print("[green]series applies cleanly[/]")
+        console.print("[green]series applies cleanly[/]", markup=True)
     Output(json).result(_dump(states), human)
 
 
@@ -128,26 +129,26 @@ def rebase(
     def human(_: object) -> None:
         t = Table("patch", "subject", "on the new base", "detail")
         for p in report.patches:
-            t.add_row(escape(p.name), escape(p.subject), f"[{REBASE_COLORS[p.status]}]{p.label}[/]", escape(p.detail))
+            t.add_row(p.name, p.subject, Text(p.label, REBASE_COLORS[p.status]), p.detail)
         console.print(t)
         for p in report.patches:
             for h in p.failed_hunks if p.status == "conflicts" else []:
-                console.print(f"  {escape(p.name)}: {escape(h)} does not apply", highlight=False)
+                console.print(f"  {p.name}: {h} does not apply", highlight=False)
             if p.conflict_dir:
-                console.print(f"  {escape(p.name)}: conflicted files (with markers) and the patch in {escape(p.conflict_dir)}",
+                console.print(f"  {p.name}: conflicted files (with markers) and the patch in {p.conflict_dir}",
                               highlight=False)
         for n in report.notes:
-            console.print(f"[yellow]note:[/] {escape(n)}", highlight=False)
+            console.print(f"[yellow]note:[/] {escape(n)}", highlight=False, markup=True)
         c = report.counts()
         commit = f" ({report.onto_commit[:9]})" if report.onto_commit else ""
-        console.print(f"rebase {report.series} onto {escape(report.onto)}{commit}: {c['clean']} cleanly, {c['offsets']} with offsets, "
+        console.print(f"rebase {report.series} onto {report.onto}{commit}: {c['clean']} cleanly, {c['offsets']} with offsets, "
                       f"{c['upstream']} already upstream, {c['conflicts']} conflict", highlight=False)
         if report.written:
-            console.print(f"wrote {len(report.written)} patch(es) to patches/{escape(report.series)}/"
-                          + (f"; dropped (already upstream): {escape(', '.join(report.dropped))}" if report.dropped else ""),
+            console.print(f"wrote {len(report.written)} patch(es) to patches/{report.series}/"
+                          + (f"; dropped (already upstream): {', '.join(report.dropped)}" if report.dropped else ""),
                           highlight=False)
         elif write and not report.ok:
-            console.print("[red]nothing written[/]: every patch must resolve first", highlight=False)
+            console.print("[red]nothing written[/]: every patch must resolve first", highlight=False, markup=True)
     out.result(report.to_dict(), human)
     if not report.ok:
         sys.exit(int(ExitCode.FAILED))

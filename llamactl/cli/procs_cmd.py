@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
+from rich.text import Text
 from rich.table import Table
 
 from llamactl.cli import options as o
@@ -40,7 +40,8 @@ def ps(all_: Annotated[bool, typer.Option("--all", "-a", help="Include stopped r
     def human(rs: list[dict]) -> None:
         t = Table("id", "pid", "url", "state", "log")
         for r in rs:
-            state = f"[green]{r['state']}[/]" if r["alive"] else f"stopped [dim]({escape(r.get('stopped_why') or '')})[/]"
+            state = Text(r["state"], "green") if r["alive"] else \
+                Text.assemble("stopped ", (f"({r.get('stopped_why') or ''})", "dim"))
             t.add_row(r["id"], str(r["pid"]), r["url"] or "-", state, r["log"] or "-")
         console.print(t)
 

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
+from rich.text import Text
 from rich.table import Table
 
 from llamactl.serve import launcher
@@ -82,7 +84,7 @@ def show(
     for k, v in data.items():
         if isinstance(v, dict) and k in ("build", "harness"):
             for sk, sv in v.items():
-                rows.append({"key": f"build.{sk}", "value": sv, "origin": r.origin(f"build.{sk}")})
+                rows.append({"key": f"{k}.{sk}", "value": sv, "origin": r.origin(f"{k}.{sk}")})
         else:
             rows.append({"key": k, "value": v, "origin": r.origin(k)})
 
@@ -92,11 +94,11 @@ def show(
         t = Table("key", "value", "origin", title=f"profile {r.name} ({r.path})")
         for row in d["values"]:
             style = "" if row["origin"] == "default" else ("cyan" if row["origin"].startswith("env") else "magenta" if row["origin"] == "cli" else "green")
-            t.add_row(row["key"], str(row["value"]), f"[{style}]{row['origin']}[/]" if style else row["origin"])
+            t.add_row(row["key"], str(row["value"]), Text(row["origin"], style))
         console.print(t)
         if d["env_dropped"]:
             console.print(f"[yellow]not passed to llama-server[/] (it would read them itself; set them under env: to pass them): "
-                          f"{', '.join(d['env_dropped'])}", highlight=False, soft_wrap=True)
+                          f"{escape(', '.join(d['env_dropped']))}", highlight=False, soft_wrap=True, markup=True)
 
     Output(json).result({"profile": r.name, "values": rows, "env_dropped": dropped}, human)
 

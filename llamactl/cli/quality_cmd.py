@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.text import Text
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -48,11 +49,11 @@ def _table(data: dict[str, Any]) -> Table:
     for col in COLUMNS:
         t.add_column(col, justify="left" if col == "kv" else "right")
     for r in view.quality_rows(data):
-        label = escape(r["cell"])
+        label = r["cell"]
         if r["status"] == "error":
-            t.add_row(f"{label} [red]({escape(r['error'][:80])})[/]", *["-"] * (len(COLUMNS) - 1))
+            t.add_row(Text.assemble(f"{label} ", (f"({r['error'][:80]})", "red")), *["-"] * (len(COLUMNS) - 1))
             continue
-        t.add_row(f"[dim]{label}[/]" if r["status"] == "reference" else label, r["ppl"], r["dppl"], r["kl_mean"],
+        t.add_row(Text(label, "dim" if r["status"] == "reference" else ""), r["ppl"], r["dppl"], r["kl_mean"],
                   r["kl_median"], r["kl_p99"], r["kl_max"], r["same_top"], r["dp_rms"], r["decode_top1"], r["decode_kl"])
     if several:
         t.caption = "rows: BUILD K/V; the reference is the first build"
@@ -202,7 +203,7 @@ def _print_gate(data: dict[str, Any], screen: Console) -> str:
         return quality_gate.OK
     for v in g["verdicts"]:
         colour = "bold red" if v["verdict"] == quality_gate.REGRESSION else "green"
-        screen.print(f"  [{colour}]{escape(v['line'])}[/]", highlight=False)
+        screen.print(f"  [{colour}]{escape(v['line'])}[/]", highlight=False, markup=True)
     screen.print(f"quality gate: {g['worst'].upper()}" + (f" (exit {int(ExitCode.REGRESSION)})"
                  if g["worst"] == quality_gate.REGRESSION else ""), highlight=False)
     return str(g["worst"])

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.text import Text
 from rich.markup import escape
 
 from llamactl.cli import options as o
@@ -34,7 +35,7 @@ def after_run(run: dict[str, Any], history: Path | None, html: Path | None, md: 
     store = History(history)
     pub = publish.record(enriched, store)
     if pub.history_error:
-        err_console.print(f"[yellow]warning:[/] run not recorded in the history: {escape(pub.history_error)}", highlight=False)
+        err_console.print(f"[yellow]warning:[/] run not recorded in the history: {escape(pub.history_error)}", highlight=False, markup=True)
     else:
         enriched["history"] = {"id": pub.history_id, "machine": enriched["machine"], "build": enriched["build"]}
         err_console.print(f"history: run #{pub.history_id} in {store.path}", highlight=False, markup=False)
@@ -138,14 +139,14 @@ def _merge(files: list[Path], json_path: Path | None, junit: Path | None, html: 
     t = Table("cell", "status", "machine", "shard file", "reason", title=f"{merged.profile}: {len(files)} report(s) merged")
     for row in info["cells"]:
         st = Status(row["status"])
-        t.add_row(escape(row["cell"]), f"[{reports.STYLE[st]}]{st.label}[/]",
-                  escape(str(row["machine"] or "-")) + (f" (x{row['ran']})" if row.get("ran", 1) > 1 else ""),
-                  escape(Path(row["file"]).name if row["file"] else "-"), escape(row["reason"] or ""))
+        t.add_row(row["cell"], Text(st.label, reports.STYLE[st]),
+                  str(row["machine"] or "-") + (f" (x{row['ran']})" if row.get("ran", 1) > 1 else ""),
+                  Path(row["file"]).name if row["file"] else "-", row["reason"] or "")
     screen.print(t)
     for d in info["duplicates"]:
-        err_console.print(f"[red]ran twice:[/] {escape(d['cell'])} on {escape(', '.join(d['machines']))}", highlight=False)
+        err_console.print(f"[red]ran twice:[/] {escape(d['cell'])} on {escape(', '.join(d['machines']))}", highlight=False, markup=True)
     for cid in info["missing"]:
-        err_console.print(f"[red]ran nowhere:[/] {escape(cid)}", highlight=False)
+        err_console.print(f"[red]ran nowhere:[/] {escape(cid)}", highlight=False, markup=True)
     for line in reports.summary_lines(merged):
         screen.print(line, highlight=False)
     publish.render([merged_run(merged, info)], html, md)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
+from rich.text import Text
 from rich.markup import escape
 
 from llamactl.cli import options as o
@@ -51,23 +52,23 @@ def rpc_worker(
     wbin = rpc.worker_binary(binary.path, binary.manifest)
     key = rpc.build_key(binary.manifest, binary.path)
     if warning:
-        err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True, markup=True)
     run_dir = launcher.new_run_dir(f"rpc-worker-{r.name}")
     w = rpc.RpcWorker(wbin, host, port_n, run_dir / "rpc-worker.log", key, devices=list(device or []),
                       threads=threads, cache=cache,
-                      echo=None if json else (lambda ln: err_console.print(f"[dim]{escape(ln)}[/]", highlight=False)))
+                      echo=None if json else (lambda ln: err_console.print(f"[dim]{escape(ln)}[/]", highlight=False, markup=True)))
     stop_on_signals()
     try:
         secs = w.start()
         info = {"profile": r.name, "endpoint": w.endpoint, "pid": w.pid, "build_key": key, "binary": str(wbin),
                 "log": str(w.log_path), "ready_s": round(secs, 3)}
         out.result(info, lambda d: console.print(
-            f"[green]rpc worker[/] {d['endpoint']} ready in {d['ready_s']:.2f}s (pid {d['pid']}, build {d['build_key']}, "
-            f"log {d['log']})\n  use it: rpc: {{workers: [{d['endpoint']}]}}", highlight=False))
+            Text.assemble(("rpc worker", "green"), f" {d['endpoint']} ready in {d['ready_s']:.2f}s (pid {d['pid']}, "
+                          f"build {d['build_key']}, log {d['log']})\n  use it: rpc: {{workers: [{d['endpoint']}]}}")))
         rc = w.process.proc.wait() if w.process and w.process.proc else None
         raise ServerFailed(f"rpc worker {w.endpoint} exited (code {rc})", hint=f"log: {w.log_path}")
     except KeyboardInterrupt:
-        err_console.print("[yellow]stopping rpc worker ...[/]")
+        err_console.print("[yellow]stopping rpc worker ...[/]", markup=True)
         raise
     finally:
         w.stop()

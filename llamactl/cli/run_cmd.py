@@ -29,7 +29,7 @@ from llamactl.serve.server import ServerDied
 def _echo(line: str) -> None:
     low = line.lower()
     style = "red" if ("error" in low or "assert" in low or "abort" in low) else "yellow" if "warn" in low else "dim"
-    err_console.print(f"[{style}]{escape(line)}[/]", highlight=False, soft_wrap=True)
+    err_console.print(f"[{style}]{escape(line)}[/]", highlight=False, soft_wrap=True, markup=True)
 
 
 @o.with_overrides()
@@ -64,7 +64,7 @@ def run(
     run_dir = launcher.new_run_dir(r.name)
     log = run_dir / "server.log"
     (run_dir / "argv.json").write_text(jsonlib.dumps(plan.argv))
-    out.info(f"[dim]$ {escape(plan.shell())}[/]")
+    out.info(f"[dim]$ {escape(plan.shell())}[/]", markup=True)
     warn_exposure(r.profile.host)
     stop_on_signals()
     quickstart.note_cli(quiet=quiet, json_mode=json)
@@ -88,9 +88,9 @@ def run(
             runrecords.write(run_dir, dict(record, **info, state="running"))
         ready = True
         out.result(info, lambda d: console.print(
-            f"[green]ready[/] {escape(d['url'])} in {d['ready_s']:.2f}s (pid {d['pid']}, log {escape(d['log'])})\n  "
+            f"[green]ready[/] {escape(d['url'])} in {d['ready_s']:.2f}s (pid {int(d['pid'])}, log {escape(d['log'])})\n  "
             + "\n  ".join(escape(e) for e in d["endpoints"])
-            + (f"\n  [dim]{escape(ep.curl_hint())}[/]" if ep.uds else ""), highlight=False, soft_wrap=True))
+            + (f"\n  [dim]{escape(ep.curl_hint())}[/]" if ep.uds else ""), highlight=False, soft_wrap=True, markup=True))
         if detach:
             return
         rc = sp.proc.wait() if sp.proc else None
@@ -98,15 +98,15 @@ def run(
         raise ServerDied(crash) if rc != 0 else LlamactlError("llama-server exited (code 0)")
     except ServerDied as exc:
         c = exc.crash
-        err_console.print(f"[red]{escape(c.summary())}[/]")
+        err_console.print(f"[red]{escape(c.summary())}[/]", markup=True)
         for ln in c.frames[:8]:
-            err_console.print(f"  [red]{escape(ln)}[/]")
+            err_console.print(f"  [red]{escape(ln)}[/]", markup=True)
         if not c.frames:
             for ln in c.last_lines[-8:]:
-                err_console.print(f"  [dim]{escape(ln)}[/]")
+                err_console.print(f"  [dim]{escape(ln)}[/]", markup=True)
         raise
     except KeyboardInterrupt:
-        err_console.print("[yellow]stopping llama-server ...[/]")
+        err_console.print("[yellow]stopping llama-server ...[/]", markup=True)
         raise
     finally:
         if not (detach and ready):   # a detached server that never got ready is stopped too
@@ -128,7 +128,7 @@ def _run_router(names: list[str], overrides: o.Overrides, models_max: int | None
                                   progress=out.progress)
     log = run_dir / "server.log"
     (run_dir / "argv.json").write_text(jsonlib.dumps(plan.argv))
-    out.info(f"[dim]$ {escape(' '.join(plan.argv))}[/]")
+    out.info(f"[dim]$ {escape(' '.join(plan.argv))}[/]", markup=True)
     stop_on_signals()
     sp = router_lib.start(plan, log, echo=None if (quiet or out.json_mode) else _echo)
     try:
@@ -138,15 +138,15 @@ def _run_router(names: list[str], overrides: o.Overrides, models_max: int | None
                 "endpoints": [f"{plan.url}{e}" for e in ("/models", "/models/load", "/models/unload",
                                                          "/v1/chat/completions", "/completion")]}
         out.result(info, lambda d: console.print(
-            f"[green]router ready[/] {escape(d['url'])} in {d['ready_s']:.2f}s (pid {d['pid']}, log {escape(d['log'])})\n"
-            f"  models (the request's \"model\"): {escape(', '.join(d['router']))}; at most {d['models_max']} loaded\n"
+            f"[green]router ready[/] {escape(d['url'])} in {d['ready_s']:.2f}s (pid {int(d['pid'])}, log {escape(d['log'])})\n"
+            f"  models (the request's \"model\"): {escape(', '.join(d['router']))}; at most {int(d['models_max'])} loaded\n"
             f"  preset {escape(d['preset'])}\n  " + "\n  ".join(escape(e) for e in d["endpoints"]),
-            highlight=False, soft_wrap=True))
+            highlight=False, soft_wrap=True, markup=True))
         rc = sp.proc.wait() if sp.proc else None
         crash = sp.crash()
         raise ServerDied(crash) if rc != 0 else LlamactlError("llama-server (router) exited (code 0)")
     except KeyboardInterrupt:
-        err_console.print("[yellow]stopping the router and its models ...[/]")
+        err_console.print("[yellow]stopping the router and its models ...[/]", markup=True)
         raise
     finally:
         sp.stop()

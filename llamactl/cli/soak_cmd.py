@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.markup import escape
+from rich.text import Text
 from rich.table import Table
 
 from llamactl.cli import options as o, report_cmd
@@ -54,13 +54,13 @@ def _table(data: dict[str, Any]) -> Table:
         t.add_column(col, overflow="fold")
     for c in data["cells"]:
         st = Status(c["status"])
-        label = f"[{STYLE[st]}]{st.label}[/]"
+        label = Text(st.label, STYLE[st])
         if not c["verdicts"]:
-            t.add_row(escape(c["cell"]), label, "-", escape(c.get("reason", "")))
+            t.add_row(c["cell"], label, "-", c.get("reason", ""))
         for i, v in enumerate(c["verdicts"]):
             vs = Status(v["status"])
-            t.add_row(escape(c["cell"]) if i == 0 else "", label if i == 0 else "", f"[{STYLE[vs]}]{v['name']}[/]",
-                      escape(v["detail"]))
+            t.add_row(c["cell"] if i == 0 else "", label if i == 0 else "", Text(v["name"], STYLE[vs]),
+                      v["detail"])
     return t
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
+from rich.text import Text
 from rich.table import Table
 
 from llamactl.cli import options as o
@@ -36,9 +36,9 @@ def list_(json: o.Json = False) -> None:
     def human(_: object) -> None:
         t = Table("source", "kind", "version", "llama.cpp", "sha256 / commit", "series", "from")
         for r in rows:
-            name = f"{r.name} [dim](default)[/]" if r.default else r.name
-            t.add_row(name, r.kind, escape(r.version[:12]), escape((r.llama_cpp_commit or "?")[:12]), escape(r.hash[:16]),
-                      escape(r.series or "-"), r.origin)
+            name = Text.assemble(r.name, (" (default)", "dim")) if r.default else Text(r.name)
+            t.add_row(name, r.kind, r.version[:12], (r.llama_cpp_commit or "?")[:12], r.hash[:16],
+                      r.series or "-", r.origin)
         console.print(t)
     Output(json).result([r.model_dump() for r in rows], human)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
+from rich.text import Text
 from rich.table import Table
 
 from llamactl.cli import options as o
@@ -71,18 +71,18 @@ def _status(s: str | None) -> str:
 def _human(r: sync_lib.SyncReport) -> None:
     if r.rebase is not None:
         n = r.rebase.counts()
-        console.print(f"rebase {escape(r.rebase.series)} onto {escape(r.rebase.onto)}: {n['clean']} cleanly, {n['offsets']} with offsets, "
+        console.print(f"rebase {r.rebase.series} onto {r.rebase.onto}: {n['clean']} cleanly, {n['offsets']} with offsets, "
                       f"{n['upstream']} already upstream, {n['conflicts']} conflict", highlight=False)
         for p in r.rebase.patches:
             if p.status != "clean":
-                console.print(f"  {escape(p.name)}: {p.label} ({escape(p.detail)})", highlight=False)
+                console.print(f"  {p.name}: {p.label} ({p.detail})", highlight=False)
     for side in (r.before, r.after):
         if side.build:
             b = side.build
             ver = (b.get("version") or [""])[0]
             commit = (b.get("source_commit") or "")[:9]
-            console.print(f"{side.label}: {escape(side.source)}{' (' + commit + ')' if commit else ''}, build {escape(str(b.get('key')))} "
-                          f"in {b.get('build_s')} s, {escape(ver)}; validate {side.report.wall_s if side.report else '-'} s",
+            console.print(f"{side.label}: {side.source}{' (' + commit + ')' if commit else ''}, build {str(b.get('key'))} "
+                          f"in {b.get('build_s')} s, {ver}; validate {side.report.wall_s if side.report else '-'} s",
                           highlight=False)
     if r.cells:
         t = Table("cell", "before", "after", "tok/s before", "tok/s after", "change", "verdict",
@@ -90,15 +90,16 @@ def _human(r: sync_lib.SyncReport) -> None:
         for c in r.cells:
             change = f"{c.ratio - 1:+.0%}" if c.ratio is not None else "-"
             style = STYLE.get(c.verdict, "")
-            verdict = f"[{style}]{c.verdict}[/]" if style else c.verdict
-            t.add_row(escape(c.cell), _status(c.before), _status(c.after), _tps(c.tps_before), _tps(c.tps_after), change, verdict)
+            verdict = Text(c.verdict, style)
+            t.add_row(c.cell, _status(c.before), _status(c.after), _tps(c.tps_before), _tps(c.tps_after), change, verdict)
         console.print(t)
         for c in r.cells:
             if c.verdict in ("regression", "changed", "fixed") and (c.reason_after or c.reason_before):
-                console.print(f"  {escape(c.cell)}: after: {escape(c.reason_after or '-')}", highlight=False)
+                console.print(f"  {c.cell}: after: {c.reason_after or '-'}", highlight=False)
     console.print(_closing(r), highlight=False)
 
 
-def _closing(r: sync_lib.SyncReport) -> str:
+def _closing(r: sync_lib.SyncReport) -> Text:
     style = VERDICT_STYLE.get(r.verdict, "")
-    return f"sync {escape(r.profile)} -> {escape(r.to)}: [{style}]{r.verdict.upper()}[/] ({escape(r.reason)}) in {r.wall_s:.0f} s, exit {r.exit_code}"
+    return Text.assemble(f"sync {r.profile} -> {r.to}: ", (r.verdict.upper(), style),
+                         f" ({r.reason}) in {r.wall_s:.0f} s, exit {r.exit_code}")

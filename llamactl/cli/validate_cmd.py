@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.text import Text
 from rich.markup import escape
 from rich.console import Console, Group
 from rich.live import Live
@@ -89,9 +90,9 @@ def validate(
     out = Output(json)
     stop_on_signals()
     warn_exposure(base.profile.host)
-    screen.print(f"validating [bold]{base.name}[/]: {len(cells)} cell(s)")
+    screen.print(f"validating [bold]{escape(base.name)}[/]: {len(cells)} cell(s)", markup=True)
     live_enabled = screen.is_terminal and not quiet_progress()
-    bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    bar = Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), console=screen)
     task = bar.add_task("cells", total=len(cells))
     report = new_report(base, cells)
@@ -103,12 +104,12 @@ def validate(
         done = sum(1 for c in rep.cells if c.status != Status.NOT_RUN)
         if live_enabled:
             bar.update(task, completed=done - (1 if running else 0),
-                       description=f"cell {escape(running)}" if running else "cells")
+                       description=f"cell {running}" if running else "cells")
             if live is not None:   # always, when live_enabled
                 live.update(Group(reports.table(rep, running), bar), refresh=True)
         elif running is None:
             for c in rep.cells[printed:done]:
-                screen.print(f"  {escape(c.cell)}: {Status(c.status).label} {escape(c.reason)}", highlight=False)
+                screen.print(f"  {c.cell}: {Status(c.status).label} {c.reason}", highlight=False)
             printed = done
 
     if not cells:     # an empty shard: nothing to run here, still a report for the merge
@@ -147,10 +148,10 @@ def _validate_router(names: list[str], overrides: o.Overrides, models_max: int |
     screen = err_console if json else console
     members = [overrides.resolve(n) for n in names]
     stop_on_signals()
-    screen.print(f"validating the router over [bold]{escape(', '.join(names))}[/]", highlight=False)
+    screen.print(f"validating the router over [bold]{escape(', '.join(names))}[/]", highlight=False, markup=True)
     run_dir = paths.new_run_dir("router-validate")
     report = run_router(members, run_dir, models_max=models_max, progress=out.progress,
-                        on_check=lambda c: screen.print(f"  {c.name}: {Status(c.status).label} {escape(c.detail[:200])}",
+                        on_check=lambda c: screen.print(f"  {c.name}: {Status(c.status).label} {c.detail[:200]}",
                                                         highlight=False))
     data = report.to_dict()
     if json_path is not None:
@@ -158,7 +159,7 @@ def _validate_router(names: list[str], overrides: o.Overrides, models_max: int |
     t = Table("check", "status", "seconds", "detail", title=f"router over {', '.join(names)} (--models-max {report.models_max})")
     for c in report.checks:
         st = Status(c.status)
-        t.add_row(c.name, f"[{reports.STYLE[st]}]{st.label}[/]", f"{c.seconds:.2f}", escape(c.detail[:160]))
+        t.add_row(c.name, Text(st.label, reports.STYLE[st]), f"{c.seconds:.2f}", c.detail[:160])
     screen.print(t)
     if report.log:
         screen.print(f"log: {report.log}  preset: {report.preset}", highlight=False, markup=False)
@@ -182,7 +183,7 @@ def _validate_url(base, url: str, cells: list, json_path: Path | None, junit: Pa
     stop_on_signals()
     out = Output(json)
     screen = err_console if json else console
-    screen.print(f"validating [bold]{escape(base.name)}[/] against {escape(url)} (no launch)", highlight=False)
+    screen.print(f"validating [bold]{escape(base.name)}[/] against {escape(url)} (no launch)", highlight=False, markup=True)
     report = run_url(base, url, cells)
     _write_reports(report, json_path, junit)
     _finish(report, out, screen, False, history, html, md)
@@ -216,7 +217,7 @@ def _write_reports(report: Report, json_path: Path | None, junit: Path | None) -
             write(report, path)
         except OSError as exc:
             err_console.print(f"[bold red]error:[/] cannot write {escape(str(path))}: {escape(exc.strerror or str(exc))}",
-                              highlight=False)
+                              highlight=False, markup=True)
 
 
 def _print_outcome(report: Report, live_enabled: bool, screen: Console = console) -> None:
@@ -225,16 +226,16 @@ def _print_outcome(report: Report, live_enabled: bool, screen: Console = console
     for c in report.cells:
         st = Status(c.status)
         if st in (Status.FAIL, Status.ERROR, Status.XPASS, Status.INTERRUPTED):
-            screen.print(f"[{reports.STYLE[st]}]{st.label}[/] {escape(c.cell)}: {escape(c.reason)}", highlight=False)
+            screen.print(f"[{reports.STYLE[st]}]{escape(st.label)}[/] {escape(c.cell)}: {escape(c.reason)}", highlight=False, markup=True)
             for ln in [*(c.crash or {}).get("frames", [])[:8], *(c.hang or {}).get("frames", [])[:8]]:
                 screen.print(f"    {ln}", highlight=False, markup=False)
             if c.log:
                 screen.print(f"    log:   {c.log}", highlight=False, markup=False)
             screen.print(f"    repro: {c.repro}", highlight=False, markup=False)
         elif st == Status.XFAIL:
-            screen.print(f"[yellow]XFAIL[/] {escape(c.cell)}: {escape(c.reason)}", highlight=False)
+            screen.print(f"[yellow]XFAIL[/] {escape(c.cell)}: {escape(c.reason)}", highlight=False, markup=True)
             screen.print(f"    log:   {c.log}", highlight=False, markup=False)
         for w in c.warnings:
-            screen.print(f"[yellow]warning[/] {escape(c.cell)}: {escape(w)}", highlight=False)
+            screen.print(f"[yellow]warning[/] {escape(c.cell)}: {escape(w)}", highlight=False, markup=True)
     for line in reports.summary_lines(report):
         screen.print(line, highlight=False)

@@ -6,8 +6,8 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from llamactl.core.files import atomic_path, write_atomic
 from llamactl.judge.status import SUMMARY_WORDS, Status
@@ -44,12 +44,12 @@ def table(report: Report, running: str | None = None) -> Table:
         spec = (c.spec or {}).get("delta") or {}
         drafts = spec.get("draft_tokens")
         st = Status(c.status)
-        label = f"[{STYLE[st]}]{st.label}[/]" if c.cell != running else f"[{STYLE['running']}]RUNNING[/]"
-        t.add_row(escape(c.cell), label, escape(server_cell(c)), escape((c.backend or {}).get("summary", "-")),
+        label = Text(st.label, STYLE[st]) if c.cell != running else Text("RUNNING", STYLE["running"])
+        t.add_row(c.cell, label, server_cell(c), (c.backend or {}).get("summary", "-"),
                   "-" if c.start_s is None else f"{c.start_s:.2f}", f"{c.seconds:.1f}",
                   "-" if c.tokens_per_s is None else f"{c.tokens_per_s:.1f}",
                   "-" if drafts is None else f"{drafts:.0f}", _pct(c.acceptance),
-                  "" if c.cell == running else escape(c.reason))
+                  "" if c.cell == running else c.reason)
     return t
 
 
@@ -59,16 +59,17 @@ def closing_line(report: Report) -> str:
     return "validate: " + ", ".join(f"{n[s.value]} {word}" for s, word in SUMMARY_WORDS)
 
 
-def summary_lines(report: Report) -> list[str]:
-    """A verdict line, then the plain closing line CI runners read (it starts "validate: N passed, N failed")."""
+def summary_lines(report: Report) -> list[Text | str]:
+    """A verdict line (styled, user text as written), then the plain closing line CI runners read (it starts
+    "validate: N passed, N failed")."""
     n = report.counts()
-    verdict = "[green]PASS[/]" if report.ok else "[bold red]FAIL[/]"
-    first = (f"{verdict} {report.profile}: {len(report.cells)} cell(s) in {report.wall_s:.1f}s"
+    verdict = Text("PASS", "green") if report.ok else Text("FAIL", "bold red")
+    rest = (f" {report.profile}: {len(report.cells)} cell(s) in {report.wall_s:.1f}s"
              + (f", {n['xfail']} known failure(s) as expected" if n["xfail"] else "")
              + (", interrupted" if report.interrupted else "")
-             + (f", stopped: {escape(report.error)}" if report.error else "")
+             + (f", stopped: {report.error}" if report.error else "")
              + (f"  (logs: {report.run_dir})" if report.run_dir else ""))
-    return [first, closing_line(report)]
+    return [Text.assemble(verdict, rest), closing_line(report)]
 
 
 def write_json(report: Report, path: Path) -> None:

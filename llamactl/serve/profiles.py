@@ -657,6 +657,9 @@ def format_validation_error(exc: ValidationError, path: Path, origins: dict[str,
             msg = f"unknown key (allowed: {', '.join(_allowed_keys(err['loc']))})"
         elif err["type"] == "missing":
             msg = "required key is missing"
+        elif "input" in err and "got " not in msg:
+            shown = repr(err["input"])
+            msg = f"{msg}, got {shown if len(shown) <= 80 else shown[:77] + '...'}"   # what was typed, as read
         layer = f" [{origin}]" if origin and not origin.startswith("profile") else ""
         loc = (where or {}).get(key) or (where or {}).get(str(err["loc"][0]))
         if loc and (not origin or origin.startswith("profile")):

@@ -20,7 +20,8 @@ def test_client_decode_rate_agrees_with_server_timings(built, tmp_path):
     assert off.error is None and len(off.samples) == 2 and "mtp-on" not in res.variants
     for s in off.samples:
         assert s.tokens == 48                       # ignore_eos: always the full length
-        assert abs(s.client_decode_tps - s.server_decode_tps) / s.server_decode_tps < 0.05
+        # (n-1) intervals seen by the client vs n by the server: one late chunk on a busy 2-core runner is ~5%
+        assert abs(s.client_decode_tps - s.server_decode_tps) / s.server_decode_tps < 0.10
     assert off.peak_rss_mb and off.peak_rss_mb > 100    # the 241 MB model is resident
     assert off.aggregate_tps and off.aggregate_tps[0] > 0
 
