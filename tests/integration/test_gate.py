@@ -34,7 +34,8 @@ def test_gate_passes_unchanged_and_fails_slower_with_the_regression_exit_code(bu
     assert first.returncode == 0, first.stdout + first.stderr
 
     # an unchanged build: wide thresholds, since two short runs on a shared 2-core machine can differ 2x by load alone
-    same = _llamactl([*common, "--baseline", "last", "--warn-below", "0.5", "--fail-below", "0.25", "--json-out", str(tmp_path / "2.json"),
+    # (10x seen once beside other work)
+    same = _llamactl([*common, "--baseline", "last", "--warn-below", "0.5", "--fail-below", "0.1", "--json-out", str(tmp_path / "2.json"),
                       "--html", str(tmp_path / "2.html"), "--markdown", str(tmp_path / "2.md")], clean_env)
     assert same.returncode == 0, same.stdout + same.stderr
     data = json.loads((tmp_path / "2.json").read_text())

@@ -50,9 +50,10 @@ def test_load_reports_throughput_and_latency_per_load_and_gates(built, clean_env
         assert 48 <= lv["prompt_tokens"]["p50"] <= 160                       # calibrated by /tokenize
         assert lv["server_check"]["requests"] == lv["completed"] and lv["acceptance"] is not None
     assert "throughput vs latency" in html.read_text() and png.stat().st_size > 1000
-    # gates: against a baseline half as fast the run passes; against one twice as fast it is a regression (exit 6)
-    # (a 2-second load varies by more than the 15% fail ratio on a busy machine: the baselines are scaled)
-    for factor, code, word in ((0.5, 0, "FASTER"), (2.0, 6, "REGRESSION")):
+    # gates: against a baseline 20x slower the run passes; against one 20x faster it is a regression (exit 6).
+    # Each gate is a new 2-second load: on a shared 2-core runner one varied 10x from the first, so the
+    # baselines are far apart (the ratios themselves are unit-tested in tests/unit/test_traffic.py)
+    for factor, code, word in ((0.05, 0, "FASTER"), (20.0, 6, "REGRESSION")):
         base = json.loads(out.read_text())
         for lv in base["cells"][0]["levels"]:
             lv["output_tok_per_s"] *= factor
