@@ -9,9 +9,10 @@ from pathlib import Path
 from rich.table import Table
 from rich.text import Text
 
-from llamactl.core.files import atomic_path, write_atomic
+from llamactl.core.files import write_atomic
 from llamactl.judge.status import SUMMARY_WORDS, Status
 from llamactl.judge.validate import CellResult, Report
+from llamactl.report import junit_xml
 
 STYLE = {Status.PASS: "green", Status.WARN: "yellow", Status.FAIL: "bold red", Status.ERROR: "bold magenta", Status.SKIP: "yellow",
          Status.XFAIL: "yellow", Status.XPASS: "bold red", Status.INTERRUPTED: "magenta", Status.NOT_RUN: "dim",
@@ -136,7 +137,4 @@ def junit_tree(report: Report) -> ET.ElementTree:
 
 
 def write_junit(report: Report, path: Path) -> None:
-    tree = junit_tree(report)
-    ET.indent(tree)
-    with atomic_path(path) as tmp:
-        tree.write(tmp, encoding="utf-8", xml_declaration=True)
+    junit_xml.write(junit_tree(report), path)

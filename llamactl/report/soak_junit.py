@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from llamactl.core.files import atomic_path
+from llamactl.report import junit_xml
 
 
 def write(run: dict[str, Any], path: Path) -> None:
@@ -30,6 +30,4 @@ def write(run: dict[str, Any], path: Path) -> None:
                 ET.SubElement(case, "system-out").text = str(v.get("detail", ""))
         suite.set("tests", str(max(1, len(verdicts))))
         suite.set("failures", str(sum(1 for v in verdicts if v.get("status") == "fail")))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        ET.ElementTree(suites).write(tmp, encoding="utf-8", xml_declaration=True)
+    junit_xml.write(suites, path)

@@ -145,3 +145,28 @@ def test_a_warn_check_passes_in_junit_and_says_why(tmp_path):
     assert case.find("failure") is None and case.find("skipped") is None and suite.get("failures") == "0"
     assert "numerics" in case.find("system-out").text
     assert r.ok and r.counts()["pass"] == 1
+
+
+def test_junit_parses_with_control_characters_and_colours_in_any_text(tmp_path):
+    """A check's detail can quote the model's answer (any byte), a crash's tail can be coloured (gdb):
+    XML 1.0 forbids those characters even escaped, so one of them made the whole file unreadable."""
+    from llamactl.report import soak_junit
+
+    r = sample_report()
+    died = r.cells[1]
+    died.crash = {**died.crash, "last_lines": ["\x1b[1;34m#3\x1b[m  0x1 in \x1b[33mggml_abort\x1b[m ()", "bell\x07 nul\x00"]}
+    died.checks[0].detail = "answer differs at token 3: 'a\x1b' vs 'a\x0c\udc80'"
+    died.checks[0].status = "fail"
+    path = tmp_path / "j.xml"
+    write_junit(r, path)
+    root = ET.parse(path).getroot()     # parses
+    text = ET.tostring(root, encoding="unicode")
+    assert "#3  0x1 in ggml_abort ()" in text and "bell\\x07 nul\\x00" in text     # colours dropped, the rest shown
+    fail = next(c for c in root.iter("testcase") if c.get("name") == "tiny_message" and c.find("failure") is not None)
+    fail = fail.find("failure")
+    assert fail.get("message") == "answer differs at token 3: 'a\\x1b' vs 'a\\x0c\\udc80'"
+    soak = tmp_path / "s.xml"
+    soak_junit.write({"profile": "p", "cells": [{"cell": "c\x01", "verdicts": [
+        {"name": "answers", "status": "fail", "detail": "got '\x1b[31mred\x1b[0m\x02'"}]}]}, soak)
+    case = ET.parse(soak).getroot().find("testsuite/testcase")
+    assert case.get("classname") == "c\\x01" and case.find("failure").get("message") == "got 'red\\x02'"
