@@ -85,7 +85,7 @@ def flag(*candidates: str, env: tuple[str, ...] = (), mtp: bool = False, kind: F
 
 
 class BuildSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)   # .inf/.nan are YAML floats, never a setting
     source: str = Field(default="upstream", description="vendor/sources.yaml name or path:/dir")
     backend: Backend = "cpu"
     gpu_targets: str | None = Field(default=None, description="gfx targets (hip) or CUDA architectures")
@@ -107,7 +107,7 @@ class BuildSpec(BaseModel):
 class RpcSpec(BaseModel):
     """llama.cpp's RPC backend: workers already running (``workers``) or N started on loopback (``local_workers``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)   # .inf/.nan are YAML floats, never a setting
     workers: list[str] = Field(default_factory=list, description="host:port of RPC workers already running")
     local_workers: int = Field(0, ge=0, le=16, description="RPC workers llamactl starts on 127.0.0.1 and stops after the server")
 
@@ -132,7 +132,7 @@ class RpcSpec(BaseModel):
 
 
 class MatrixSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)   # .inf/.nan are YAML floats, never a setting
     axes: dict[str, list[Any]] = Field(default_factory=dict)
     include: list[dict[str, Any]] = Field(default_factory=list)
     exclude: list[dict[str, Any]] = Field(default_factory=list)
@@ -141,7 +141,7 @@ class MatrixSpec(BaseModel):
 class QualityBounds(BaseModel):
     """kv_quality's bounds for one cell: mean KL (nats, over the reference's top-N) and top-1 agreement."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)   # .inf/.nan are YAML floats, never a setting
     kl_max: float = Field(gt=0, description="mean KL in nats at most this")
     top1_min: float = Field(ge=0, le=1, description="top-1 agreement (0-1) at least this")
 
@@ -149,7 +149,7 @@ class QualityBounds(BaseModel):
 class SoakBounds(BaseModel):
     """``soak``'s verdict thresholds for one profile or cell (``harness.soak``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)   # .inf/.nan are YAML floats, never a setting
     memory_slope_mib_per_h: float = Field(
         default=512.0, gt=0, description="soak: growth of RssAnon+VmSwap less the prompt cache's own size after warm-up, MiB per hour, at most")
     slot_release_s: float = Field(
@@ -166,7 +166,7 @@ class Harness(BaseModel):
     flags. A profile's ``harness:`` block; the same keys at the top level (the older form) and in matrix
     cells are moved into it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)   # .inf/.nan are YAML floats, never a setting
 
     request_timeout: float = Field(
         default=120.0, gt=0, description="validate: seconds one HTTP request may take (connect, send, whole answer)")
@@ -232,7 +232,7 @@ def nest_harness(data: dict) -> dict:
 class Profile(BaseModel):
     """A llama-server launch, in semantic terms. Field metadata drives env mapping and argv rendering."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     description: str = ""
     extends: str | None = None
@@ -650,8 +650,10 @@ def format_validation_error(exc: ValidationError, path: Path, origins: dict[str,
     first: str | None = None
     for err in exc.errors()[:3]:
         # pydantic appends union-member tags (int, literal['auto'], ...) to the location: drop them
-        key = ".".join(str(x) for x in err["loc"][:2] if not str(x).startswith(("int", "literal", "str", "float", "bool")))
-        origin = origins.get(key) or origins.get(str(err["loc"][0]), "")
+        key = ".".join(str(x) for x in err["loc"] if not str(x).startswith(("int", "literal", "str", "float", "bool", "list[", "tuple[")))
+        # the deepest key a layer set (harness.soak.warmup: the soak block, or all of harness, was set there)
+        prefixes = [".".join(key.split(".")[:n]) for n in range(key.count(".") + 1, 0, -1)]
+        origin = next((origins[k] for k in prefixes if k in origins), "")
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = f"unknown key (allowed: {', '.join(_allowed_keys(err['loc']))})"
@@ -661,7 +663,7 @@ def format_validation_error(exc: ValidationError, path: Path, origins: dict[str,
             shown = repr(err["input"])
             msg = f"{msg}, got {shown if len(shown) <= 80 else shown[:77] + '...'}"   # what was typed, as read
         layer = f" [{origin}]" if origin and not origin.startswith("profile") else ""
-        loc = (where or {}).get(key) or (where or {}).get(str(err["loc"][0]))
+        loc = next(((where or {})[k] for k in prefixes if k in (where or {})), None)
         if loc and (not origin or origin.startswith("profile")):
             if first is None:
                 first = f"{loc[0]}:{loc[1]}"

@@ -134,3 +134,25 @@ def test_through_the_cli(tmp_path, monkeypatch, capsys):
     values = {r["key"]: r["value"] for r in json.loads(capsys.readouterr().out)["values"]}
     assert values["alias"] == "2026-01-01" and values["api_key"] == "12345" and values["kv_k"] == "1e3"
     assert values["ctx"] == 2048
+
+
+def _float_keys() -> list[str]:
+    """Every profile key that takes a float (alone, in a union, or in a list), dotted for nested blocks."""
+    def floaty(ann) -> bool:
+        return "float" in str(ann)
+    keys = [k for k, f in profiles.Profile.model_fields.items() if floaty(f.annotation)]
+    for block, model in (("build", profiles.BuildSpec), ("harness", profiles.Harness),
+                         ("harness.soak", profiles.SoakBounds)):
+        keys += [f"{block}.{k}" for k, f in model.model_fields.items() if floaty(f.annotation)]
+    return keys
+
+
+@pytest.mark.parametrize("raw", [".nan", ".inf", "-.inf", ".NaN", "[.nan]", "[0.5, .inf]"])
+@pytest.mark.parametrize("key", _float_keys())
+def test_yaml_infinity_and_nan_are_no_setting(key, raw):
+    """.inf and .nan are YAML floats: accepted, they reached llama-server as "inf" and the JSON output as
+    NaN (which is not JSON). Every float key refuses them, naming the key and the value."""
+    cli_set = parse_set([f"{key}={raw}"])
+    with pytest.raises(profiles.BadInput) as e:
+        profiles.resolve("default", environ={}, cli=cli_set)
+    assert f"key '{key}" in str(e.value) and ("finite" in str(e.value) or "valid" in str(e.value)), str(e.value)
