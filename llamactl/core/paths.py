@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from llamactl.core.errors import BadInput
+
 
 def project_root() -> Path:
     """The checkout holding ``profiles/`` and ``patches/`` (LLAMACTL_HOME overrides)."""
@@ -22,14 +24,29 @@ def project_root() -> Path:
 
 
 def cache_root() -> Path:
-    """Downloads, builds and models, shared by every checkout (LLAMACTL_CACHE overrides)."""
+    """Downloads, builds and models, shared by every checkout (LLAMACTL_CACHE overrides).
+
+    Raises BadInput naming the variable when that place cannot be a directory (a file is there, or
+    it cannot be created)."""
     env = os.environ.get("LLAMACTL_CACHE")
     if env:
-        base = Path(env)
+        base, what = Path(env).expanduser(), f"LLAMACTL_CACHE={env}"
+    elif os.environ.get("XDG_CACHE_HOME"):
+        base, what = Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "llamactl", f"XDG_CACHE_HOME={os.environ['XDG_CACHE_HOME']}"
     else:
-        base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llamactl"
-    base.mkdir(parents=True, exist_ok=True)
-    return base
+        base, what = Path.home() / ".cache" / "llamactl", "the cache (~/.cache/llamactl)"
+    return _directory(base, what)
+
+
+def _directory(path: Path, what: str) -> Path:
+    """``path``, created with its parents; BadInput (one line, naming ``what``) when it cannot be one."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = "a file is in the way" if isinstance(exc, (FileExistsError, NotADirectoryError)) else exc.strerror or str(exc)
+        raise BadInput(f"{what}: cannot use {path} as a directory ({why})",
+                       hint="point LLAMACTL_CACHE at a writable directory") from exc
+    return path
 
 
 def vendor_dir() -> Path:
@@ -87,6 +104,4 @@ def new_run_dir(name: str) -> Path:
 
 
 def _sub(name: str) -> Path:
-    p = cache_root() / name
-    p.mkdir(parents=True, exist_ok=True)
-    return p
+    return _directory(cache_root() / name, f"the cache's {name}/")

@@ -66,6 +66,9 @@ def d(tmp_path: Path, monkeypatch) -> Path:
     (tmp_path / "dir.yaml").mkdir()
     (tmp_path / "adir").mkdir()
     (tmp_path / "afile").write_text("")
+    (tmp_path / "cachefiles").mkdir()
+    for sub in ("models", "builds", "downloads", "runs", "trees"):
+        (tmp_path / "cachefiles" / sub).write_text("")
     scripts = {"hang": "#!/bin/sh\nexec sleep 30\n", "notserver": "#!/bin/sh\necho 'usage: frob [--verbose]'\n",
                "noexec": "#!/bin/sh\necho\n", "garbage": "\x7fELF not really\n"}
     for name, body in scripts.items():
@@ -158,9 +161,17 @@ CASES = [
     ("binary-hangs", ["profile", "cmd", "default", "--set", "server_binary={d}/hang"], BAD, "did not answer --help within 1s"),
     ("binary-not-llama-server", ["run", "default", "--set", "server_binary={d}/notserver"], BAD, "is not a llama-server: its --help lacks --port"),
     ("binary-env", ["profile", "cmd", "default"], BAD, "{d}/notserver is not a llama-server"),
+    # places given through the environment that cannot be directories
+    ("cache-is-a-file", ["profile", "cmd", "default"], BAD, "LLAMACTL_CACHE={d}/afile: cannot use {d}/afile as a directory"),
+    ("cache-under-a-file", ["validate", "default"], BAD, "LLAMACTL_CACHE={d}/afile/c: cannot use {d}/afile/c as a directory"),
+    ("xdg-cache-is-a-file", ["profile", "cmd", "default"], BAD, "XDG_CACHE_HOME={d}/afile: cannot use {d}/afile/llamactl"),
+    ("cache-sub-is-a-file", ["run", "default"], BAD, "the cache's models/: cannot use {d}/cachefiles/models as a directory"),
 ]
 
-ENV = {"port-env": {"PORT": "http"}, "binary-env": {"LLAMA_SERVER": "{d}/notserver"}}
+ENV = {"port-env": {"PORT": "http"}, "binary-env": {"LLAMA_SERVER": "{d}/notserver"},
+       "cache-is-a-file": {"LLAMACTL_CACHE": "{d}/afile"}, "cache-under-a-file": {"LLAMACTL_CACHE": "{d}/afile/c"},
+       "xdg-cache-is-a-file": {"LLAMACTL_CACHE": "", "XDG_CACHE_HOME": "{d}/afile"},
+       "cache-sub-is-a-file": {"LLAMACTL_CACHE": "{d}/cachefiles"}}
 
 
 @pytest.mark.parametrize("case,argv,code,needle", CASES, ids=[c[0] for c in CASES])
