@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 from pathlib import Path
 from typing import Any, Callable
@@ -9,6 +10,7 @@ from typing import Any, Callable
 from rich.markup import escape
 
 from llamactl.cli.console import err_console
+from llamactl.core.errors import BadInput
 
 
 def _sigterm_to_interrupt(signum: int, frame: Any) -> None:  # noqa: ARG001
@@ -64,3 +66,19 @@ def check_outputs(*paths: tuple[Path | None, str]) -> None:
     for path, what in paths:
         if path is not None:
             check_writable(path, what)
+
+
+_UNITS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """``--duration`` of load and soak: ``90``, ``90s``, ``2.5s``, ``30m``, ``2h``, ``1h30m``, ``5m30`` -> seconds.
+    Raises BadInput for anything else, or nothing (0)."""
+    t = text.strip().lower()
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*(h|min|m|s|)", t)
+    if not t or not parts or "".join(f"{n}{u}" for n, u in parts) != t.replace(" ", ""):
+        raise BadInput(f"--duration {text!r}: expected seconds or a time like 90s, 30m, 2h, 1h30m")
+    total = sum(float(n) * _UNITS[u] for n, u in parts)
+    if total <= 0:
+        raise BadInput(f"--duration {text!r}: must be more than 0")
+    return total

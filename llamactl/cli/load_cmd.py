@@ -23,7 +23,7 @@ from rich.text import Text
 from rich.table import Table
 
 from llamactl.cli import options as o, report_cmd
-from llamactl.cli.common import check_outputs, num, stop_on_signals, warn_exposure
+from llamactl.cli.common import check_outputs, num, parse_duration, stop_on_signals, warn_exposure
 from llamactl.cli.console import Output, console, err_console, progress_bar
 from llamactl.core.errors import BadInput, ExitCode
 from llamactl.core.files import write_atomic
@@ -73,7 +73,7 @@ def load(
     clients: Annotated[Optional[list[str]], typer.Option("--clients", help="Closed loop: concurrent clients per load, e.g. 1,2,4,8 "
                        "(each sends its next request when its last one ends).")] = None,
     rate: Annotated[Optional[list[str]], typer.Option("--rate", help="Open loop: requests/s per load, Poisson arrivals, e.g. 0.5,2.")] = None,
-    duration: Annotated[float, typer.Option("--duration", help="Seconds per load.")] = 20.0,
+    duration: Annotated[str, typer.Option("--duration", help="Time per load: seconds, or 90s, 2m, 1h30m.")] = "20",
     requests: Annotated[Optional[int], typer.Option("--requests", help="At most this many requests per load.")] = None,
     prompt_len: Annotated[str, typer.Option("--prompt-len", help="Prompt tokens: N or LO:HI (uniform, seeded).")] = "128",
     max_tokens: Annotated[str, typer.Option("--max-tokens", help="Answer tokens: N or LO:HI (uniform, seeded; ignore_eos).")] = "64",
@@ -92,16 +92,18 @@ def load(
     json: o.Json = False,
 ) -> None:
     """Throughput (req/s, output tok/s) and latency (TTFT, TPOT, end to end: p50/p90/p99) per load, one server per cell."""
-    if not 0 < duration < float("inf") or (requests is not None and requests < 1):
-        raise BadInput("--duration must be > 0 and --requests >= 1")
+    seconds = parse_duration(duration)
+    if requests is not None and requests < 1:
+        raise BadInput(f"--requests {requests}: at least 1")
     levels = load_lib.parse_levels(clients or [], rate or [])
     settings = load_lib.Settings(Lengths.parse(prompt_len, "--prompt-len"), Lengths.parse(max_tokens, "--max-tokens"),
-                                 duration, requests, seed)
+                                 seconds, requests, seed)
     thresholds = gate.Thresholds(warn_below, fail_below)
     check_outputs((json_path, "--json-out"), (plot, "--plot"), (html, "--html"), (md, "--markdown"))
     base = overrides.resolve(name)
     spec = load_matrix_file(matrix) if matrix else (None if no_matrix else base.profile.matrix)
     cells = select(expand(spec, str(matrix or f"{base.path} matrix")), cell or [])
+    load_lib.check_settings(base, cells if url is None else [], levels, settings)   # a --url server's ctx is its own
     against = load_gate.baseline(baseline, base.name, fingerprint.machine()["id"], History(history)) if baseline else None
     out = Output(json)
     screen = err_console if json else console
@@ -139,7 +141,7 @@ def load(
                 break
     meta = {"profile": base.name, "binary": str(binary.path) if binary else None, "url": url,
             "version": (binary.manifest or {}).get("version", "") if binary else "",
-            "prompt_len": str(settings.prompt_len), "max_tokens": str(settings.max_tokens), "duration_s": duration,
+            "prompt_len": str(settings.prompt_len), "max_tokens": str(settings.max_tokens), "duration_s": seconds,
             "requests": requests, "seed": seed, "levels": [lv.label for lv in levels],
             "wall_s": round(time.monotonic() - t0, 1), "run_dir": str(run_dir), "interrupted": stop.is_set()}
     data = load_lib.to_json(results, meta)

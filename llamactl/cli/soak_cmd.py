@@ -10,7 +10,6 @@ Examples:
 from __future__ import annotations
 
 import json as jsonlib
-import re
 import sys
 import threading
 import time
@@ -22,7 +21,7 @@ from rich.text import Text
 from rich.table import Table
 
 from llamactl.cli import options as o, report_cmd
-from llamactl.cli.common import check_outputs, stop_on_signals, warn_exposure
+from llamactl.cli.common import check_outputs, parse_duration, stop_on_signals, warn_exposure
 from llamactl.cli.console import Output, console, err_console, progress_bar
 from llamactl.core.errors import BadInput, ExitCode
 from llamactl.core.files import write_atomic
@@ -33,19 +32,6 @@ from llamactl.report.reports import STYLE
 from llamactl.judge.status import Status
 from llamactl.serve import launcher
 
-_UNITS = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600}
-
-
-def parse_duration(text: str) -> float:
-    """``90``, ``90s``, ``30m``, ``2h``, ``1h30m`` -> seconds. Raises BadInput."""
-    t = text.strip().lower()
-    parts = re.findall(r"(\d+(?:\.\d+)?)\s*(h|min|m|s|)", t)
-    if not t or not parts or "".join(f"{n}{u}" for n, u in parts) != t.replace(" ", ""):
-        raise BadInput(f"--duration {text!r}: expected seconds or a time like 90s, 30m, 2h, 1h30m")
-    total = sum(float(n) * _UNITS[u] for n, u in parts)
-    if total <= 0:
-        raise BadInput(f"--duration {text!r}: must be more than 0")
-    return total
 
 
 def _table(data: dict[str, Any]) -> Table:

@@ -87,6 +87,36 @@ class Settings:
     overhead: int = 12
 
 
+def slot_tokens(prof: profiles.Profile) -> int | None:
+    """Tokens one slot holds, as llama-server sizes it: ``--ctx-size`` / ``--parallel``, or the whole context
+    with ``--kv-unified``; None when the context is the model's own (ctx unset or 0: known after launch)."""
+    if not prof.ctx:
+        return None
+    return prof.ctx if prof.kv_unified else prof.ctx // prof.parallel
+
+
+def check_settings(base: profiles.Resolved, cells: list[Cell], levels: list[Level], s: Settings) -> None:
+    """Refuse, before any launch, loads that cannot measure anything: the longest request (prompt HI +
+    answer HI + the chat template's ``overhead``, tokens) beyond a cell's slot (:func:`slot_tokens`; the
+    server would reject every such request), or an open loop that expects less than one request in
+    ``duration_s``. Raises BadInput naming the cell and the figures."""
+    need = s.prompt_len.hi + s.max_tokens.hi + s.overhead
+    for cell in cells:
+        prof = cell_profile(base, cell).profile
+        per_slot = slot_tokens(prof)
+        if per_slot is not None and need > per_slot:
+            where = f"cell {cell.id}: " if cell.id else ""
+            split = "" if prof.kv_unified or prof.parallel == 1 else f" / parallel {prof.parallel}"
+            raise BadInput(f"{where}a request of up to {need} tokens (--prompt-len {s.prompt_len.hi} + --max-tokens "
+                           f"{s.max_tokens.hi} + ~{s.overhead} of chat template) does not fit a slot of {per_slot} tokens "
+                           f"(ctx {prof.ctx}{split}): every such request would be refused",
+                           hint="shorten --prompt-len/--max-tokens, or give --ctx more")
+    for lv in levels:
+        if lv.mode == "rate" and lv.value * s.duration_s < 1:
+            raise BadInput(f"--rate {lv.value:g} over {s.duration_s:g} s per load: less than one request expected",
+                           hint="raise --rate or --duration")
+
+
 class Draws:
     """The seeded sequence of requests of one load: the n-th request is the same whatever thread sends it."""
 

@@ -9,7 +9,7 @@ import random
 import httpx
 import pytest
 
-from llamactl.cli.soak_cmd import parse_duration
+from llamactl.cli.common import parse_duration
 from llamactl.core.errors import BadInput
 from llamactl.judge import load as L, soak as S, traffic as T
 from llamactl.judge.answers import Answer
@@ -35,10 +35,32 @@ def test_levels_and_durations():
         with pytest.raises(BadInput):
             L.parse_levels(clients, rates)
     assert parse_duration("90") == 90 and parse_duration("30m") == 1800 and parse_duration("1h30m") == 5400
-    assert parse_duration("2.5s") == 2.5
+    assert parse_duration("2.5s") == 2.5 and parse_duration("5m30") == 330 and parse_duration("1H") == 3600
     for bad in ("", "0", "abc", "5 weeks", "-1m", "1x"):
         with pytest.raises(BadInput, match="--duration"):
             parse_duration(bad)
+
+
+def test_loads_that_cannot_measure_are_refused_before_launch():
+    """A request longer than a cell's slot (ctx / parallel; the whole ctx with kv_unified) would be refused
+    by every server; an open loop with under one expected arrival measures nothing."""
+    from llamactl.judge.matrix import Cell
+    from llamactl.serve import profiles
+
+    base = profiles.resolve("default", environ={}, cli={"ctx": 4096})
+    cells = [Cell((("parallel", 1),)), Cell((("parallel", 2),)), Cell((("parallel", 2), ("kv_unified", True)))]
+    fits = L.Settings(T.Lengths(64, 1900), T.Lengths(64, 64), 20.0)
+    L.check_settings(base, cells, [L.Level("clients", 1.0)], fits)          # 1900 + 64 + 12 <= 2048
+    L.check_settings(base, cells[2:], [], L.Settings(T.Lengths(4000, 4000)))   # unified: 4076 <= 4096
+    for lens, cell, per_slot in (((64, 2000), cells[1], 2048), ((4050, 4050), cells[2], 4096), ((4050, 4050), cells[0], 4096)):
+        with pytest.raises(BadInput, match=f"does not fit a slot of {per_slot} tokens"):
+            L.check_settings(base, [cell], [L.Level("clients", 1.0)], L.Settings(T.Lengths(*lens), T.Lengths(64, 64), 20.0))
+    assert L.slot_tokens(profiles.resolve("default", environ={}, cli={"ctx": 0}).profile) is None   # the model's own
+    L.check_settings(profiles.resolve("default", environ={}, cli={"ctx": 0}), cells, [], L.Settings(T.Lengths(9999, 9999)))
+    for rate, secs in ((1e-9, 20.0), (0.04, 20.0)):
+        with pytest.raises(BadInput, match="less than one request expected"):
+            L.check_settings(base, cells[:1], [L.Level("rate", rate)], L.Settings(duration_s=secs))
+    L.check_settings(base, cells[:1], [L.Level("rate", 0.05)], L.Settings(duration_s=20.0))
 
 
 def test_percentiles():
