@@ -438,7 +438,8 @@ def list_profiles(root: Path | None = None) -> list[str]:
 
 def _read_yaml(path: Path, lines: dict[str, int] | None = None) -> dict:
     if not path.exists() and not path.is_symlink():
-        known = ", ".join(list_profiles(path.parent)) if path.parent.is_dir() else ""
+        # the profiles beside where it was looked for, else the shipped ones (a name that is no path at all)
+        known = ", ".join((list_profiles(path.parent) if path.parent.is_dir() else []) or list_profiles())
         raise BadInput(f"profile {path.stem!r} not found ({path})", hint=f"known profiles: {known or 'none'}")
     raw: dict[str, str] = {}
     data = yamlio.load_file(path, "profile", lines=lines, raw=raw)
