@@ -88,11 +88,15 @@ class Settings:
 
 
 def slot_tokens(prof: profiles.Profile) -> int | None:
-    """Tokens one slot holds, as llama-server sizes it: ``--ctx-size`` / ``--parallel``, or the whole context
-    with ``--kv-unified``; None when the context is the model's own (ctx unset or 0: known after launch)."""
+    """Tokens one slot holds, as llama.cpp sizes it (``src/llama-context.cpp``): ``--ctx-size`` padded to 256,
+    divided by ``--parallel`` and padded to 256 again, or the whole padded context with ``--kv-unified``;
+    None when the context is the model's own (ctx unset or 0: known after launch)."""
     if not prof.ctx:
         return None
-    return prof.ctx if prof.kv_unified else prof.ctx // prof.parallel
+    def pad(n: int) -> int:
+        return -(-n // 256) * 256
+    n_ctx = pad(prof.ctx)
+    return n_ctx if prof.kv_unified else pad(n_ctx // prof.parallel)
 
 
 def check_settings(base: profiles.Resolved, cells: list[Cell], levels: list[Level], s: Settings) -> None:
@@ -106,7 +110,7 @@ def check_settings(base: profiles.Resolved, cells: list[Cell], levels: list[Leve
         per_slot = slot_tokens(prof)
         if per_slot is not None and need > per_slot:
             where = f"cell {cell.id}: " if cell.id else ""
-            split = "" if prof.kv_unified or prof.parallel == 1 else f" / parallel {prof.parallel}"
+            split = "" if prof.kv_unified or prof.parallel == 1 else f" / parallel {prof.parallel}, padded to 256"
             raise BadInput(f"{where}a request of up to {need} tokens (--prompt-len {s.prompt_len.hi} + --max-tokens "
                            f"{s.max_tokens.hi} + ~{s.overhead} of chat template) does not fit a slot of {per_slot} tokens "
                            f"(ctx {prof.ctx}{split}): every such request would be refused",

@@ -224,3 +224,13 @@ def test_a_slot_kept_for_a_client_that_left_shows_even_behind_queued_requests():
     assert v.status == Status.FAIL and "for 3.0 s" in v.detail
     fine = [S.Sample(float(t), busy=2, in_flight=2, busy_long=1, in_flight_long=1) for t in range(4)]
     assert S.slots_verdict(fine, b, [0.0]).status == Status.PASS
+
+
+def test_slot_tokens_pads_as_llama_cpp_does():
+    """A validate run showed it: ctx 256 at parallel 2 runs 256 tokens per slot, not 128."""
+    from llamactl.serve import profiles
+
+    def slot(**kw):
+        return L.slot_tokens(profiles.resolve("default", environ={}, cli=kw).profile)
+    assert slot(ctx=256, parallel=2) == 256 and slot(ctx=4096, parallel=2) == 2048 and slot(ctx=4096, parallel=3) == 1536
+    assert slot(ctx=100, parallel=1) == 256 and slot(ctx=1000, parallel=4, kv_unified=True) == 1024
