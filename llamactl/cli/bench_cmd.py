@@ -25,6 +25,7 @@ from rich.markup import escape
 from rich.console import Console
 from rich.table import Table
 
+from llamactl.core import jsonsafe
 from llamactl.judge import bench as bench_lib
 from llamactl.serve import launcher
 from llamactl.cli import options as o, report_cmd
@@ -136,7 +137,7 @@ def bench(
     worst = _print_gates(data, screen)
     data = report_cmd.after_run(data, history, html, md)   # history store (+ machine, build) and --html/--markdown
     if json_path:
-        write_atomic(json_path, jsonlib.dumps(data, indent=2, default=str) + "\n")
+        write_atomic(json_path, jsonsafe.dumps(data) + "\n")
         screen.print(f"samples: {json_path}")
     if plot:
         bench_lib.plot(data, plot)

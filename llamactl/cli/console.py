@@ -13,7 +13,6 @@ compile when stderr is not a terminal).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -26,6 +25,7 @@ from typing import Any, Callable, Iterator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
+from llamactl.core import jsonsafe
 from llamactl.core import progress as core_progress
 
 def _width(stream) -> int | None:
@@ -52,7 +52,8 @@ def _default(o: Any) -> Any:
 
 
 def to_json(data: Any) -> str:
-    return json.dumps(data, indent=2, default=_default, sort_keys=False)
+    """``--json`` output: dataclasses, paths and models as their fields; never NaN (``core.jsonsafe``)."""
+    return jsonsafe.dumps(data, default=_default)
 
 
 class Output:

@@ -11,7 +11,6 @@ Examples:
 
 from __future__ import annotations
 
-import json as jsonlib
 import sys
 import threading
 import time
@@ -22,6 +21,7 @@ import typer
 from rich.text import Text
 from rich.table import Table
 
+from llamactl.core import jsonsafe
 from llamactl.cli import options as o, report_cmd
 from llamactl.cli.common import check_outputs, num, parse_duration, stop_on_signals, warn_exposure
 from llamactl.cli.console import Output, console, err_console, progress_bar
@@ -154,7 +154,7 @@ def load(
         screen.print(f"baseline gate: {data['gate']['worst'].upper()} against {label}", highlight=False)
     data = report_cmd.after_run(data, history, html, md)
     if json_path:
-        write_atomic(json_path, jsonlib.dumps(data, indent=2, default=str) + "\n")
+        write_atomic(json_path, jsonsafe.dumps(data) + "\n")
         screen.print(f"requests: {json_path}")
     if plot:
         png.load_png(data, plot)

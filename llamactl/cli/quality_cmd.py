@@ -12,7 +12,6 @@ Examples:
 
 from __future__ import annotations
 
-import json as jsonlib
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from llamactl.core import jsonsafe
 from llamactl.cli import options as o, report_cmd
 from llamactl.cli.common import check_outputs, stop_on_signals
 from llamactl.cli.console import Output, console, err_console
@@ -184,7 +184,7 @@ def quality(
     worst = _print_gate(data, screen)
     data = report_cmd.after_run(data, history, html, md)
     if json_path:
-        write_atomic(json_path, jsonlib.dumps(data, indent=2, default=str) + "\n")
+        write_atomic(json_path, jsonsafe.dumps(data) + "\n")
         screen.print(f"report: {json_path}", highlight=False, markup=False)
     if plot:
         from llamactl.report.png import kl_png

@@ -21,6 +21,7 @@ import typer
 from rich.text import Text
 from rich.markup import escape
 
+from llamactl.core import jsonsafe
 from llamactl.cli import options as o
 from llamactl.cli.common import check_outputs
 from llamactl.cli.console import err_console
@@ -119,7 +120,6 @@ def report(
 def _merge(files: list[Path], json_path: Path | None, junit: Path | None, html: Path | None, md: Path | None,
            json: bool = False) -> None:
     """`report merge`: one table of every cell with the machine it ran on; exit 1 on a cell run twice or nowhere."""
-    import json as jsonlib
 
     from rich.table import Table
 
@@ -133,7 +133,7 @@ def _merge(files: list[Path], json_path: Path | None, junit: Path | None, html: 
     merged, info = merge_lib.merge(files)
     screen = err_console if json else console   # stdout carries only the JSON with --json
     if json_path:
-        write_atomic(json_path, jsonlib.dumps(merge_lib.merged_dict(merged, info), indent=2, default=str) + "\n")
+        write_atomic(json_path, jsonsafe.dumps(merge_lib.merged_dict(merged, info)) + "\n")
     if junit:
         reports.write_junit(merged, junit)
     t = Table("cell", "status", "machine", "shard file", "reason", title=f"{merged.profile}: {len(files)} report(s) merged")

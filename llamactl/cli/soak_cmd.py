@@ -9,7 +9,6 @@ Examples:
 
 from __future__ import annotations
 
-import json as jsonlib
 import sys
 import threading
 import time
@@ -20,6 +19,7 @@ import typer
 from rich.text import Text
 from rich.table import Table
 
+from llamactl.core import jsonsafe
 from llamactl.cli import options as o, report_cmd
 from llamactl.cli.common import check_outputs, parse_duration, stop_on_signals, warn_exposure
 from llamactl.cli.console import Output, console, err_console, progress_bar
@@ -108,7 +108,7 @@ def soak(
         screen.print(f"junit: {junit}")
     data = report_cmd.after_run(data, history, html, md)
     if json_path:
-        write_atomic(json_path, jsonlib.dumps(data, indent=2, default=str) + "\n")
+        write_atomic(json_path, jsonsafe.dumps(data) + "\n")
         screen.print(f"soak: {json_path}")
     if json:
         out.result(data)

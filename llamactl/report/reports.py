@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.table import Table
 from rich.text import Text
 
+from llamactl.core import jsonsafe
 from llamactl.core.files import write_atomic
 from llamactl.judge.status import SUMMARY_WORDS, Status
 from llamactl.judge.validate import CellResult, Report
@@ -74,7 +75,7 @@ def summary_lines(report: Report) -> list[Text | str]:
 
 
 def write_json(report: Report, path: Path) -> None:
-    write_atomic(path, json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+    write_atomic(path, jsonsafe.dumps(report.to_dict()) + "\n")
 
 
 def _server_out(c: CellResult) -> str:
