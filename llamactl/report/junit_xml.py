@@ -14,8 +14,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from llamactl.core.files import atomic_path
+from llamactl.serve.server import ANSI
 
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 # what XML 1.0 does not allow (its Char production), surrogates included
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
@@ -23,7 +23,7 @@ _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 def xml_text(text: str) -> str:
     """``text`` with terminal colour sequences removed and every character XML 1.0 forbids as ``\\xNN``."""
     return _NOT_XML.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}",
-                        _ANSI.sub("", text))
+                        ANSI.sub("", text))
 
 
 def write(tree: ET.ElementTree | ET.Element, path: Path) -> None:

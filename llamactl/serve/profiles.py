@@ -84,8 +84,13 @@ def flag(*candidates: str, env: tuple[str, ...] = (), mtp: bool = False, kind: F
     return Flag(tuple(candidates), tuple(env), mtp, kind)
 
 
-class BuildSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)   # .inf/.nan are YAML floats, never a setting
+class _Strict(BaseModel):
+    """Every profile block: unknown keys refused; .inf/.nan (YAML floats) are never a setting."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class BuildSpec(_Strict):
     source: str = Field(default="upstream", description="vendor/sources.yaml name or path:/dir")
     backend: Backend = "cpu"
     gpu_targets: str | None = Field(default=None, description="gfx targets (hip) or CUDA architectures")
@@ -104,10 +109,9 @@ class BuildSpec(BaseModel):
         return v.strip().lower() if isinstance(v, str) else v
 
 
-class RpcSpec(BaseModel):
+class RpcSpec(_Strict):
     """llama.cpp's RPC backend: workers already running (``workers``) or N started on loopback (``local_workers``)."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)   # .inf/.nan are YAML floats, never a setting
     workers: list[str] = Field(default_factory=list, description="host:port of RPC workers already running")
     local_workers: int = Field(0, ge=0, le=16, description="RPC workers llamactl starts on 127.0.0.1 and stops after the server")
 
@@ -131,25 +135,22 @@ class RpcSpec(BaseModel):
         return self
 
 
-class MatrixSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)   # .inf/.nan are YAML floats, never a setting
+class MatrixSpec(_Strict):
     axes: dict[str, list[Any]] = Field(default_factory=dict)
     include: list[dict[str, Any]] = Field(default_factory=list)
     exclude: list[dict[str, Any]] = Field(default_factory=list)
 
 
-class QualityBounds(BaseModel):
+class QualityBounds(_Strict):
     """kv_quality's bounds for one cell: mean KL (nats, over the reference's top-N) and top-1 agreement."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)   # .inf/.nan are YAML floats, never a setting
     kl_max: float = Field(gt=0, description="mean KL in nats at most this")
     top1_min: float = Field(ge=0, le=1, description="top-1 agreement (0-1) at least this")
 
 
-class SoakBounds(BaseModel):
+class SoakBounds(_Strict):
     """``soak``'s verdict thresholds for one profile or cell (``harness.soak``)."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)   # .inf/.nan are YAML floats, never a setting
     memory_slope_mib_per_h: float = Field(
         default=512.0, gt=0, description="soak: growth of RssAnon+VmSwap less the prompt cache's own size after warm-up, MiB per hour, at most")
     slot_release_s: float = Field(
@@ -161,12 +162,11 @@ class SoakBounds(BaseModel):
     warmup: float = Field(default=0.2, ge=0, lt=0.9, description="soak: fraction of the run left out of the memory slope")
 
 
-class Harness(BaseModel):
+class Harness(_Strict):
     """What llamactl's harness (validate, bench) expects of a cell and how long it waits: not llama-server
     flags. A profile's ``harness:`` block; the same keys at the top level (the older form) and in matrix
     cells are moved into it."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)   # .inf/.nan are YAML floats, never a setting
 
     request_timeout: float = Field(
         default=120.0, gt=0, description="validate: seconds one HTTP request may take (connect, send, whole answer)")
@@ -229,10 +229,10 @@ def nest_harness(data: dict) -> dict:
     return out
 
 
-class Profile(BaseModel):
+class Profile(_Strict):
     """A llama-server launch, in semantic terms. Field metadata drives env mapping and argv rendering."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    model_config = ConfigDict(validate_assignment=True)   # merged with _Strict's
 
     description: str = ""
     extends: str | None = None

@@ -26,7 +26,7 @@ from llamactl.core.proc import ProcessIdentity, identify, pid_alive, signal_grou
 from llamactl.serve import endpoint as endpoint_lib
 from llamactl.serve.endpoint import Endpoint
 
-__all__ = ["Crash", "LogLine", "ServerDied", "ServerProcess", "describe_exit", "ensure_port_free", "free_port",
+__all__ = ["ANSI", "Crash", "LogLine", "ServerDied", "ServerProcess", "describe_exit", "ensure_port_free", "free_port",
            "parse_log_line", "pid_alive", "root_cause", "signal_group"]
 
 if TYPE_CHECKING:
@@ -64,7 +64,8 @@ def ensure_port_free(host: str, port: int) -> None:
 # llama.cpp's common/log: with a prefix (the default since upstream set it in common_init) each line is
 # "[M.SS.mmm.uuu ]L msg" with L one of I W E D; colours may wrap it. Without (the fork at 0a635dcd9,
 # or --no-log-prefix) the level is not written; --log-jsonl writes {"type":"log","level":"error",...}.
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# a terminal control sequence (colours, styles): gdb styles its backtrace, LLAMA_LOG_COLORS the log
+ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _PREFIXED = re.compile(r"^(?:\d+\.\d{2}\.\d{3}\.\d{3} )?(?P<level>[IWED]) (?P<msg>.*)$")
 _TAG = re.compile(r"^(?:srv|cmn|slot|res|que|log)\s+(?=\S+:)")     # the server's component tag before "func:"
 # without levels: what llama.cpp's error lines say (LLAMA_LOG_ERROR, exceptions caught and printed)
@@ -92,7 +93,7 @@ class LogLine:
 
 def parse_log_line(line: str) -> LogLine:
     """Split a llama.cpp log line into level and message (colour, timestamp and component tag removed)."""
-    ln = _ANSI.sub("", line).rstrip()
+    ln = ANSI.sub("", line).rstrip()
     if ln.startswith("{") and '"level"' in ln:
         try:
             obj = json.loads(ln)
@@ -181,11 +182,11 @@ def describe_exit(returncode: int | None, log_lines: list[str], log: Path) -> Cr
     assert_line = None
     frames: list[str] = []
     for i, ln in enumerate(log_lines):
-        clean = _ANSI.sub("", ln)
+        clean = ANSI.sub("", ln)
         m = _ASSERT.search(clean)
         if m and assert_line is None:
             assert_line = _abort_text(clean, m)
-            window = [_ANSI.sub("", f).strip() for f in log_lines[i + 1:i + 400]]
+            window = [ANSI.sub("", f).strip() for f in log_lines[i + 1:i + 400]]
             # ggml prints its backtrace through gdb when gdb is installed ("#3 0x... in ggml_reshape_3d ()"),
             # after gdb's thread list; else glibc's backtrace() lines, right after the assert
             frames = [f for f in window if _GDB_FRAME.match(f)] or [

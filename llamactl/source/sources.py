@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 class _Base(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)   # .inf/.nan are YAML floats, never a setting
+    model_config = ConfigDict(extra="forbid")
     description: str = ""
     series: str | None = Field(default=None, description="patch series under patches/ applied to this source")
 
@@ -66,7 +66,7 @@ SourceSpec = Annotated[Union[PypiSdistSource, GitSource, PathSource], Field(disc
 
 
 class Lock(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)   # .inf/.nan are YAML floats, never a setting
+    model_config = ConfigDict(extra="forbid")
     default: str
     sources: dict[str, SourceSpec]
 
@@ -164,7 +164,7 @@ VERSIONS_HEADER = """\
 class LockedVersion(BaseModel):
     """One recorded sdist version: its ``sha256`` and the llama.cpp ``commit`` it carries (None: not found in it)."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)   # .inf/.nan are YAML floats, never a setting
+    model_config = ConfigDict(extra="forbid")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     commit: str | None = None
     file: str | None = None
